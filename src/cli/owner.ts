@@ -1,0 +1,156 @@
+import type { Command } from 'commander';
+import { readFile } from 'node:fs/promises';
+import Table from 'cli-table3';
+import { action, createOutput } from './output.js';
+import { configDir, configPaths, resolveKbsUrl } from './config.js';
+import { CocoonError } from '../errors.js';
+import type { OwnerClient } from '../kbs/client/owner.js';
+
+const MAX_POLICY_FILE = 256 * 1024;
+const MAX_SECRET_FILE = 64 * 1024;
+
+interface OwnerOptions {
+  kbs?: string;
+  ownerKey?: string;
+  configDir?: string;
+  json?: boolean;
+}
+
+function withOwnerOptions(cmd: Command): Command {
+  return cmd
+    .option('--kbs <url>', 'Key Broker Service URL (default: $COCOON_KBS_URL or the config file)')
+    .option('--owner-key <file>', 'owner private key (default: <config-dir>/owner.key.json)')
+    .option('--config-dir <dir>', 'config directory')
+    .option('--json', 'print JSON');
+}
+
+async function ownerClient(opts: OwnerOptions): Promise<OwnerClient> {
+  const dir = configDir(opts.configDir);
+  const { OwnerClient } = await import('../kbs/client/owner.js');
+  return OwnerClient.create({ kbsUrl: await resolveKbsUrl(opts.kbs, dir), ownerKeyFile: opts.ownerKey ?? configPaths(dir).ownerKey });
+}
+
+async function readBounded(file: string, max: number, what: string): Promise<Buffer> {
+  const data = await readFile(file).catch((err: NodeJS.ErrnoException) => {
+    throw new CocoonError('BAD_USAGE', `cannot read ${what} ${file}: ${err.code ?? err.message}`);
+  });
+  if (data.length > max) throw new CocoonError('INPUT_TOO_LARGE', `${what} ${file} is larger than ${max} bytes`);
+  return data;
+}
+
+function splitSecretRef(ref: string): [string, string] {
+  const m = ref.match(/^([a-z0-9][a-z0-9._-]{0,62}\/[a-z0-9][a-z0-9._-]{0,62})\/([A-Za-z0-9][A-Za-z0-9._-]{0,63})$/);
+  if (!m) throw new CocoonError('BAD_USAGE', `secret must be named ORG/APP/NAME, got "${ref}"`);
+  return [m[1] as string, m[2] as string];
+}
+
+export function registerPolicy(program: Command): void {
+  const policy = program.command('policy').description('write, check and apply workload policies (who gets which secrets)');
+
+  policy
+    .command('check')
+    .description('validate a policy file offline (errors name file:line:column)')
+    .argument('<file>', 'policy YAML')
+    .option('--json', 'print JSON')
+    .action(
+      action(async (file: string, opts: { json?: boolean }) => {
+        const yaml = (await readBounded(file, MAX_POLICY_FILE, 'policy')).toString('utf8');
+        const { parsePolicy } = await import('../policy/parse.js');
+        const parsed = parsePolicy(yaml, { file });
+        createOutput(opts).result(`${file}: policy ${parsed.name} is valid (${Object.keys(parsed.workloads).length} workload(s), ${Object.keys(parsed.secrets).length} secret(s))`, {
+          valid: true,
+          name: parsed.name,
+          workloads: Object.keys(parsed.workloads),
+          secrets: Object.keys(parsed.secrets),
+        });
+      }),
+    );
+
+  withOwnerOptions(
+    policy
+      .command('apply')
+      .description('apply a policy to the KBS (checked locally first); creates it or updates the current version')
+      .argument('<file>', 'policy YAML')
+      .option('--predecessor <hash>', 'hash of the version this update replaces (lost-update protection); default: the current head'),
+  ).action(
+    action(async (file: string, opts: OwnerOptions & { predecessor?: string }) => {
+      const yaml = (await readBounded(file, MAX_POLICY_FILE, 'policy')).toString('utf8');
+      const client = await ownerClient(opts);
+      const ref = await client.applyPolicy(yaml, { file, ...(opts.predecessor ? { predecessor: opts.predecessor } : {}) });
+      createOutput(opts).result(`applied ${ref.name} version ${ref.version} (${ref.hash})`, ref);
+    }),
+  );
+
+  withOwnerOptions(policy.command('get').description('print the current version of a policy').argument('<name>', 'policy name org/app')).action(
+    action(async (name: string, opts: OwnerOptions) => {
+      const current = await (await ownerClient(opts)).getPolicy(name);
+      createOutput(opts).result(`# ${current.name} version ${current.version} (${current.hash})\n${current.yaml}`, current);
+    }),
+  );
+
+  withOwnerOptions(policy.command('history').description('list the versions of a policy').argument('<name>', 'policy name org/app')).action(
+    action(async (name: string, opts: OwnerOptions) => {
+      const versions = await (await ownerClient(opts)).policyHistory(name);
+      createOutput(opts).result(() => {
+        const table = new Table({ head: ['VERSION', 'HASH', 'PREDECESSOR', 'CREATED', 'BY'], style: { head: [] } });
+        for (const v of versions) table.push([v.version, v.hash.slice(0, 16) + '…', v.predecessor ? v.predecessor.slice(0, 16) + '…' : '-', v.createdAt, v.createdBy]);
+        process.stdout.write(table.toString() + '\n');
+      }, versions);
+    }),
+  );
+}
+
+export function registerSecret(program: Command): void {
+  const secret = program.command('secret').description('import and read policy secrets (owner API)');
+
+  withOwnerOptions(
+    secret
+      .command('put')
+      .description('upload a secret value for an `imported` or `layer-key` secret of a policy')
+      .argument('<ref>', 'ORG/APP/NAME')
+      .requiredOption('--file <file>', 'file holding the value (a layer-key file from `cocoon wrap` is base64 and is decoded)'),
+  ).action(
+    action(async (ref: string, opts: OwnerOptions & { file: string }) => {
+      const [policyName, name] = splitSecretRef(ref);
+      let value = await readBounded(opts.file, MAX_SECRET_FILE, 'secret');
+      if (name === 'layer-key') {
+        const { loadOrCreateKek } = await import('./wrap.js');
+        value = (await loadOrCreateKek(opts.file)).kek;
+      }
+      const result = await (await ownerClient(opts)).putSecret(policyName, name, value);
+      createOutput(opts).result(`stored ${policyName}/${name} (${result.kind})`, result);
+    }),
+  );
+
+  withOwnerOptions(
+    secret
+      .command('get')
+      .description('read a secret the policy marks ownerReadable (printed raw; --json gives base64)')
+      .argument('<ref>', 'ORG/APP/NAME'),
+  ).action(
+    action(async (ref: string, opts: OwnerOptions) => {
+      const [policyName, name] = splitSecretRef(ref);
+      const value = await (await ownerClient(opts)).getSecret(policyName, name);
+      if (opts.json) createOutput(opts).result('', { policy: policyName, name, value: value.toString('base64') });
+      else process.stdout.write(value);
+    }),
+  );
+
+  withOwnerOptions(
+    program
+      .command('events')
+      .description('attestation and release events recorded by the KBS')
+      .option('--policy <name>', 'only events of this policy')
+      .option('--limit <n>', 'at most this many (newest first)', '50'),
+  ).action(
+    action(async (opts: OwnerOptions & { policy?: string; limit: string }) => {
+      if (!/^\d{1,4}$/.test(opts.limit)) throw new CocoonError('BAD_USAGE', '--limit must be 1–9999');
+      const events = await (await ownerClient(opts)).listEvents({ limit: Number(opts.limit), ...(opts.policy ? { policy: opts.policy } : {}) });
+      createOutput(opts).result(() => {
+        const table = new Table({ head: ['TIME', 'KIND', 'STATUS', 'TEE', 'POLICY', 'WORKLOAD', 'CODE', 'DETAIL'], style: { head: [] } });
+        for (const e of events) table.push([e.at, e.kind, e.status, e.tee + (e.insecure ? ' (INSECURE)' : ''), e.policy ?? '', e.workload ?? '', e.code ?? '', e.detail.slice(0, 60)]);
+        process.stdout.write(table.toString() + '\n');
+      }, events);
+    }),
+  );
+}

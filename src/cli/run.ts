@@ -1,0 +1,98 @@
+import type { Command } from 'commander';
+import { readFile } from 'node:fs/promises';
+import Table from 'cli-table3';
+import { action, createOutput } from './output.js';
+import { configDir, configPaths, resolveKbsUrl } from './config.js';
+import { CocoonError } from '../errors.js';
+import { isTeeKind } from '../attestation/types.js';
+
+const SIZE = /^\d{1,6}[kmg]$/i;
+
+export function registerRuntime(program: Command): void {
+  program
+    .command('run')
+    .description('run a wrapped image locally with runc (the launcher attests to the KBS first)')
+    .argument('<image>', 'wrapped image: OCI layout directory, optionally oci:DIR:TAG')
+    .option('--kbs <url>', 'Key Broker Service URL (default: $COCOON_KBS_URL or the config file)')
+    .option('--tee <kind>', 'TEE the launcher attests with: sim (INSECURE, development) or a hardware kind; default: detect')
+    .option('--name <name>', 'container name (default: cocoon-<random>)')
+    .option('-d, --detach', 'run in the background; see `cocoon ps`, `cocoon logs`, `cocoon stop`')
+    .option('--memory-root-size <size>', 'size limit of the in-memory application root', '1g')
+    .option('--no-host-network', 'give the container its own network namespace (default: host network)')
+    .option('--kbs-retries <n>', 'launcher attempts to reach the KBS', '6')
+    .option('--config-dir <dir>', 'config directory (sim platform key, default KBS)')
+    .option('--json', 'print the result as JSON')
+    .addHelpText('after', '\nExit status: the application\'s (foreground), 1 when the launcher refuses to start it.\nNeeds root and runc (installed by scripts/setup.sh). See docs/run.md.')
+    .action(
+      action(async (image: string, opts: { kbs?: string; tee?: string; name?: string; detach?: boolean; memoryRootSize: string; hostNetwork: boolean; kbsRetries: string; configDir?: string; json?: boolean }) => {
+        const out = createOutput(opts);
+        const dir = configDir(opts.configDir);
+        const kbsUrl = await resolveKbsUrl(opts.kbs, dir);
+        if (opts.tee !== undefined && !isTeeKind(opts.tee)) throw new CocoonError('BAD_USAGE', `--tee: unknown TEE kind "${opts.tee}"`);
+        if (!SIZE.test(opts.memoryRootSize)) throw new CocoonError('BAD_USAGE', '--memory-root-size must look like 512m or 2g');
+        if (!/^\d{1,3}$/.test(opts.kbsRetries) || Number(opts.kbsRetries) < 1) throw new CocoonError('BAD_USAGE', '--kbs-retries must be 1–999');
+        if (opts.tee === 'sim') out.warn('INSECURE: simulated TEE — the workload has no hardware protection (development only)');
+        const { runWrapped } = await import('../runtime/runc.js');
+        const result = await runWrapped({
+          image,
+          kbsUrl,
+          tee: opts.tee ?? '',
+          ...(opts.tee === 'sim' ? { simPlatformDir: configPaths(dir).simPlatform } : {}),
+          ...(opts.name ? { name: opts.name } : {}),
+          detach: Boolean(opts.detach),
+          memoryRootSize: opts.memoryRootSize,
+          hostNetwork: opts.hostNetwork,
+          launcherEnv: { COCOON_KBS_RETRIES: opts.kbsRetries },
+          onProgress: (m) => out.step(m),
+        });
+        if (opts.detach) out.result(result.name, { name: result.name, measurement: result.record.measurement, logFile: result.record.logFile });
+        else if (opts.json) out.result('', { name: result.name, exitCode: result.exitCode });
+        return result.exitCode;
+      }),
+    );
+
+  program
+    .command('ps')
+    .description('list containers started by `cocoon run`')
+    .option('--json', 'print JSON')
+    .action(
+      action(async (opts: { json?: boolean }) => {
+        const out = createOutput(opts);
+        const { listContainers } = await import('../runtime/runc.js');
+        const containers = await listContainers();
+        out.result(() => {
+          const table = new Table({ head: ['NAME', 'STATUS', 'PID', 'TEE', 'MEASUREMENT', 'IMAGE', 'CREATED'], style: { head: [] } });
+          for (const c of containers) table.push([c.name, c.status, c.pid ?? '', c.tee || 'detect', c.measurement.slice(0, 16) + '…', c.image, c.createdAt]);
+          process.stdout.write(table.toString() + '\n');
+        }, containers);
+      }),
+    );
+
+  program
+    .command('stop')
+    .description('stop a container (SIGTERM, then SIGKILL after the grace period) and remove it')
+    .argument('<name>', 'container name')
+    .option('-t, --time <seconds>', 'grace period before SIGKILL', '10')
+    .option('--json', 'print JSON')
+    .action(
+      action(async (name: string, opts: { time: string; json?: boolean }) => {
+        if (!/^\d{1,5}$/.test(opts.time)) throw new CocoonError('BAD_USAGE', '--time must be whole seconds');
+        const { stopContainer } = await import('../runtime/runc.js');
+        await stopContainer(name, { graceMs: Number(opts.time) * 1000 });
+        createOutput(opts).result(`stopped ${name}`, { name, stopped: true });
+      }),
+    );
+
+  program
+    .command('logs')
+    .description('print the output of a detached container (launcher lines are prefixed [cocoon-launcher])')
+    .argument('<name>', 'container name')
+    .action(
+      action(async (name: string) => {
+        const { loadRecord, runtimeRoot } = await import('../runtime/state.js');
+        const record = await loadRecord(runtimeRoot(), name);
+        if (!record?.logFile) throw new CocoonError('NOT_FOUND', `no detached container named ${name}`);
+        process.stdout.write(await readFile(record.logFile));
+      }),
+    );
+}

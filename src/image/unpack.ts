@@ -1,0 +1,358 @@
+import { execFile } from 'node:child_process';
+import { constants as fsc, type Stats } from 'node:fs';
+import { chmod, chown, lchown, link, lstat, mkdir, open, readdir, readlink, realpath, rm, symlink, unlink, utimes } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { promisify } from 'node:util';
+import tar from 'tar-stream';
+import { CocoonError } from '../errors.js';
+import { DEFAULT_EXPANSION_LIMITS, decompressStages, layerStreamError, type ExpansionLimits } from './compression.js';
+import type { Compression } from './oci.js';
+import { HashTap } from './streams.js';
+
+/**
+ * Safe layer unpacking. Every entry path is resolved component by component with lstat from
+ * the root (symlinks followed with the root as '/', escapes refused); the final component is
+ * never followed (O_NOFOLLOW | O_EXCL for files, unlink before symlink/link). This relies on
+ * being the only writer under `root` while unpacking.
+ */
+
+export interface UnpackLimits extends ExpansionLimits {
+  maxEntries: number;
+}
+
+export const DEFAULT_UNPACK_LIMITS: UnpackLimits = { ...DEFAULT_EXPANSION_LIMITS, maxEntries: 1_000_000 };
+
+export interface UnpackOptions {
+  limits?: Partial<UnpackLimits>;
+  /** Apply tar ownership; default: when running as root. */
+  chown?: boolean;
+  /** Create fifos and device nodes (devices need root); default: skip them with a warning. */
+  allowDevices?: boolean;
+  onWarning?: (message: string) => void;
+  /** Transforms applied to the input before decompression (decryption, hashing). */
+  preStages?: Transform[];
+}
+
+export interface UnpackResult {
+  /** sha256 of the uncompressed tar stream. */
+  diffID: string;
+  /** Uncompressed tar bytes. */
+  bytes: number;
+  entries: number;
+  warnings: string[];
+}
+
+const WHITEOUT_PREFIX = '.wh.';
+const OPAQUE = '.wh..wh..opq';
+const MAX_SYMLINK_HOPS = 40;
+const MAX_PATH = 4096;
+
+const execFileP = promisify(execFile);
+
+function traversal(name: string, why: string): CocoonError {
+  return new CocoonError('PATH_TRAVERSAL', `tar entry ${JSON.stringify(name.slice(0, 200))}: ${why}`, { details: { entry: name.slice(0, 200) } });
+}
+
+function invalid(name: string, why: string): CocoonError {
+  return new CocoonError('IMAGE_INVALID', `tar entry ${JSON.stringify(name.slice(0, 200))}: ${why}`);
+}
+
+/** Entry name → components. Leading '/' and './' mean the root; '..' is refused. */
+export function entryComponents(name: string): string[] {
+  if (name.length > MAX_PATH) throw invalid(name, 'path too long');
+  if (name.includes('\0')) throw invalid(name, 'NUL in path');
+  const parts = name.split('/').filter((p) => p !== '' && p !== '.');
+  if (parts.includes('..')) throw traversal(name, "'..' in path");
+  for (const p of parts) if (Buffer.byteLength(p) > 255) throw invalid(name, 'path component too long');
+  return parts;
+}
+
+function paxId(v: string | undefined): number | undefined {
+  return v !== undefined && /^\d{1,10}$/.test(v) ? Number(v) : undefined;
+}
+
+function isEnoent(err: unknown): boolean {
+  return (err as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
+}
+
+async function lstatOrNull(p: string): Promise<Stats | null> {
+  try {
+    return await lstat(p);
+  } catch (err) {
+    if (isEnoent(err)) return null;
+    throw err;
+  }
+}
+
+class Extractor {
+  entries = 0;
+  readonly warnings: string[] = [];
+  /** Real paths (relative to root) created by this layer: whiteouts only hide lower layers. */
+  private readonly created = new Set<string>();
+  private readonly dirMeta = new Map<string, { mode: number; mtime: Date }>();
+  private readonly doChown: boolean;
+
+  constructor(
+    private readonly root: string,
+    private readonly opts: UnpackOptions,
+    private readonly limits: UnpackLimits,
+  ) {
+    this.doChown = opts.chown ?? process.getuid?.() === 0;
+  }
+
+  private warn(msg: string): void {
+    this.warnings.push(msg);
+    this.opts.onWarning?.(msg);
+  }
+
+  private abs(rel: string[]): string {
+    return join(this.root, ...rel);
+  }
+
+  /**
+   * Resolves directory components to real components below root, following symlinks with the
+   * root as '/', optionally creating missing directories. PATH_TRAVERSAL on escape.
+   */
+  private async resolveDir(parts: string[], name: string, create: boolean): Promise<string[] | null> {
+    const stack: string[] = [];
+    const queue = [...parts];
+    let hops = 0;
+    while (queue.length > 0) {
+      const c = queue.shift() as string;
+      if (c === '' || c === '.') continue;
+      if (c === '..') {
+        if (stack.length === 0) throw traversal(name, 'a symlink on its path leads outside the root');
+        stack.pop();
+        continue;
+      }
+      stack.push(c);
+      const p = this.abs(stack);
+      const st = await lstatOrNull(p);
+      if (st === null) {
+        if (!create) return null;
+        await mkdir(p, { mode: 0o755 });
+        this.created.add(stack.join('/'));
+        continue;
+      }
+      if (st.isDirectory()) continue;
+      if (st.isSymbolicLink()) {
+        if (++hops > MAX_SYMLINK_HOPS) throw traversal(name, 'too many symlinks on its path');
+        stack.pop();
+        const target = await readlink(p);
+        if (target.startsWith('/')) stack.length = 0;
+        queue.unshift(...target.split('/'));
+        continue;
+      }
+      throw invalid(name, `${stack.join('/')} is not a directory`);
+    }
+    return stack;
+  }
+
+  /** Removes whatever is at `p` (never following a symlink). */
+  private async clear(p: string, keepDir: boolean): Promise<Stats | null> {
+    const st = await lstatOrNull(p);
+    if (st === null) return null;
+    if (st.isDirectory()) {
+      if (keepDir) return st;
+      await rm(p, { recursive: true, force: true });
+    } else {
+      await unlink(p);
+    }
+    return null;
+  }
+
+  async entry(header: tar.Header, body: Readable): Promise<void> {
+    if (++this.entries > this.limits.maxEntries) {
+      throw new CocoonError('DECOMPRESSION_BOMB', `layer has more than ${this.limits.maxEntries} entries`);
+    }
+    const name = header.name;
+    const parts = entryComponents(name);
+    const leaf = parts.pop();
+    if (leaf === undefined) {
+      // the root itself ("./"): nothing to create
+      body.resume();
+      return;
+    }
+    if (leaf.startsWith(WHITEOUT_PREFIX)) {
+      body.resume();
+      await this.whiteout(parts, leaf, name);
+      return;
+    }
+    const type = header.type ?? 'file';
+    if (type === 'link') {
+      body.resume();
+      await this.hardlink(parts, leaf, header);
+      return;
+    }
+    const dirRel = await this.resolveDir(parts, name, true);
+    if (dirRel === null) throw new CocoonError('INTERNAL', 'unreachable');
+    const rel = [...dirRel, leaf];
+    const p = this.abs(rel);
+    const relKey = rel.join('/');
+    const mode = (header.mode ?? 0o644) & 0o7777;
+    const pax = (header.pax ?? {}) as Record<string, string | undefined>;
+    const uid = paxId(pax.uid) ?? header.uid ?? 0;
+    const gid = paxId(pax.gid) ?? header.gid ?? 0;
+    const mtime = header.mtime ?? new Date(0);
+
+    switch (type) {
+      case 'directory': {
+        body.resume();
+        const existing = await this.clear(p, true);
+        if (!existing) await mkdir(p, { mode: 0o700 });
+        if (this.doChown) await chown(p, uid, gid);
+        this.dirMeta.set(relKey, { mode, mtime });
+        break;
+      }
+      case 'file':
+      case 'contiguous-file': {
+        await this.clear(p, false);
+        const fh = await open(p, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+        try {
+          for await (const chunk of body) await fh.write(chunk as Buffer);
+          if (this.doChown) await fh.chown(uid, gid);
+          await fh.chmod(mode);
+          await fh.utimes(mtime, mtime);
+        } finally {
+          await fh.close();
+        }
+        break;
+      }
+      case 'symlink': {
+        body.resume();
+        await this.clear(p, false);
+        await symlink(header.linkname ?? '', p);
+        if (this.doChown) await lchown(p, uid, gid);
+        break;
+      }
+      case 'fifo':
+      case 'character-device':
+      case 'block-device': {
+        body.resume();
+        if (!this.opts.allowDevices) {
+          this.warn(`skipped ${type} ${name}`);
+          return;
+        }
+        await this.clear(p, false);
+        await this.mknod(p, type, header);
+        if (this.doChown) await lchown(p, uid, gid);
+        await chmod(p, mode);
+        break;
+      }
+      default:
+        body.resume();
+        this.warn(`skipped unsupported entry type ${String(type)} ${name}`);
+        return;
+    }
+    this.created.add(relKey);
+  }
+
+  private async mknod(p: string, type: string, h: tar.Header): Promise<void> {
+    try {
+      if (type === 'fifo') await execFileP('mkfifo', ['--', p]);
+      else await execFileP('mknod', ['--', p, type === 'character-device' ? 'c' : 'b', String(h.devmajor ?? 0), String(h.devminor ?? 0)]);
+    } catch (err) {
+      throw new CocoonError('IO_ERROR', `cannot create ${type} ${h.name}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  private async hardlink(parts: string[], leaf: string, header: tar.Header): Promise<void> {
+    const name = header.name;
+    const target = header.linkname ?? '';
+    const tparts = entryComponents(target);
+    const tleaf = tparts.pop();
+    if (tleaf === undefined) throw invalid(name, 'hardlink to the root');
+    const tdir = await this.resolveDir(tparts, name, false);
+    if (tdir === null) throw invalid(name, `hardlink target ${target} does not exist`);
+    const tpath = this.abs([...tdir, tleaf]);
+    const tst = await lstatOrNull(tpath);
+    if (tst === null) throw invalid(name, `hardlink target ${target} does not exist`);
+    if (tst.isDirectory()) throw invalid(name, 'hardlink to a directory');
+    const dirRel = (await this.resolveDir(parts, name, true)) as string[];
+    const rel = [...dirRel, leaf];
+    const p = this.abs(rel);
+    const existing = await lstatOrNull(p);
+    if (existing && existing.ino === tst.ino && existing.dev === tst.dev) return;
+    await this.clear(p, false);
+    await link(tpath, p);
+    this.created.add(rel.join('/'));
+  }
+
+  private async whiteout(parts: string[], leaf: string, name: string): Promise<void> {
+    const dirRel = await this.resolveDir(parts, name, false);
+    if (dirRel === null) return;
+    const dirPath = this.abs(dirRel);
+    if (leaf === OPAQUE) {
+      const st = await lstatOrNull(dirPath);
+      if (!st?.isDirectory()) return;
+      for (const child of await readdir(dirPath)) {
+        const rel = [...dirRel, child].join('/');
+        if (!this.created.has(rel)) await rm(join(dirPath, child), { recursive: true, force: true });
+      }
+      return;
+    }
+    const hidden = leaf.slice(WHITEOUT_PREFIX.length);
+    if (hidden === '' || hidden === '.' || hidden === '..' || hidden.startsWith(WHITEOUT_PREFIX)) throw invalid(name, 'malformed whiteout');
+    const rel = [...dirRel, hidden].join('/');
+    if (this.created.has(rel)) return;
+    await rm(join(dirPath, hidden), { recursive: true, force: true });
+  }
+
+  /** Directory modes and times last, deepest first, so read-only directories could be filled. */
+  async finish(): Promise<void> {
+    const dirs = [...this.dirMeta.entries()].sort((a, b) => b[0].split('/').length - a[0].split('/').length);
+    for (const [rel, meta] of dirs) {
+      const p = join(this.root, rel);
+      const st = await lstatOrNull(p);
+      if (!st?.isDirectory()) continue;
+      await chmod(p, meta.mode);
+      await utimes(p, meta.mtime, meta.mtime);
+    }
+  }
+}
+
+function resolveLimits(l?: Partial<UnpackLimits>): UnpackLimits {
+  return { ...DEFAULT_UNPACK_LIMITS, ...l };
+}
+
+async function prepareRoot(root: string): Promise<string> {
+  await mkdir(root, { recursive: true });
+  return realpath(root);
+}
+
+/**
+ * Unpacks an (optionally compressed) layer stream into `root` and returns its diffID. Errors:
+ * PATH_TRAVERSAL, DECOMPRESSION_BOMB, IMAGE_INVALID (corrupt streams), IO_ERROR.
+ */
+export async function unpackLayer(input: Readable, compression: Compression, root: string, opts: UnpackOptions = {}): Promise<UnpackResult> {
+  const limits = resolveLimits(opts.limits);
+  const realRoot = await prepareRoot(root);
+  const ex = new Extractor(realRoot, opts, limits);
+  const hash = new HashTap();
+  const extract = tar.extract();
+  extract.on('entry', (header, source, next) => {
+    const body = source as unknown as Readable;
+    ex.entry(header, body).then(
+      () => next(),
+      (err: unknown) => {
+        body.resume();
+        next(toUnpackError(err, header.name) as Error);
+      },
+    );
+  });
+  try {
+    const stages: Array<Readable | Transform | NodeJS.WritableStream> = [input, ...(opts.preStages ?? []), ...decompressStages(compression, limits), hash, extract as unknown as NodeJS.WritableStream];
+    await (pipeline as (...s: unknown[]) => Promise<void>)(...stages);
+    await ex.finish();
+  } catch (err) {
+    throw layerStreamError(err, 'layer');
+  }
+  return { diffID: hash.digest, bytes: hash.bytes, entries: ex.entries, warnings: ex.warnings };
+}
+
+function toUnpackError(err: unknown, name: string): CocoonError {
+  if (err instanceof CocoonError) return err;
+  return new CocoonError('IO_ERROR', `unpacking ${JSON.stringify(name.slice(0, 200))}: ${(err as Error).message}`, { cause: err });
+}

@@ -1,0 +1,233 @@
+import { createReadStream, createWriteStream } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import type { Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { CocoonError } from '../errors.js';
+import { decompressStages, layerStreamError } from './compression.js';
+import { LayoutWriter, openBlobStream, readLayout, sink, type ResolvedImage } from './layout.js';
+import { isLauncherExcluded, launcherDigest as computeLauncherDigest, workloadMeasurement, type LaunchConfig } from './measure.js';
+import { ANNOTATION_REF_NAME, MediaType, digestHex, layerFormat, type ContainerConfig, type Descriptor, type ImageConfig, type ImageManifest } from './oci.js';
+import { KekWrapper, LayerEncryptStream, deriveLayerKey, encryptedMediaType, encryptionAnnotations, kbsKid, CIPHER_AES_CTR_HMAC, type KeyWrapper } from './ocicrypt.js';
+import { HashTap } from './streams.js';
+import { deterministicGzip, packTar, resolveMtime, tarDirectory, type TarEntry } from './tar.js';
+import {
+  LAUNCHER_ENTRYPOINT,
+  LAUNCHER_ENV,
+  Label,
+  checkKbsResource,
+  checkPolicyName,
+  checkWorkloadName,
+  serializeWrappedPayload,
+  type WrappedLayer,
+  type WrappedPayload,
+} from './wrapped.js';
+
+export { decryptPayloadLayers } from './decrypt.js';
+
+/** `cocoon wrap`: an OCI image in, a wrapped OCI image (docs/internals.md §1) out. */
+
+export interface WrapOptions {
+  source: { layoutDir: string; ref?: string };
+  dest: { layoutDir: string; ref?: string };
+  /** Directory whose content becomes /cocoon/ (launcher, node, libs). */
+  launcherDir: string;
+  policy: string;
+  workload: string;
+  /** 32-byte image KEK (the policy's layer-key secret). */
+  kek: Buffer;
+  /** KBS resource holding the KEK; default `<policy>/layer-key`. */
+  kbsResource?: string;
+  /** Further recipients of every layer key (e.g. JWE public keys). */
+  recipients?: KeyWrapper[];
+  /** Archive mtime; default SOURCE_DATE_EPOCH or 0. */
+  mtime?: number;
+}
+
+export interface WrapResult {
+  manifestDigest: string;
+  configDigest: string;
+  measurement: string;
+  launcherDigest: string;
+  layers: WrappedLayer[];
+}
+
+// ---- planning (no I/O) ----------------------------------------------------------------------
+
+/** The launch configuration of the original image, normalised as the measurement uses it. */
+export function launchConfigOf(config: ImageConfig): LaunchConfig {
+  const c = config.config ?? {};
+  return {
+    entrypoint: c.Entrypoint ?? [],
+    cmd: c.Cmd ?? [],
+    env: c.Env ?? [],
+    workingDir: c.WorkingDir || '/',
+    user: c.User || '0:0',
+  };
+}
+
+export function planWrappedConfig(
+  source: ImageConfig,
+  p: { measurement: string; policy: string; workload: string; launcherDigest: string; diffIDs: [string, string] },
+): ImageConfig {
+  const sc = source.config ?? {};
+  const cc: ContainerConfig = { Entrypoint: LAUNCHER_ENTRYPOINT, Cmd: [], Env: LAUNCHER_ENV, WorkingDir: '/' };
+  if (sc.ExposedPorts) cc.ExposedPorts = sc.ExposedPorts;
+  if (sc.Volumes) cc.Volumes = sc.Volumes;
+  if (sc.StopSignal) cc.StopSignal = sc.StopSignal;
+  cc.Labels = {
+    ...(sc.Labels ?? {}),
+    [Label.wrapped]: '1',
+    [Label.measurement]: p.measurement,
+    [Label.policy]: p.policy,
+    [Label.workload]: p.workload,
+    [Label.launcherDigest]: p.launcherDigest,
+  };
+  const out: ImageConfig = { architecture: source.architecture, os: source.os, config: cc, rootfs: { type: 'layers', diff_ids: [...p.diffIDs] } };
+  if (source.variant) out.variant = source.variant;
+  return out;
+}
+
+export function planManifest(config: Descriptor, layers: Descriptor[]): ImageManifest {
+  return { schemaVersion: 2, mediaType: MediaType.manifest, config, layers };
+}
+
+/** Entries of the payload layer: payload.json first, then the ciphertext blobs. */
+export function planPayloadEntries(payloadJson: Buffer, blobs: Array<{ digest: string; size: number; file: string }>): TarEntry[] {
+  const dir = (name: string): TarEntry => ({ name, type: 'directory', mode: 0o755, uid: 0, gid: 0 });
+  const entries: TarEntry[] = [
+    dir('cocoon'),
+    dir('cocoon/payload'),
+    { name: 'cocoon/payload/payload.json', type: 'file', mode: 0o644, uid: 0, gid: 0, size: payloadJson.length, content: payloadJson },
+    dir('cocoon/payload/blobs'),
+    dir('cocoon/payload/blobs/sha256'),
+  ];
+  const seen = new Set<string>();
+  for (const b of blobs) {
+    if (seen.has(b.digest)) continue;
+    seen.add(b.digest);
+    entries.push({ name: `cocoon/payload/blobs/sha256/${digestHex(b.digest)}`, type: 'file', mode: 0o644, uid: 0, gid: 0, size: b.size, content: () => createReadStream(b.file) });
+  }
+  return entries;
+}
+
+function serialize(v: unknown): Buffer {
+  return Buffer.from(JSON.stringify(v));
+}
+
+// ---- I/O ------------------------------------------------------------------------------------
+
+async function run(what: string, streams: Array<Readable | Transform | NodeJS.WritableStream>): Promise<void> {
+  try {
+    await (pipeline as (...s: unknown[]) => Promise<void>)(...streams);
+  } catch (err) {
+    throw layerStreamError(err, what);
+  }
+}
+
+/** diffID of a source layer (decompressing only to hash). */
+async function sourceDiffID(src: ResolvedImage, desc: Descriptor): Promise<string> {
+  const fmt = layerFormat(desc.mediaType);
+  const tap = new HashTap();
+  await run(`layer ${desc.digest}`, [openBlobStream(src.layoutDir, desc), ...decompressStages(fmt.compression), tap, sink()]);
+  return tap.digest;
+}
+
+interface EncryptedTemp {
+  layer: WrappedLayer;
+  file: string;
+}
+
+async function encryptLayer(src: ResolvedImage, desc: Descriptor, diffID: string, writer: LayoutWriter, kek: Buffer, wrappers: KeyWrapper[]): Promise<EncryptedTemp> {
+  const fmt = layerFormat(desc.mediaType);
+  if (fmt.encrypted) throw new CocoonError('IMAGE_INVALID', `layer ${desc.digest} is already encrypted`);
+  // An uncompressed source layer is gzipped first (deterministically), so its plaintext blob is a function of the source.
+  const plainMediaType = fmt.compression === 'none' ? MediaType.layerGzip : fmt.compression === 'gzip' ? MediaType.layerGzip : MediaType.layerZstd;
+  const { symkey, nonce } = deriveLayerKey(kek, diffID, desc.digest);
+  const plainTap = new HashTap();
+  const enc = new LayerEncryptStream(symkey, nonce);
+  const cipherTap = new HashTap();
+  const file = writer.tempPath();
+  try {
+    await run(`layer ${desc.digest}`, [
+      openBlobStream(src.layoutDir, desc),
+      ...(fmt.compression === 'none' ? [deterministicGzip()] : []),
+      plainTap,
+      enc,
+      cipherTap,
+      createWriteStream(file, { flags: 'wx' }),
+    ]);
+    const annotations = await encryptionAnnotations(wrappers, { symkey, nonce, digest: plainTap.digest }, { cipher: CIPHER_AES_CTR_HMAC, hmac: enc.hmac });
+    return { file, layer: { mediaType: encryptedMediaType(plainMediaType), digest: cipherTap.digest, size: cipherTap.bytes, diffID, annotations } };
+  } catch (err) {
+    await rm(file, { force: true });
+    throw err;
+  }
+}
+
+/**
+ * Wraps an OCI image. Same source, launcher directory, names, KEK and mtime ⇒ byte-identical
+ * manifest (hence digest) and measurement. Never holds a layer in memory: intermediate
+ * ciphertexts are temp files in the destination's blob directory, removed at the end.
+ */
+export async function wrapImage(opts: WrapOptions): Promise<WrapResult> {
+  checkPolicyName(opts.policy);
+  checkWorkloadName(opts.workload);
+  if (!Buffer.isBuffer(opts.kek) || opts.kek.length !== 32) throw new CocoonError('BAD_USAGE', 'the layer KEK must be 32 bytes');
+  const kbsResource = opts.kbsResource ?? `${opts.policy}/layer-key`;
+  checkKbsResource(kbsResource);
+  const mtime = resolveMtime(opts.mtime);
+
+  const src = await readLayout(opts.source.layoutDir, opts.source.ref);
+  const diffIdsClaimed = src.config.rootfs.diff_ids;
+  if (diffIdsClaimed.length !== src.manifest.layers.length) {
+    throw new CocoonError('IMAGE_INVALID', `config lists ${diffIdsClaimed.length} diff_ids for ${src.manifest.layers.length} layers`);
+  }
+  if (src.manifest.layers.length === 0) throw new CocoonError('IMAGE_INVALID', 'source image has no layers');
+
+  const launcherDigest = await computeLauncherDigest(opts.launcherDir);
+  const writer = await LayoutWriter.open(opts.dest.layoutDir);
+  const kekWrapper = new KekWrapper(opts.kek, kbsKid(kbsResource));
+  const wrappers: KeyWrapper[] = [kekWrapper, ...(opts.recipients ?? [])];
+  const temps: EncryptedTemp[] = [];
+  try {
+    for (const [i, desc] of src.manifest.layers.entries()) {
+      const diffID = await sourceDiffID(src, desc);
+      if (diffID !== diffIdsClaimed[i]) {
+        throw new CocoonError('DIGEST_MISMATCH', `layer ${i} (${desc.digest}): diffID ${diffID} differs from the config's ${diffIdsClaimed[i] ?? ''}`);
+      }
+      temps.push(await encryptLayer(src, desc, diffID, writer, opts.kek, wrappers));
+    }
+    const layers = temps.map((t) => t.layer);
+    const config = launchConfigOf(src.config);
+    const measurement = workloadMeasurement({ launcherDigest, layers: layers.map((l) => l.diffID), config, policy: opts.policy, workload: opts.workload });
+    const payload: WrappedPayload = { schemaVersion: 1, policy: opts.policy, workload: opts.workload, kbsResource, config, layers, launcherDigest, measurement };
+
+    // layer 1: payload (uncompressed tar: digest == diffID)
+    const payloadEntries = planPayloadEntries(
+      serializeWrappedPayload(payload),
+      temps.map((t) => ({ digest: t.layer.digest, size: t.layer.size, file: t.file })),
+    );
+    const payloadBlob = await writer.putStream(packTar(payloadEntries, { mtime }));
+
+    // layer 0: launcher under /cocoon/, root-owned, gzip
+    const launcherTarTap = new HashTap();
+    const launcherTar = tarDirectory(opts.launcherDir, { prefix: 'cocoon', owner: { uid: 0, gid: 0 }, exclude: isLauncherExcluded, mtime });
+    const launcherGz = launcherTar.pipe(launcherTarTap).pipe(deterministicGzip());
+    launcherTar.on('error', (err) => launcherGz.destroy(err));
+    const launcherBlob = await writer.putStream(launcherGz);
+
+    const wrappedConfig = planWrappedConfig(src.config, { measurement, policy: opts.policy, workload: opts.workload, launcherDigest, diffIDs: [launcherTarTap.digest, payloadBlob.digest] });
+    const configDesc = await writer.putBytes(serialize(wrappedConfig), MediaType.config);
+    const manifest = planManifest(configDesc, [
+      { mediaType: MediaType.layerGzip, digest: launcherBlob.digest, size: launcherBlob.size },
+      { mediaType: MediaType.layerTar, digest: payloadBlob.digest, size: payloadBlob.size },
+    ]);
+    const manifestDesc = await writer.putBytes(serialize(manifest), MediaType.manifest);
+    const indexEntry: Descriptor = { ...manifestDesc, platform: { architecture: src.config.architecture, os: src.config.os } };
+    if (opts.dest.ref !== undefined) indexEntry.annotations = { [ANNOTATION_REF_NAME]: opts.dest.ref };
+    await writer.writeIndex([indexEntry]);
+    return { manifestDigest: manifestDesc.digest, configDigest: configDesc.digest, measurement, launcherDigest, layers };
+  } finally {
+    await Promise.all(temps.map((t) => rm(t.file, { force: true })));
+  }
+}

@@ -1,0 +1,146 @@
+import Fastify from 'fastify';
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
+import swagger from '@fastify/swagger';
+import type { JWK } from 'jose';
+import type { LoggerOptions } from 'pino';
+import type { EvidenceVerifier, KbsContext } from './context.js';
+import { EAR_TTL_S, INSECURE_NOTICE } from './ear.js';
+import { loadOrCreateIdentity } from './identity.js';
+import type { KbsIdentity } from './identity.js';
+import { registerOwners } from './owner-auth.js';
+import { problemHandler } from './problem.js';
+import { healthRoutes } from './routes/health.js';
+import { ownerRoutes } from './routes/owner.js';
+import { rcarRoutes } from './routes/rcar.js';
+import { FileSealer, loadDataKey } from './sealer.js';
+import type { Sealer } from './sealer.js';
+import { openSqliteStore } from './store/sqlite.js';
+import type { Store } from './store/types.js';
+import { CocoonError } from '../errors.js';
+
+export interface KbsOptions {
+  /** Holds kbs-identity.jwk, seal.key and (by default) kbs.sqlite. */
+  dataDir: string;
+  verifier: EvidenceVerifier;
+  /** Accept `sim` evidence (only where a policy rule also names sim). Default false. */
+  allowSim?: boolean;
+  /** Owner public JWKs registered at start (bootstrap; `serve --owner FILE`). */
+  owners?: JWK[];
+  /** Default: SQLite in dataDir (closed with the app). A given store is not closed. */
+  store?: Store;
+  /** Default: FileSealer in dataDir. */
+  sealer?: Sealer;
+  /** Default: loaded/generated from dataDir. */
+  identity?: KbsIdentity;
+  /** Pino options, or false for none (tests). Default: info level to stdout. */
+  logger?: LoggerOptions | boolean;
+  /** Use an existing logger instead (e.g. the CLI's pino). */
+  loggerInstance?: FastifyBaseLogger;
+  /** Max request body, bytes. Default 1 MiB. */
+  bodyLimit?: number;
+  /** Challenge lifetime. Default 300 s. */
+  sessionTtlS?: number;
+  /** EAR token lifetime. Default 300 s. */
+  tokenTtlS?: number;
+  /** Clock (tests). */
+  now?: () => Date;
+}
+
+export const DEFAULT_BODY_LIMIT = 1024 * 1024;
+
+/** Never logged: credentials and cookies. Bodies are not logged at all. */
+const REDACT = ['req.headers.authorization', 'req.headers.cookie', 'res.headers["set-cookie"]', '*.value', '*.yaml', '*.token'];
+
+export async function buildKbsApp(options: KbsOptions): Promise<FastifyInstance> {
+  const ownsStore = options.store === undefined;
+  const store = options.store ?? (await openSqliteStore(options.dataDir));
+  try {
+    const identity = options.identity ?? (await loadOrCreateIdentity(options.dataDir));
+    const sealer = options.sealer ?? (await FileSealer.open(options.dataDir));
+    const dataKey = await loadDataKey(store, sealer);
+    const now = options.now ?? (() => new Date());
+    if (options.owners?.length) await registerOwners(store, options.owners, now().getTime());
+
+    const loggerOptions = options.logger === false ? false : { level: 'info', ...(typeof options.logger === 'object' ? options.logger : {}), redact: { paths: REDACT, censor: '[redacted]' } };
+    const app = Fastify({
+      ...(options.loggerInstance ? { loggerInstance: options.loggerInstance } : { logger: loggerOptions }),
+      bodyLimit: options.bodyLimit ?? DEFAULT_BODY_LIMIT,
+      trustProxy: false,
+      onProtoPoisoning: 'error',
+      onConstructorPoisoning: 'error',
+      ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false } },
+      routerOptions: { maxParamLength: 128 },
+    });
+    const ctx: KbsContext = {
+      store,
+      identity,
+      dataKey,
+      verifier: options.verifier,
+      allowSim: options.allowSim ?? false,
+      now,
+      sessionTtlS: options.sessionTtlS ?? 300,
+      tokenTtlS: options.tokenTtlS ?? EAR_TTL_S,
+      log: app.log,
+    };
+    if (ctx.allowSim) app.log.warn(`${INSECURE_NOTICE}: this KBS accepts simulated evidence (--allow-sim); never use it in production`);
+
+    await app.register(swagger, {
+      openapi: {
+        openapi: '3.1.0',
+        info: { title: 'Cocoon KBS owner API', version: '1.0.0', description: 'Policies, secrets and attestation events. Authenticate with a short-lived owner JWS (ES256/EdDSA).' },
+        components: { securitySchemes: { ownerToken: { type: 'http', scheme: 'bearer', bearerFormat: 'JWS' } } },
+      },
+    });
+    app.setErrorHandler(problemHandler('cocoon'));
+    app.setNotFoundHandler((request, reply) => {
+      const err = new CocoonError('NOT_FOUND', `no route ${request.method} ${request.url.slice(0, 200)}`);
+      problemHandler(request.url.startsWith('/kbs/') ? 'coco' : 'cocoon')(err, request, reply);
+    });
+    await app.register(healthRoutes(ctx));
+    await app.register(rcarRoutes(ctx));
+    await app.register(ownerRoutes(ctx));
+
+    const purge = setInterval(() => {
+      store.purgeExpired(now().getTime()).catch((err: unknown) => app.log.error({ err }, 'purging expired sessions failed'));
+    }, 60_000);
+    purge.unref();
+    app.addHook('onClose', async () => {
+      clearInterval(purge);
+      dataKey.fill(0);
+      if (ownsStore) await store.close();
+    });
+    return app;
+  } catch (err) {
+    if (ownsStore) await store.close();
+    throw err;
+  }
+}
+
+export interface StartKbsOptions extends KbsOptions {
+  /** Default 127.0.0.1. */
+  host?: string;
+  /** Default 8080; 0 picks a free port. */
+  port?: number;
+}
+
+export interface RunningKbs {
+  app: FastifyInstance;
+  /** Base URL, e.g. http://127.0.0.1:8080 */
+  url: string;
+  close(): Promise<void>;
+}
+
+export async function startKbs(options: StartKbsOptions): Promise<RunningKbs> {
+  const app = await buildKbsApp(options);
+  try {
+    await app.listen({ host: options.host ?? '127.0.0.1', port: options.port ?? 8080 });
+  } catch (err) {
+    await app.close();
+    throw new CocoonError('IO_ERROR', `KBS cannot listen on ${options.host ?? '127.0.0.1'}:${options.port ?? 8080}: ${(err as Error).message}`, { cause: err });
+  }
+  const address = app.server.address();
+  const port = typeof address === 'object' && address ? address.port : (options.port ?? 8080);
+  const host = options.host && options.host !== '0.0.0.0' && options.host !== '::' ? options.host : '127.0.0.1';
+  const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  return { app, url, close: () => app.close() };
+}

@@ -1,0 +1,171 @@
+import { randomBytes } from 'node:crypto';
+import { SignJWT } from 'jose';
+import type { JWK } from 'jose';
+import { CocoonError } from '../../errors.js';
+import { parsePolicy } from '../../policy/parse.js';
+import { loadOwnerPrivateKey } from '../owner-key.js';
+import type { OwnerSigningKey } from '../owner-key.js';
+import { TransientError, errorFromResponse, httpRequest, parseJsonBody, trimBase } from './http.js';
+
+export interface OwnerClientOptions {
+  kbsUrl: string;
+  /** Private owner JWK file (0600), or an already loaded key. */
+  ownerKeyFile?: string;
+  ownerKey?: OwnerSigningKey;
+  /** Default 15 s. */
+  timeoutMs?: number;
+  /** Owner token lifetime; at most 300 s. Default 60 s. */
+  tokenTtlS?: number;
+  fetchImpl?: typeof fetch;
+}
+
+export interface KbsIdentityInfo {
+  id: string;
+  publicKey: JWK;
+  allowSim: boolean;
+  protocol: string;
+  warning?: string;
+}
+
+export interface PolicyRef {
+  name: string;
+  version: number;
+  hash: string;
+}
+
+export interface PolicyVersionInfo extends PolicyRef {
+  predecessor: string | null;
+  createdAt: string;
+  createdBy: string;
+}
+
+export interface AttestationEvent {
+  id: string;
+  at: string;
+  kind: 'attest' | 'release';
+  status: 'affirming' | 'contraindicated' | 'error';
+  tee: string;
+  policy: string | null;
+  workload: string | null;
+  resource: string | null;
+  code: string | null;
+  detail: string;
+  insecure: boolean;
+}
+
+/** The CLI's view of the owner API. Every request carries a fresh owner JWS (new jti). */
+export class OwnerClient {
+  private identityCache: KbsIdentityInfo | undefined;
+
+  private constructor(
+    private readonly base: string,
+    private readonly key: OwnerSigningKey,
+    private readonly opts: OwnerClientOptions,
+  ) {}
+
+  static async create(options: OwnerClientOptions): Promise<OwnerClient> {
+    const key = options.ownerKey ?? (options.ownerKeyFile ? await loadOwnerPrivateKey(options.ownerKeyFile) : undefined);
+    if (!key) throw new CocoonError('BAD_USAGE', 'an owner key (ownerKeyFile) is required');
+    return new OwnerClient(trimBase(options.kbsUrl), key, options);
+  }
+
+  get ownerKid(): string {
+    return this.key.kid;
+  }
+
+  async identity(): Promise<KbsIdentityInfo> {
+    if (!this.identityCache) {
+      const info = (await this.call('GET', '/cocoon/v1/identity', undefined, false)) as KbsIdentityInfo;
+      if (typeof info.id !== 'string') throw new CocoonError('INPUT_MALFORMED', 'KBS identity response has no id');
+      this.identityCache = info;
+    }
+    return this.identityCache;
+  }
+
+  /**
+   * Checks the policy locally (file:line errors before any network), then applies it. Without
+   * `predecessor` the current head is fetched first, i.e. "update whatever is current".
+   */
+  async applyPolicy(yaml: string, options: { file?: string; predecessor?: string | null } = {}): Promise<PolicyRef> {
+    const policy = parsePolicy(yaml, options.file ? { file: options.file } : {});
+    let predecessor = options.predecessor;
+    if (predecessor === undefined) predecessor = (await this.getPolicy(policy.name).catch((err: unknown) => {
+      if (err instanceof CocoonError && err.code === 'NOT_FOUND') return undefined;
+      throw err;
+    }))?.hash ?? null;
+    return (await this.call('PUT', `/cocoon/v1/policies/${policy.name}`, { yaml, ...(predecessor ? { predecessor } : {}) })) as PolicyRef;
+  }
+
+  async getPolicy(name: string): Promise<PolicyVersionInfo & { yaml: string }> {
+    return (await this.call('GET', `/cocoon/v1/policies/${checkPolicyName(name)}`)) as PolicyVersionInfo & { yaml: string };
+  }
+
+  async policyHistory(name: string, limit = 100): Promise<PolicyVersionInfo[]> {
+    const res = (await this.call('GET', `/cocoon/v1/policies/${checkPolicyName(name)}/history?limit=${limit}`)) as { versions: PolicyVersionInfo[] };
+    return res.versions;
+  }
+
+  async putSecret(policy: string, name: string, value: Uint8Array): Promise<{ policy: string; name: string; kind: string; updatedAt: string }> {
+    return (await this.call('PUT', `/cocoon/v1/secrets/${checkPolicyName(policy)}/${encodeURIComponent(name)}`, { value: Buffer.from(value).toString('base64') })) as {
+      policy: string;
+      name: string;
+      kind: string;
+      updatedAt: string;
+    };
+  }
+
+  async getSecret(policy: string, name: string): Promise<Buffer> {
+    const res = (await this.call('GET', `/cocoon/v1/secrets/${checkPolicyName(policy)}/${encodeURIComponent(name)}`)) as { value?: unknown };
+    if (typeof res.value !== 'string') throw new CocoonError('INPUT_MALFORMED', 'secret response has no value');
+    return Buffer.from(res.value, 'base64');
+  }
+
+  async listEvents(options: { limit?: number; policy?: string } = {}): Promise<AttestationEvent[]> {
+    const q = new URLSearchParams();
+    if (options.limit !== undefined) q.set('limit', String(options.limit));
+    if (options.policy !== undefined) q.set('policy', checkPolicyName(options.policy));
+    const qs = q.toString();
+    const res = (await this.call('GET', `/cocoon/v1/events${qs ? `?${qs}` : ''}`)) as { events: AttestationEvent[] };
+    return res.events;
+  }
+
+  /** Mints a single-use owner token bound to this request's method and path. */
+  async mintToken(method: string, path: string): Promise<string> {
+    const { id } = await this.identity();
+    const ttl = Math.min(this.opts.tokenTtlS ?? 60, 300);
+    const now = Math.floor(Date.now() / 1000);
+    return new SignJWT({ htm: method, htu: path })
+      .setProtectedHeader({ alg: this.key.alg, kid: this.key.kid, typ: 'JWT' })
+      .setAudience(id)
+      .setIssuedAt(now)
+      .setExpirationTime(now + ttl)
+      .setJti(randomBytes(18).toString('base64url'))
+      .sign(this.key.key);
+  }
+
+  private async call(method: 'GET' | 'PUT' | 'POST', path: string, body?: unknown, auth = true): Promise<unknown> {
+    const headers: Record<string, string> = {};
+    if (auth) headers.authorization = `Bearer ${await this.mintToken(method, path)}`;
+    let res;
+    try {
+      res = await httpRequest(`${this.base}${path}`, {
+        method,
+        headers,
+        body,
+        timeoutMs: this.opts.timeoutMs ?? 15_000,
+        maxBytes: 8 * 1024 * 1024,
+        ...(this.opts.fetchImpl ? { fetchImpl: this.opts.fetchImpl } : {}),
+      });
+    } catch (err) {
+      if (err instanceof TransientError) throw new CocoonError('KBS_UNREACHABLE', `KBS ${this.base}: ${err.message}`);
+      throw err;
+    }
+    if (res.status !== 200) throw errorFromResponse(res, `${method} ${path}`);
+    return parseJsonBody(res, `${method} ${path}`);
+  }
+}
+
+function checkPolicyName(name: string): string {
+  if (!/^[a-z0-9][a-z0-9._-]{0,62}\/[a-z0-9][a-z0-9._-]{0,62}$/.test(name)) throw new CocoonError('BAD_USAGE', `policy name must be org/app: ${name}`);
+  return name;
+}

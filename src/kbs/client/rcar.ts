@@ -1,0 +1,138 @@
+import { randomInt } from 'node:crypto';
+import { exportJWK, flattenedDecrypt, generateKeyPair } from 'jose';
+import type { FlattenedJWE, JWK } from 'jose';
+import { CocoonError, asCocoonError } from '../../errors.js';
+import { rcarReportData, RCAR_VERSION, SESSION_COOKIE } from '../rcar-protocol.js';
+import { DEFAULT_MAX_RESPONSE_BYTES, TransientError, errorFromResponse, httpRequest, parseJsonBody, trimBase } from './http.js';
+
+export interface RetryOptions {
+  /** Total attempts of the whole exchange (≥ 1). */
+  attempts: number;
+  baseDelayMs: number;
+  maxDelayMs: number;
+}
+
+export interface AttestAndFetchOptions {
+  kbsUrl: string;
+  tee: string;
+  /** Produces evidence whose report_data is the given 64 bytes. */
+  evidenceProvider: (reportData: Uint8Array) => Promise<unknown>;
+  initData: { policy: string; workload: string };
+  /** `org/app/name` resources to fetch, e.g. `demo/redis/launch-plan`. */
+  resources: string[];
+  retry?: RetryOptions;
+  /** Per HTTP request. Default 15 s. */
+  timeoutMs?: number;
+  maxResponseBytes?: number;
+  onRetry?: (attempt: number, error: Error, delayMs: number) => void;
+  fetchImpl?: typeof fetch;
+}
+
+export interface AttestAndFetchResult {
+  token: string;
+  /** True when the KBS accepted simulated evidence ("INSECURE: simulated TEE"). */
+  insecure: boolean;
+  /** Decrypted resource bytes by requested name. */
+  resources: Record<string, Buffer>;
+}
+
+const RESOURCE_RE = /^[a-z0-9][a-z0-9._-]{0,62}\/[a-z0-9][a-z0-9._-]{0,62}\/[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+export const DEFAULT_RETRY: RetryOptions = { attempts: 5, baseDelayMs: 250, maxDelayMs: 5000 };
+
+/**
+ * RCAR with a Cocoon/CoCo KBS: auth → attest (evidence bound to an ephemeral P-256 key and
+ * the nonce) → fetch each resource as JWE and decrypt it. Network errors and 5xx restart the
+ * whole exchange (a nonce is single use) with exponential backoff and jitter; a 4xx is an
+ * answer and is never retried.
+ */
+export async function attestAndFetch(options: AttestAndFetchOptions): Promise<AttestAndFetchResult> {
+  const base = trimBase(options.kbsUrl);
+  for (const r of options.resources) if (!RESOURCE_RE.test(r)) throw new CocoonError('BAD_USAGE', `invalid resource name ${r}`);
+  const retry = options.retry ?? DEFAULT_RETRY;
+  const attempts = Math.max(1, Math.floor(retry.attempts));
+  const { privateKey, publicKey } = await generateKeyPair('ECDH-ES+A256KW', { crv: 'P-256', extractable: true });
+  const pub = await exportJWK(publicKey);
+  const teePubkey: JWK = { kty: 'EC', crv: 'P-256', x: pub.x, y: pub.y, alg: 'ECDH-ES+A256KW' };
+  let lastError: Error | undefined;
+  for (let attempt = 1; attempt <= attempts; attempt++) {
+    try {
+      return await exchange(base, options, teePubkey, privateKey);
+    } catch (err) {
+      if (!(err instanceof TransientError)) throw asCocoonError(err);
+      lastError = err;
+      if (attempt === attempts) break;
+      const delay = backoffDelay(attempt, retry);
+      options.onRetry?.(attempt, err, delay);
+      await new Promise((resolve) => setTimeout(resolve, delay));
+    }
+  }
+  throw new CocoonError('KBS_UNREACHABLE', `KBS ${base} unreachable after ${attempts} attempt(s): ${lastError?.message ?? 'unknown error'}`, {
+    details: { kbsUrl: base, attempts },
+  });
+}
+
+/** Exponential backoff with "equal jitter": half fixed, half random. */
+export function backoffDelay(attempt: number, retry: RetryOptions): number {
+  const ceiling = Math.min(retry.maxDelayMs, retry.baseDelayMs * 2 ** (attempt - 1));
+  const half = Math.floor(ceiling / 2);
+  return half + (ceiling - half > 0 ? randomInt(ceiling - half + 1) : 0);
+}
+
+async function exchange(base: string, options: AttestAndFetchOptions, teePubkey: JWK, privateKey: CryptoKeyLike): Promise<AttestAndFetchResult> {
+  const timeoutMs = options.timeoutMs ?? 15_000;
+  const maxBytes = options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
+  const common = { timeoutMs, maxBytes, ...(options.fetchImpl ? { fetchImpl: options.fetchImpl } : {}) };
+
+  const auth = await httpRequest(`${base}/kbs/v0/auth`, { ...common, method: 'POST', body: { version: RCAR_VERSION, tee: options.tee, 'extra-params': {} } });
+  if (auth.status !== 200) throw errorFromResponse(auth, 'KBS auth');
+  const challenge = parseJsonBody(auth, 'KBS auth') as { nonce?: unknown };
+  if (typeof challenge.nonce !== 'string' || challenge.nonce.length > 256) throw new CocoonError('INPUT_MALFORMED', 'KBS auth: challenge has no nonce');
+  const cookie = sessionCookie(auth.headers);
+  if (!cookie) throw new CocoonError('INPUT_MALFORMED', `KBS auth: no ${SESSION_COOKIE} cookie`);
+  const headers = { cookie: `${SESSION_COOKIE}=${cookie}` };
+
+  const reportData = rcarReportData(challenge.nonce, teePubkey);
+  const evidence = await options.evidenceProvider(reportData);
+  const attestRes = await httpRequest(`${base}/kbs/v0/attest`, {
+    ...common,
+    method: 'POST',
+    headers,
+    body: {
+      'init-data': { format: 'json', body: JSON.stringify(options.initData) },
+      'runtime-data': { nonce: challenge.nonce, 'tee-pubkey': teePubkey },
+      'tee-evidence': { primary_evidence: evidence, additional_evidence: '' },
+    },
+  });
+  if (attestRes.status !== 200) throw errorFromResponse(attestRes, 'KBS attest');
+  const attested = parseJsonBody(attestRes, 'KBS attest') as { token?: unknown; warning?: unknown };
+  if (typeof attested.token !== 'string') throw new CocoonError('INPUT_MALFORMED', 'KBS attest: no token');
+  const insecure = typeof attested.warning === 'string' || attestRes.headers.get('x-cocoon-warning') !== null;
+
+  const resources: Record<string, Buffer> = {};
+  for (const name of options.resources) {
+    const res = await httpRequest(`${base}/kbs/v0/resource/${name}`, { ...common, method: 'GET', headers });
+    if (res.status !== 200) throw errorFromResponse(res, `KBS resource ${name}`);
+    const jwe = parseJsonBody(res, `KBS resource ${name}`) as FlattenedJWE;
+    try {
+      const { plaintext } = await flattenedDecrypt(jwe, privateKey, { keyManagementAlgorithms: ['ECDH-ES+A256KW'], contentEncryptionAlgorithms: ['A256GCM'] });
+      resources[name] = Buffer.from(plaintext);
+    } catch (err) {
+      throw new CocoonError('INPUT_MALFORMED', `KBS resource ${name}: JWE does not decrypt with the TEE key`, { cause: err });
+    }
+  }
+  return { token: attested.token, insecure, resources };
+}
+
+type CryptoKeyLike = Awaited<ReturnType<typeof generateKeyPair>>['privateKey'];
+
+function sessionCookie(headers: Headers): string | undefined {
+  for (const line of headers.getSetCookie()) {
+    const first = line.split(';')[0] ?? '';
+    const eq = first.indexOf('=');
+    if (eq > 0 && first.slice(0, eq).trim() === SESSION_COOKIE) {
+      const v = first.slice(eq + 1).trim();
+      if (/^[A-Za-z0-9_-]{1,128}$/.test(v)) return v;
+    }
+  }
+  return undefined;
+}

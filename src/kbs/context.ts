@@ -1,0 +1,24 @@
+import type { FastifyBaseLogger } from 'fastify';
+import type { TeeKind, VerificationResult } from '../attestation/types.js';
+import type { KbsIdentity } from './identity.js';
+import type { Store } from './store/types.js';
+
+/**
+ * Verifies evidence of one TEE kind. Injected so the server never parses evidence itself;
+ * `reportData` is the 64-byte value the KBS expects the evidence to carry.
+ */
+export type EvidenceVerifier = (tee: TeeKind, evidence: unknown, options: { at: Date; reportData: Uint8Array }) => Promise<VerificationResult>;
+
+/** Everything the routes share. Built once per app; holds no per-request state. */
+export interface KbsContext {
+  store: Store;
+  identity: KbsIdentity;
+  /** Data key for secrets at rest (unsealed at start). */
+  dataKey: Buffer;
+  verifier: EvidenceVerifier;
+  allowSim: boolean;
+  now: () => Date;
+  sessionTtlS: number;
+  tokenTtlS: number;
+  log: FastifyBaseLogger;
+}

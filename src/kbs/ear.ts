@@ -1,0 +1,116 @@
+import { randomUUID } from 'node:crypto';
+import { SignJWT, jwtVerify } from 'jose';
+import type { JWK } from 'jose';
+import type { Claims, TeeKind } from '../attestation/types.js';
+import { CocoonError } from '../errors.js';
+import type { KbsIdentity } from './identity.js';
+
+export const EAR_PROFILE = 'tag:github.com,2023:veraison/ear';
+export const INSECURE_NOTICE = 'INSECURE: simulated TEE';
+export const EAR_TTL_S = 300;
+
+export type EarStatus = 'affirming' | 'contraindicated';
+
+export interface EarInput {
+  status: EarStatus;
+  tee: TeeKind;
+  policy: string;
+  policyVersion: number;
+  workload: string;
+  teePubkey: JWK;
+  claims: Claims;
+  insecure: boolean;
+  now: Date;
+  ttlS?: number;
+}
+
+/** What the KBS reads back from one of its own EAR tokens. */
+export interface EarGrant {
+  status: EarStatus;
+  tee: string;
+  policy: string;
+  workload: string;
+  teePubkey: JWK;
+  insecure: boolean;
+  exp: number;
+}
+
+/** AR4SI trustworthiness vector: 2 = affirming tier values; 96 = contraindicated. */
+function trustVector(status: EarStatus): Record<string, number> {
+  const v = status === 'affirming' ? 2 : 96;
+  return {
+    'instance-identity': v,
+    configuration: v,
+    executables: v,
+    'file-system': v,
+    hardware: v,
+    'runtime-opaque': v,
+    'storage-opaque': v,
+    'sourced-data': v,
+  };
+}
+
+/** Issues an EAR JWT (draft-ietf-rats-ear) signed ES256 by the KBS identity. */
+export async function issueEar(id: KbsIdentity, input: EarInput): Promise<{ token: string; exp: number }> {
+  const iat = Math.floor(input.now.getTime() / 1000);
+  const exp = iat + (input.ttlS ?? EAR_TTL_S);
+  const submod: Record<string, unknown> = {
+    'ear.status': input.status,
+    'ear.trustworthiness-vector': trustVector(input.status),
+    'ear.appraisal-policy-id': `cocoon:policy:${input.policy}@${input.policyVersion}#${input.workload}`,
+    'ear.veraison.annotated-evidence': {
+      tee: input.tee,
+      ...input.claims,
+      init_data_claims: { policy: input.policy, workload: input.workload },
+      runtime_data_claims: { 'tee-pubkey': input.teePubkey },
+    },
+  };
+  if (input.insecure) submod['ear.cocoon.insecure'] = INSECURE_NOTICE;
+  const payload: Record<string, unknown> = {
+    eat_profile: EAR_PROFILE,
+    'ear.verifier-id': { developer: 'https://github.com/cocoon', build: 'cocoon-kbs 0.1.0' },
+    submods: { cpu0: submod },
+    'cocoon.policy': input.policy,
+    'cocoon.workload': input.workload,
+  };
+  if (input.insecure) payload['cocoon.insecure'] = INSECURE_NOTICE;
+  const token = await new SignJWT(payload)
+    .setProtectedHeader({ alg: 'ES256', typ: 'JWT', kid: id.kid })
+    .setIssuer(id.id)
+    .setIssuedAt(iat)
+    .setExpirationTime(exp)
+    .setJti(randomUUID())
+    .sign(id.privateKey);
+  return { token, exp };
+}
+
+/** Verifies one of this KBS's EAR tokens (signature, issuer, expiry) and extracts the grant. */
+export async function verifyEar(id: KbsIdentity, token: string, now: Date): Promise<EarGrant> {
+  if (token.length > 16 * 1024) throw new CocoonError('AUTH_INVALID', 'attestation token too large');
+  let payload;
+  try {
+    ({ payload } = await jwtVerify(token, id.publicKey, { algorithms: ['ES256'], issuer: id.id, currentDate: now, requiredClaims: ['exp', 'iat'] }));
+  } catch (err) {
+    const expired = (err as { code?: string }).code === 'ERR_JWT_EXPIRED';
+    throw new CocoonError('AUTH_INVALID', expired ? 'attestation token expired' : 'attestation token does not verify');
+  }
+  const cpu0 = (payload.submods as Record<string, Record<string, unknown>> | undefined)?.cpu0;
+  const evidence = cpu0?.['ear.veraison.annotated-evidence'] as Record<string, unknown> | undefined;
+  const rd = evidence?.runtime_data_claims as Record<string, unknown> | undefined;
+  const policy = payload['cocoon.policy'];
+  const workload = payload['cocoon.workload'];
+  const status = cpu0?.['ear.status'];
+  const teePubkey = rd?.['tee-pubkey'];
+  if (typeof policy !== 'string' || typeof workload !== 'string' || (status !== 'affirming' && status !== 'contraindicated') || typeof teePubkey !== 'object' || teePubkey === null) {
+    throw new CocoonError('AUTH_INVALID', 'attestation token lacks Cocoon claims');
+  }
+  return {
+    status,
+    tee: String(evidence?.tee ?? ''),
+    policy,
+    workload,
+    teePubkey: teePubkey as JWK,
+    insecure: payload['cocoon.insecure'] !== undefined,
+    exp: payload.exp as number,
+  };
+}

@@ -1,0 +1,101 @@
+import { chmod, open, readFile, stat, writeFile } from 'node:fs/promises';
+import { calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK } from 'jose';
+import type { CryptoKey, JWK } from 'jose';
+import { CocoonError } from '../errors.js';
+
+/** Owner keys sign the owner API's bearer tokens. ES256 (P-256) by default; EdDSA (Ed25519) accepted. */
+export type OwnerAlg = 'ES256' | 'EdDSA';
+
+export interface OwnerKeyFiles {
+  kid: string;
+  publicJwk: JWK;
+  privateFile: string;
+  publicFile: string;
+}
+
+/**
+ * `cocoon init`: creates an owner key pair. The private JWK is written exclusively with mode
+ * 0600 (never overwritten); the public JWK next to it is what `cocoon serve --owner` registers.
+ */
+export async function createOwnerKey(privateFile: string, publicFile = `${privateFile.replace(/\.jwk$/, '')}.pub.jwk`): Promise<OwnerKeyFiles> {
+  const { privateKey } = await generateKeyPair('ES256', { extractable: true });
+  const jwk = await exportJWK(privateKey);
+  const publicJwk = publicPart(jwk);
+  const kid = await calculateJwkThumbprint(publicJwk, 'sha256');
+  let handle;
+  try {
+    handle = await open(privateFile, 'wx', 0o600);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new CocoonError(code === 'EEXIST' ? 'CONFLICT' : 'IO_ERROR', `cannot create owner key ${privateFile}: ${code === 'EEXIST' ? 'file exists' : (err as Error).message}`);
+  }
+  try {
+    await handle.writeFile(JSON.stringify({ ...jwk, kid, alg: 'ES256' }, null, 2) + '\n');
+  } finally {
+    await handle.close();
+  }
+  await chmod(privateFile, 0o600);
+  const pub = { ...publicJwk, kid, alg: 'ES256', use: 'sig' };
+  await writeFile(publicFile, JSON.stringify(pub, null, 2) + '\n', { mode: 0o644 });
+  return { kid, publicJwk: pub, privateFile, publicFile };
+}
+
+export interface OwnerSigningKey {
+  kid: string;
+  alg: OwnerAlg;
+  key: CryptoKey;
+  publicJwk: JWK;
+}
+
+/** Loads an owner private JWK file (must not be readable by others). */
+export async function loadOwnerPrivateKey(file: string): Promise<OwnerSigningKey> {
+  const info = await stat(file).catch((err: unknown) => {
+    throw new CocoonError('IO_ERROR', `cannot read owner key ${file}: ${(err as Error).message}`);
+  });
+  if ((info.mode & 0o077) !== 0) throw new CocoonError('IO_ERROR', `owner key ${file} is accessible by other users; chmod 600 it`);
+  if (info.size > 16 * 1024) throw new CocoonError('INPUT_TOO_LARGE', `owner key ${file} is too large`);
+  return ownerSigningKey(parseJwkText(await readFile(file, 'utf8'), file));
+}
+
+export async function ownerSigningKey(jwk: JWK): Promise<OwnerSigningKey> {
+  if (typeof jwk.d !== 'string') throw new CocoonError('BAD_USAGE', 'owner key is not a private JWK');
+  const alg = ownerAlgOf(jwk);
+  const publicJwk = publicPart(jwk);
+  const kid = await calculateJwkThumbprint(publicJwk, 'sha256');
+  const key = (await importJWK({ ...jwk, alg }, alg)) as CryptoKey;
+  return { kid, alg, key, publicJwk: { ...publicJwk, kid, alg } };
+}
+
+/** Reads a public (or private: the private part is dropped) owner JWK file, for `serve --owner`. */
+export async function loadOwnerPublicJwk(file: string): Promise<JWK> {
+  const text = await readFile(file, 'utf8').catch((err: unknown) => {
+    throw new CocoonError('IO_ERROR', `cannot read owner key ${file}: ${(err as Error).message}`);
+  });
+  if (text.length > 16 * 1024) throw new CocoonError('INPUT_TOO_LARGE', `owner key ${file} is too large`);
+  const jwk = parseJwkText(text, file);
+  ownerAlgOf(jwk);
+  return publicPart(jwk);
+}
+
+export function ownerAlgOf(jwk: JWK): OwnerAlg {
+  if (jwk.kty === 'EC' && jwk.crv === 'P-256' && typeof jwk.x === 'string' && typeof jwk.y === 'string') return 'ES256';
+  if (jwk.kty === 'OKP' && jwk.crv === 'Ed25519' && typeof jwk.x === 'string') return 'EdDSA';
+  throw new CocoonError('BAD_USAGE', 'owner keys must be P-256 (ES256) or Ed25519 (EdDSA) JWKs');
+}
+
+/** Only the public members, in a fixed shape (thumbprint input). */
+export function publicPart(jwk: JWK): JWK {
+  if (jwk.kty === 'EC') return { kty: 'EC', crv: jwk.crv, x: jwk.x, y: jwk.y };
+  if (jwk.kty === 'OKP') return { kty: 'OKP', crv: jwk.crv, x: jwk.x };
+  throw new CocoonError('BAD_USAGE', `unsupported owner key type ${String(jwk.kty)}`);
+}
+
+function parseJwkText(text: string, file: string): JWK {
+  try {
+    const v = JSON.parse(text) as unknown;
+    if (typeof v === 'object' && v !== null && !Array.isArray(v)) return v as JWK;
+  } catch {
+    // reported below
+  }
+  throw new CocoonError('INPUT_MALFORMED', `${file} is not a JWK`);
+}

@@ -1,0 +1,273 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { decodeJwt } from 'jose';
+import type { FlattenedJWE } from 'jose';
+import { isTeeKind } from '../attestation/types.js';
+import type { TeeKind, VerificationResult } from '../attestation/types.js';
+import { constantTimeEqual } from '../crypto/hash.js';
+import { CocoonError, ERROR_CODES, asCocoonError } from '../errors.js';
+import type { ErrorCode } from '../errors.js';
+import { evaluateAccept, grantedSecrets } from '../policy/evaluate.js';
+import { LAUNCH_PLAN_RESOURCE, WORKLOAD_NAME_RE, isPolicyName } from '../policy/names.js';
+import type { KbsContext } from './context.js';
+import { INSECURE_NOTICE, issueEar, verifyEar } from './ear.js';
+import { renderLaunchPlan } from './launch-plan.js';
+import { currentPolicy } from './policies.js';
+import { requireSecrets } from './secrets.js';
+import { RCAR_TEES, RCAR_VERSION, SESSION_COOKIE, rcarReportData } from './rcar-protocol.js';
+import { encryptToTee, parseTeePubkey } from './tee-key.js';
+import type { TeePubkey } from './tee-key.js';
+import type { EventRecord } from './store/types.js';
+
+export { RCAR_TEES, RCAR_VERSION, SESSION_COOKIE, rcarReportData };
+
+export interface AuthRequest {
+  version: string;
+  tee: string;
+  'extra-params'?: unknown;
+}
+
+export async function startSession(ctx: KbsContext, req: AuthRequest): Promise<{ sessionId: string; nonce: string; maxAgeS: number }> {
+  if (req.version !== RCAR_VERSION) throw new CocoonError('BAD_USAGE', `unsupported KBS protocol version ${req.version.slice(0, 32)} (this KBS speaks ${RCAR_VERSION})`);
+  if (!(RCAR_TEES as readonly string[]).includes(req.tee)) throw new CocoonError('TEE_UNSUPPORTED', `unknown TEE ${req.tee.slice(0, 32)}`);
+  if (req.tee === 'sim' && !ctx.allowSim) throw new CocoonError('SIM_NOT_ALLOWED', 'this KBS does not accept simulated TEEs (start it with --allow-sim for development)');
+  const now = ctx.now().getTime();
+  const sessionId = randomBytes(24).toString('base64url');
+  const nonce = randomBytes(32).toString('base64');
+  await ctx.store.createSession({ id: sessionId, tee: req.tee, nonce, nonceUsed: false, createdAt: now, expiresAt: now + ctx.sessionTtlS * 1000, teePubkey: null, attestation: null });
+  return { sessionId, nonce, maxAgeS: ctx.sessionTtlS };
+}
+
+export interface AttestRequest {
+  'init-data'?: { format: string; body: string };
+  'runtime-data': { nonce: string; 'tee-pubkey': unknown };
+  'tee-evidence': { primary_evidence: unknown; additional_evidence?: string };
+}
+
+/** The attestation outcome kept in the session (and re-checked on every release). */
+interface SessionGrant {
+  policy: string;
+  workload: string;
+  tee: TeeKind;
+  measurement: string | undefined;
+  debug: boolean;
+  insecure: boolean;
+}
+
+export async function attest(ctx: KbsContext, sessionId: string | undefined, req: AttestRequest): Promise<{ token: string; insecure: boolean }> {
+  const now = ctx.now();
+  let tee = 'unknown';
+  let target: { policy: string; workload: string } | undefined;
+  let measurement: string | undefined;
+  let insecure = false;
+  try {
+    if (!sessionId) throw new CocoonError('NONCE_INVALID', `no ${SESSION_COOKIE} cookie: request a challenge from /kbs/v0/auth first`);
+    const session = await ctx.store.getSession(sessionId);
+    if (!session || session.expiresAt <= now.getTime()) throw new CocoonError('NONCE_INVALID', 'session unknown or expired: request a new challenge');
+    tee = session.tee;
+    // Burn the nonce before anything else: one attempt per challenge, successful or not.
+    const fresh = await ctx.store.consumeNonce(session.id, now.getTime());
+    if (!fresh) throw new CocoonError('NONCE_INVALID', 'nonce already used: request a new challenge');
+    const nonce = req['runtime-data'].nonce;
+    if (!constantTimeEqual(Buffer.from(nonce, 'utf8'), Buffer.from(session.nonce, 'utf8'))) {
+      throw new CocoonError('NONCE_INVALID', "nonce does not match the session's challenge");
+    }
+    if (!isTeeKind(session.tee)) throw new CocoonError('TEE_UNSUPPORTED', `Cocoon cannot verify ${session.tee} evidence`);
+    const teeKind = session.tee;
+    if (teeKind === 'sim' && !ctx.allowSim) throw new CocoonError('SIM_NOT_ALLOWED', 'this KBS does not accept simulated TEEs');
+    const teePubkey = parseTeePubkey(req['runtime-data']['tee-pubkey']);
+    target = parseInitData(req['init-data']);
+    const expected = rcarReportData(nonce, teePubkey.jwk);
+
+    const result = await runVerifier(ctx, teeKind, req['tee-evidence'].primary_evidence, now, expected);
+    insecure = result.insecure === true || teeKind === 'sim';
+    const claimedRd = result.claims.report_data;
+    if (typeof claimedRd !== 'string' || !constantTimeEqual(Buffer.from(claimedRd.toLowerCase(), 'utf8'), Buffer.from(expected.toString('hex'), 'utf8'))) {
+      throw new CocoonError('REPORT_DATA_MISMATCH', 'evidence report_data is not SHA-384(nonce, tee-pubkey)');
+    }
+    measurement = typeof result.claims.measurement === 'string' ? result.claims.measurement.toLowerCase() : undefined;
+    const debug = result.claims.debug === true;
+
+    const current = await currentPolicy(ctx, target.policy);
+    if (!current) throw new CocoonError('POLICY_DENIED', `no policy named ${target.policy}`);
+    const workload = current.policy.workloads[target.workload];
+    if (!workload) throw new CocoonError('POLICY_DENIED', `policy ${target.policy} has no workload ${target.workload}`);
+    const appraisal = evaluateAccept(workload, { tee: teeKind, measurement, debug, allowSim: ctx.allowSim });
+    if (!appraisal.allowed) throw new CocoonError('POLICY_DENIED', `${target.policy}#${target.workload}: ${appraisal.reason}`, { details: { reasons: appraisal.reasons } });
+
+    const { token, exp } = await issueEar(ctx.identity, {
+      status: 'affirming',
+      tee: teeKind,
+      policy: target.policy,
+      policyVersion: current.record.version,
+      workload: target.workload,
+      teePubkey: teePubkey.jwk,
+      claims: result.claims,
+      insecure,
+      now,
+      ttlS: ctx.tokenTtlS,
+    });
+    const grant: SessionGrant = { policy: target.policy, workload: target.workload, tee: teeKind, measurement, debug, insecure };
+    await ctx.store.completeSession(session.id, JSON.stringify(teePubkey.jwk), JSON.stringify(grant), exp * 1000);
+    await recordEvent(ctx, { kind: 'attest', status: 'affirming', tee, target, sessionId, insecure, detail: insecure ? `${INSECURE_NOTICE}; measurement ${measurement ?? '-'}` : `measurement ${measurement ?? '-'}` });
+    if (insecure) ctx.log.warn({ policy: target.policy, workload: target.workload, tee }, `attestation accepted — ${INSECURE_NOTICE}`);
+    else ctx.log.info({ policy: target.policy, workload: target.workload, tee }, 'attestation accepted');
+    return { token, insecure };
+  } catch (err) {
+    const e = asCocoonError(err);
+    await recordEvent(ctx, {
+      kind: 'attest',
+      status: e.code === 'POLICY_DENIED' ? 'contraindicated' : 'error',
+      tee,
+      target,
+      sessionId: sessionId ?? null,
+      insecure,
+      code: e.code,
+      detail: `${insecure ? `${INSECURE_NOTICE}; ` : ''}${e.message}${measurement ? ` (measurement ${measurement})` : ''}`,
+    }).catch((recordErr: unknown) => ctx.log.error({ err: recordErr }, 'cannot record attestation event'));
+    ctx.log.warn({ code: e.code, tee, policy: target?.policy, workload: target?.workload, insecure }, `attestation refused: ${e.message}`);
+    throw e;
+  }
+}
+
+async function runVerifier(ctx: KbsContext, tee: TeeKind, evidence: unknown, at: Date, reportData: Buffer): Promise<VerificationResult> {
+  let result: VerificationResult;
+  try {
+    result = await ctx.verifier(tee, evidence, { at, reportData });
+  } catch (err) {
+    throw asCocoonError(err, 'EVIDENCE_MALFORMED');
+  }
+  if (result.tee !== tee) throw new CocoonError('EVIDENCE_MALFORMED', `evidence is ${result.tee}, the session announced ${tee}`);
+  if (!result.verified) {
+    const first = result.errors[0];
+    const code: ErrorCode = first && first.code in ERROR_CODES ? (first.code as ErrorCode) : 'EVIDENCE_REJECTED';
+    throw new CocoonError(code, `evidence rejected: ${result.errors.map((p) => `${p.code}: ${p.message}`).join('; ') || 'not verified'}`, { details: { problems: result.errors } });
+  }
+  return result;
+}
+
+function parseInitData(initData: AttestRequest['init-data']): { policy: string; workload: string } {
+  if (!initData) throw new CocoonError('POLICY_DENIED', 'init-data {policy, workload} is required to select a policy');
+  if (initData.format !== 'json') throw new CocoonError('INPUT_MALFORMED', `init-data format ${initData.format.slice(0, 16)} is not supported (json)`);
+  let v: unknown;
+  try {
+    v = JSON.parse(initData.body);
+  } catch {
+    throw new CocoonError('INPUT_MALFORMED', 'init-data body is not JSON');
+  }
+  const o = v as Record<string, unknown>;
+  if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new CocoonError('INPUT_MALFORMED', 'init-data body must be a JSON object');
+  const { policy, workload } = o;
+  if (typeof policy !== 'string' || !isPolicyName(policy)) throw new CocoonError('INPUT_MALFORMED', 'init-data policy must be "org/app"');
+  if (typeof workload !== 'string' || !WORKLOAD_NAME_RE.test(workload)) throw new CocoonError('INPUT_MALFORMED', 'init-data workload name invalid');
+  return { policy, workload };
+}
+
+/** Who may fetch resources: an attested session (cookie) or a bearer EAR token. */
+export interface ResourceGrant extends SessionGrant {
+  teePubkey: TeePubkey;
+  via: 'session' | 'token';
+  sessionId: string | null;
+}
+
+export async function authorizeResource(ctx: KbsContext, auth: { sessionId?: string; bearer?: string }): Promise<ResourceGrant> {
+  const now = ctx.now();
+  if (auth.bearer !== undefined) {
+    const ear = await verifyEar(ctx.identity, auth.bearer, now);
+    if (ear.status !== 'affirming') throw new CocoonError('POLICY_DENIED', 'attestation token is not affirming');
+    if (!isTeeKind(ear.tee)) throw new CocoonError('AUTH_INVALID', 'attestation token names an unknown TEE');
+    const claims = claimsFromToken(auth.bearer);
+    return {
+      policy: ear.policy,
+      workload: ear.workload,
+      tee: ear.tee,
+      measurement: claims.measurement,
+      debug: claims.debug,
+      insecure: ear.insecure,
+      teePubkey: parseTeePubkey(ear.teePubkey),
+      via: 'token',
+      sessionId: null,
+    };
+  }
+  if (!auth.sessionId) throw new CocoonError('AUTH_REQUIRED', `no ${SESSION_COOKIE} cookie or bearer attestation token`);
+  const session = await ctx.store.getSession(auth.sessionId);
+  if (!session || session.expiresAt <= now.getTime()) throw new CocoonError('AUTH_INVALID', 'session unknown or expired: attest again');
+  if (!session.attestation || !session.teePubkey) throw new CocoonError('AUTH_REQUIRED', 'session is not attested yet');
+  const grant = JSON.parse(session.attestation) as SessionGrant;
+  return { ...grant, teePubkey: parseTeePubkey(JSON.parse(session.teePubkey)), via: 'session', sessionId: session.id };
+}
+
+/** Token claims were verified by verifyEar; this only reads the annotated evidence. */
+function claimsFromToken(token: string): { measurement: string | undefined; debug: boolean } {
+  const payload = decodeJwt(token);
+  const ev = (payload.submods as Record<string, Record<string, unknown>> | undefined)?.cpu0?.['ear.veraison.annotated-evidence'] as Record<string, unknown> | undefined;
+  return { measurement: typeof ev?.measurement === 'string' ? ev.measurement : undefined, debug: ev?.debug === true };
+}
+
+/**
+ * Releases `<org>/<app>/<name>` to the grant's TEE key. The grant is re-appraised against the
+ * *current* policy version, so removing a measurement or a grant takes effect immediately.
+ */
+export async function releaseResource(ctx: KbsContext, grant: ResourceGrant, org: string, app: string, name: string): Promise<FlattenedJWE> {
+  const policyName = `${org}/${app}`;
+  const target = { policy: grant.policy, workload: grant.workload };
+  const resource = `${policyName}/${name}`;
+  try {
+    if (policyName !== grant.policy) throw new CocoonError('POLICY_DENIED', `attested for policy ${grant.policy}, not ${policyName}`);
+    const current = await currentPolicy(ctx, policyName);
+    const workload = current?.policy.workloads[grant.workload];
+    if (!current || !workload) throw new CocoonError('POLICY_DENIED', `workload ${grant.workload} is no longer in policy ${policyName}`);
+    const appraisal = evaluateAccept(workload, { tee: grant.tee, measurement: grant.measurement, debug: grant.debug, allowSim: ctx.allowSim });
+    if (!appraisal.allowed) throw new CocoonError('POLICY_DENIED', `the current policy no longer accepts this workload: ${appraisal.reason}`);
+    const granted = grantedSecrets(current.policy, grant.workload);
+    let plaintext: Buffer;
+    if (name === LAUNCH_PLAN_RESOURCE) {
+      const values = await requireSecrets(ctx, policyName, granted);
+      const plan = renderLaunchPlan(current.policy, grant.workload, grant.insecure, (s) => {
+        const v = values.get(s);
+        if (!v) throw new CocoonError('POLICY_DENIED', `secret ${s} is not granted to ${grant.workload}`);
+        return v;
+      });
+      plaintext = Buffer.from(JSON.stringify(plan), 'utf8');
+    } else {
+      if (!granted.has(name)) throw new CocoonError('POLICY_DENIED', `resource ${resource} is not granted to workload ${grant.workload}`);
+      plaintext = (await requireSecrets(ctx, policyName, [name])).get(name) as Buffer;
+    }
+    const jwe = await encryptToTee(grant.teePubkey, plaintext);
+    plaintext.fill(0);
+    await recordEvent(ctx, { kind: 'release', status: 'affirming', tee: grant.tee, target, resource, sessionId: grant.sessionId, insecure: grant.insecure, detail: `released via ${grant.via}` });
+    return jwe;
+  } catch (err) {
+    const e = asCocoonError(err);
+    await recordEvent(ctx, { kind: 'release', status: 'error', tee: grant.tee, target, resource, sessionId: grant.sessionId, insecure: grant.insecure, code: e.code, detail: e.message }).catch(() => undefined);
+    throw e;
+  }
+}
+
+interface EventInput {
+  kind: EventRecord['kind'];
+  status: EventRecord['status'];
+  tee: string;
+  target: { policy: string; workload: string } | undefined;
+  resource?: string;
+  sessionId: string | null;
+  insecure: boolean;
+  code?: string;
+  detail: string;
+}
+
+async function recordEvent(ctx: KbsContext, e: EventInput): Promise<void> {
+  await ctx.store.addEvent({
+    id: randomUUID(),
+    at: ctx.now().getTime(),
+    kind: e.kind,
+    status: e.status,
+    tee: e.tee,
+    policy: e.target?.policy ?? null,
+    workload: e.target?.workload ?? null,
+    resource: e.resource ?? null,
+    code: e.code ?? null,
+    detail: e.detail.slice(0, 2000),
+    insecure: e.insecure,
+    sessionId: e.sessionId,
+  });
+}

@@ -1,0 +1,73 @@
+import type { FastifyInstance } from 'fastify';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { Type } from 'typebox';
+import { CocoonError } from '../../errors.js';
+import type { KbsContext } from '../context.js';
+import { INSECURE_NOTICE } from '../ear.js';
+import { problemHandler } from '../problem.js';
+import { SESSION_COOKIE, attest, authorizeResource, releaseResource, startSession } from '../rcar.js';
+import { ResourceParams, readCookie } from './common.js';
+
+const AuthBody = Type.Object(
+  {
+    version: Type.String({ maxLength: 32 }),
+    tee: Type.String({ maxLength: 32 }),
+    'extra-params': Type.Optional(Type.Unknown()),
+  },
+  { additionalProperties: false },
+);
+
+const AttestBody = Type.Object(
+  {
+    'init-data': Type.Optional(Type.Object({ format: Type.String({ maxLength: 16 }), body: Type.String({ maxLength: 65536 }) }, { additionalProperties: false })),
+    'runtime-data': Type.Object(
+      { nonce: Type.String({ maxLength: 256 }), 'tee-pubkey': Type.Object({}, { additionalProperties: true, maxProperties: 16 }) },
+      { additionalProperties: false },
+    ),
+    'tee-evidence': Type.Object(
+      { primary_evidence: Type.Unknown(), additional_evidence: Type.Optional(Type.String({ maxLength: 262144 })) },
+      { additionalProperties: false, required: ['primary_evidence'] },
+    ),
+  },
+  { additionalProperties: false },
+);
+
+/** CoCo KBS protocol 0.4.0 under /kbs/v0 (docs/internals.md §5). Errors are CoCo RFC 7807. */
+export function rcarRoutes(ctx: KbsContext) {
+  return async function plugin(app: FastifyInstance): Promise<void> {
+    const r = app.withTypeProvider<TypeBoxTypeProvider>();
+    r.setErrorHandler(problemHandler('coco'));
+
+    r.post('/kbs/v0/auth', { schema: { body: AuthBody, hide: true } }, async (request, reply) => {
+      const { sessionId, nonce, maxAgeS } = await startSession(ctx, request.body);
+      void reply.header('set-cookie', `${SESSION_COOKIE}=${sessionId}; Path=/kbs/v0; Max-Age=${maxAgeS}; HttpOnly; SameSite=Strict`);
+      return { nonce, 'extra-params': '' };
+    });
+
+    r.post('/kbs/v0/attest', { schema: { body: AttestBody, hide: true } }, async (request, reply) => {
+      const sessionId = readCookie(request.headers.cookie, SESSION_COOKIE);
+      const { token, insecure } = await attest(ctx, sessionId, request.body);
+      if (insecure) {
+        void reply.header('x-cocoon-warning', INSECURE_NOTICE);
+        return { token, warning: INSECURE_NOTICE };
+      }
+      return { token };
+    });
+
+    r.get('/kbs/v0/resource/:org/:app/:name', { schema: { params: ResourceParams, hide: true } }, async (request, reply) => {
+      const authz = request.headers.authorization;
+      let bearer: string | undefined;
+      if (authz !== undefined) {
+        const m = /^Bearer ([A-Za-z0-9_.-]{1,16384})$/.exec(authz);
+        if (!m) throw new CocoonError('AUTH_INVALID', 'Authorization must be "Bearer <attestation token>"');
+        bearer = m[1];
+      }
+      const sessionId = readCookie(request.headers.cookie, SESSION_COOKIE);
+      const grant = await authorizeResource(ctx, { ...(sessionId ? { sessionId } : {}), ...(bearer ? { bearer } : {}) });
+      const jwe = await releaseResource(ctx, grant, request.params.org, request.params.app, request.params.name);
+      if (grant.insecure) void reply.header('x-cocoon-warning', INSECURE_NOTICE);
+      void reply.header('cache-control', 'no-store');
+      return jwe;
+    });
+  };
+}

@@ -1,0 +1,98 @@
+import { Migrator } from 'kysely';
+import type { Kysely, Migration, MigrationProvider } from 'kysely';
+import { CocoonError } from '../../errors.js';
+
+/**
+ * Schema migrations, written with kysely's schema builder so that one definition serves
+ * SQLite and PostgreSQL. Append new migrations; never edit a shipped one.
+ */
+function migrations(dialect: 'sqlite' | 'postgres'): Record<string, Migration> {
+  return {
+  '0001_initial': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema.createTable('kbs_meta').addColumn('key', 'varchar(128)', (c) => c.primaryKey()).addColumn('value', 'text', (c) => c.notNull()).execute();
+      await db.schema
+        .createTable('kbs_owners')
+        .addColumn('kid', 'varchar(128)', (c) => c.primaryKey())
+        .addColumn('jwk', 'text', (c) => c.notNull())
+        .addColumn('label', 'varchar(256)', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('kbs_policies')
+        .addColumn('name', 'varchar(160)', (c) => c.primaryKey())
+        .addColumn('version', 'integer', (c) => c.notNull())
+        .addColumn('hash', 'varchar(128)', (c) => c.notNull())
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('kbs_policy_versions')
+        .addColumn('name', 'varchar(160)', (c) => c.notNull())
+        .addColumn('version', 'integer', (c) => c.notNull())
+        .addColumn('hash', 'varchar(128)', (c) => c.notNull())
+        .addColumn('predecessor', 'varchar(128)')
+        .addColumn('yaml', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('created_by', 'varchar(128)', (c) => c.notNull())
+        .addPrimaryKeyConstraint('kbs_policy_versions_pk', ['name', 'version'])
+        .execute();
+      await db.schema
+        .createTable('kbs_secrets')
+        .addColumn('policy', 'varchar(160)', (c) => c.notNull())
+        .addColumn('name', 'varchar(128)', (c) => c.notNull())
+        .addColumn('kind', 'varchar(32)', (c) => c.notNull())
+        .addColumn('sealed', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .addPrimaryKeyConstraint('kbs_secrets_pk', ['policy', 'name'])
+        .execute();
+      await db.schema
+        .createTable('kbs_sessions')
+        .addColumn('id', 'varchar(128)', (c) => c.primaryKey())
+        .addColumn('tee', 'varchar(32)', (c) => c.notNull())
+        .addColumn('nonce', 'varchar(128)', (c) => c.notNull())
+        .addColumn('nonce_used', 'integer', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('expires_at', 'bigint', (c) => c.notNull())
+        .addColumn('tee_pubkey', 'text')
+        .addColumn('attestation', 'text')
+        .execute();
+      await db.schema.createIndex('kbs_sessions_expiry').on('kbs_sessions').column('expires_at').execute();
+      await db.schema
+        .createTable('kbs_jti')
+        .addColumn('jti', 'varchar(256)', (c) => c.primaryKey())
+        .addColumn('expires_at', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('kbs_jti_expiry').on('kbs_jti').column('expires_at').execute();
+      await db.schema
+        .createTable('kbs_events')
+        // seq orders events; auto-increment is the one place the dialects differ.
+        .addColumn('seq', 'integer', (c) => (dialect === 'postgres' ? c.primaryKey().generatedByDefaultAsIdentity() : c.primaryKey().autoIncrement()))
+        .addColumn('id', 'varchar(64)', (c) => c.notNull().unique())
+        .addColumn('at', 'bigint', (c) => c.notNull())
+        .addColumn('kind', 'varchar(16)', (c) => c.notNull())
+        .addColumn('status', 'varchar(32)', (c) => c.notNull())
+        .addColumn('tee', 'varchar(32)', (c) => c.notNull())
+        .addColumn('policy', 'varchar(160)')
+        .addColumn('workload', 'varchar(128)')
+        .addColumn('resource', 'varchar(256)')
+        .addColumn('code', 'varchar(64)')
+        .addColumn('detail', 'text', (c) => c.notNull())
+        .addColumn('insecure', 'integer', (c) => c.notNull())
+        .addColumn('session_id', 'varchar(128)')
+        .execute();
+      await db.schema.createIndex('kbs_events_policy').on('kbs_events').columns(['policy', 'seq']).execute();
+    },
+  },
+  };
+}
+
+export async function migrateToLatest(db: Kysely<unknown>, dialect: 'sqlite' | 'postgres'): Promise<void> {
+  const provider: MigrationProvider = { getMigrations: () => Promise.resolve(migrations(dialect)) };
+  const migrator = new Migrator({ db, provider, migrationTableName: 'kbs_migration', migrationLockTableName: 'kbs_migration_lock' });
+  const { error, results } = await migrator.migrateToLatest();
+  if (error) {
+    const failed = results?.find((r) => r.status === 'Error')?.migrationName ?? 'unknown';
+    throw new CocoonError('IO_ERROR', `store migration ${failed} failed: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+  }
+}

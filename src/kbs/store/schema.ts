@@ -1,0 +1,44 @@
+import type { Generated } from 'kysely';
+
+/** kysely table types. Integers that may exceed 2^31 are bigint columns (pg returns them as strings). */
+export interface Database {
+  kbs_meta: { key: string; value: string };
+  kbs_owners: { kid: string; jwk: string; label: string; created_at: number | string };
+  kbs_policies: { name: string; version: number; hash: string; updated_at: number | string };
+  kbs_policy_versions: {
+    name: string;
+    version: number;
+    hash: string;
+    predecessor: string | null;
+    yaml: string;
+    created_at: number | string;
+    created_by: string;
+  };
+  kbs_secrets: { policy: string; name: string; kind: string; sealed: string; created_at: number | string; updated_at: number | string };
+  kbs_sessions: {
+    id: string;
+    tee: string;
+    nonce: string;
+    nonce_used: number;
+    created_at: number | string;
+    expires_at: number | string;
+    tee_pubkey: string | null;
+    attestation: string | null;
+  };
+  kbs_jti: { jti: string; expires_at: number | string };
+  kbs_events: {
+    seq: Generated<number>;
+    id: string;
+    at: number | string;
+    kind: string;
+    status: string;
+    tee: string;
+    policy: string | null;
+    workload: string | null;
+    resource: string | null;
+    code: string | null;
+    detail: string;
+    insecure: number;
+    session_id: string | null;
+  };
+}

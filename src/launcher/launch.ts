@@ -1,0 +1,88 @@
+import { performance } from 'node:perf_hooks';
+import { CocoonError } from '../errors.js';
+import { readPayload, decryptPayloadLayers } from '../image/wrapped.js';
+import { launcherDigest, workloadMeasurement } from '../image/measure.js';
+import { attestAndFetch } from '../kbs/client/rcar.js';
+import { parseLaunchPlan } from '../kbs/launch-plan.js';
+import type { LauncherConfig } from './config.js';
+import { chooseAttester } from './detect.js';
+import { buildAppArgv, buildAppEnv, writeInjectedFile } from './inject.js';
+import type { LauncherLog } from './log.js';
+import { superviseApp } from './supervise.js';
+import { resolveUser } from './user.js';
+
+/**
+ * The launcher's whole job, in order: check what it is about to run against the measured
+ * payload, attest, receive the layer key and secrets, decrypt the application root into
+ * memory, inject the secrets, start the app and supervise it until it exits.
+ * Nothing of the application runs before every layer is authenticated.
+ */
+export async function launch(config: LauncherConfig, log: LauncherLog): Promise<number> {
+  const t0 = performance.now();
+  const payload = await readPayload(config.payloadDir);
+
+  const ownDigest = await launcherDigest(config.launcherDir);
+  if (ownDigest !== payload.launcherDigest) {
+    throw new CocoonError('MEASUREMENT_MISMATCH', `launcher files do not match the wrapped image (have ${ownDigest}, image says ${payload.launcherDigest})`);
+  }
+  const measurement = workloadMeasurement({
+    launcherDigest: ownDigest,
+    layers: payload.layers.map((l) => l.diffID),
+    config: payload.config,
+    policy: payload.policy,
+    workload: payload.workload,
+  });
+  if (measurement !== payload.measurement) throw new CocoonError('MEASUREMENT_MISMATCH', 'payload measurement does not match its inputs');
+  log.info(`workload ${payload.policy}#${payload.workload} measurement ${measurement.slice(0, 16)}…`);
+
+  const { attester, probed } = chooseAttester(config.tee, config.simDir);
+  if (attester.tee === 'sim') log.warn('INSECURE: simulated TEE — no hardware protection; for development only');
+  else log.info(`TEE: ${attester.tee} (${probed.join('; ')})`);
+
+  const [org, app] = payload.policy.split('/') as [string, string];
+  const t1 = performance.now();
+  const fetched = await attestAndFetch({
+    kbsUrl: config.kbsUrl,
+    tee: attester.tee,
+    evidenceProvider: (reportData) => attester.getEvidence(reportData, measurement),
+    initData: { policy: payload.policy, workload: payload.workload },
+    resources: [`${org}/${app}/launch-plan`],
+    retry: config.retry,
+    timeoutMs: config.requestTimeoutMs,
+    onRetry: (attempt, error) => log.warn(`KBS not reachable (attempt ${attempt}): ${error.message}; retrying`),
+  });
+  const plan = parseLaunchPlan(fetched.resources[`${org}/${app}/launch-plan`]);
+  if (plan.insecure) log.warn('KBS released secrets for INSECURE simulated evidence');
+  const t2 = performance.now();
+  log.info(`attested to ${config.kbsUrl} and received the launch plan (${Math.round(t2 - t1)} ms)`);
+
+  const layers = await decryptPayloadLayers({ payloadDir: config.payloadDir, payload, kek: plan.layerKey, destRoot: config.rootDir });
+  const t3 = performance.now();
+  log.info(`decrypted ${layers.length} layer(s) into the in-memory root (${Math.round(t3 - t2)} ms)`);
+
+  const user = await resolveUser(config.rootDir, payload.config.user);
+  for (const file of plan.files) {
+    const written = await writeInjectedFile(config.rootDir, file, user);
+    log.info(`injected file ${written} (mode ${file.mode.toString(8)})`);
+  }
+  const env = buildAppEnv(payload.config.env, plan.env, user.home);
+  const argv = buildAppArgv(payload.config.entrypoint, payload.config.cmd, plan.args);
+  log.info(`starting ${argv[0]} as uid ${user.uid} (ready in ${Math.round(performance.now() - t0)} ms: attest ${Math.round(t2 - t1)} ms, decrypt ${Math.round(t3 - t2)} ms)`);
+
+  const status = await superviseApp(
+    {
+      execHelper: config.execHelper,
+      root: config.rootDir,
+      uid: user.uid,
+      gid: user.gid,
+      groups: user.groups,
+      cwd: payload.config.workingDir || '/',
+      argv,
+      env,
+      stopGraceMs: config.stopGraceMs,
+    },
+    log,
+  );
+  log.info(`application exited with status ${status}`);
+  return status;
+}

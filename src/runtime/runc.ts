@@ -1,0 +1,186 @@
+import { spawn, execFile } from 'node:child_process';
+import { mkdir, open, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { randomBytes } from 'node:crypto';
+import { CocoonError } from '../errors.js';
+import { readWrappedImage, unpackWrappedLayers } from '../image/wrapped.js';
+import { buildRuncSpec } from './spec.js';
+import { containerDir, listRecords, loadRecord, removeContainerDir, runcStateRoot, runtimeRoot, saveRecord, validateContainerName, type ContainerRecord } from './state.js';
+
+const execFileAsync = promisify(execFile);
+
+export interface RunOptions {
+  /** OCI layout directory of a wrapped image, optionally `DIR:TAG`. */
+  image: string;
+  kbsUrl: string;
+  tee: string;
+  simPlatformDir?: string;
+  name?: string;
+  detach: boolean;
+  memoryRootSize: string;
+  hostNetwork: boolean;
+  /** Extra launcher settings (COCOON_KBS_RETRIES, …). */
+  launcherEnv?: Record<string, string>;
+  runtimeDir?: string;
+  runc?: string;
+  onProgress?: (message: string) => void;
+}
+
+export interface RunResult {
+  name: string;
+  /** Exit status of the container (foreground runs only). */
+  exitCode?: number;
+  record: ContainerRecord;
+}
+
+async function runcCommand(runc: string, root: string, args: string[]): Promise<string> {
+  try {
+    const { stdout } = await execFileAsync(runc, ['--root', runcStateRoot(root), ...args], { maxBuffer: 4 * 1024 * 1024 });
+    return stdout;
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException & { stderr?: string };
+    if (e.code === 'ENOENT') throw new CocoonError('RUNTIME_FAILED', `${runc} not found: install runc (scripts/setup.sh does)`);
+    throw new CocoonError('RUNTIME_FAILED', `runc ${args[0]} failed: ${(e.stderr ?? e.message).trim()}`, { cause: err });
+  }
+}
+
+/** Unpacks a wrapped image into a runc bundle and runs it (foreground or detached). */
+export async function runWrapped(options: RunOptions): Promise<RunResult> {
+  const root = options.runtimeDir ?? runtimeRoot();
+  const runc = options.runc ?? 'runc';
+  const name = validateContainerName(options.name ?? `cocoon-${randomBytes(4).toString('hex')}`);
+  if (await loadRecord(root, name)) throw new CocoonError('CONFLICT', `a container named ${name} exists: cocoon stop ${name} first`);
+  const [layoutDir, ref] = splitImageRef(options.image);
+  const image = await readWrappedImage(layoutDir, ref);
+
+  const dir = containerDir(root, name);
+  const bundle = join(dir, 'bundle');
+  const rootfs = join(bundle, 'rootfs');
+  await mkdir(rootfs, { recursive: true, mode: 0o700 });
+  await mkdir(runcStateRoot(root), { recursive: true, mode: 0o700 });
+  const record: ContainerRecord = {
+    name,
+    image: options.image,
+    imageDigest: image.manifestDigest,
+    measurement: image.measurement,
+    kbsUrl: options.kbsUrl,
+    tee: options.tee,
+    createdAt: new Date().toISOString(),
+    detached: options.detach,
+    bundle,
+    ...(options.detach ? { logFile: join(dir, 'container.log') } : {}),
+  };
+  await saveRecord(root, record);
+  try {
+    options.onProgress?.(`unpacking ${image.manifestDigest.slice(0, 19)} into ${bundle}`);
+    await unpackWrappedLayers(image, rootfs);
+    const env = [
+      ...image.env,
+      `COCOON_KBS_URL=${options.kbsUrl}`,
+      `COCOON_TEE=${options.tee}`,
+      ...Object.entries(options.launcherEnv ?? {}).map(([k, v]) => `${k}=${v}`),
+    ];
+    const spec = buildRuncSpec({
+      args: image.entrypoint,
+      env,
+      hostname: name,
+      memoryRootSize: options.memoryRootSize,
+      hostNetwork: options.hostNetwork,
+      ...(options.simPlatformDir ? { simPlatformDir: options.simPlatformDir } : {}),
+    });
+    await writeFile(join(bundle, 'config.json'), JSON.stringify(spec, null, 2));
+  } catch (err) {
+    await removeContainerDir(root, name);
+    throw err;
+  }
+
+  if (options.detach) {
+    const log = await open(record.logFile as string, 'a', 0o600);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const child = spawn(runc, ['--root', runcStateRoot(root), 'run', '--detach', '--bundle', bundle, name], { stdio: ['ignore', log.fd, log.fd] });
+        child.once('error', reject);
+        child.once('exit', (code) => (code === 0 ? resolve() : reject(new CocoonError('RUNTIME_FAILED', `runc run exited with ${code}; see ${record.logFile}`))));
+      });
+    } catch (err) {
+      await runcCommand(runc, root, ['delete', '--force', name]).catch(() => undefined);
+      await removeContainerDir(root, name);
+      throw err instanceof CocoonError ? err : new CocoonError('RUNTIME_FAILED', `cannot start runc: ${(err as Error).message}`, { cause: err });
+    } finally {
+      await log.close();
+    }
+    return { name, record };
+  }
+
+  const exitCode = await new Promise<number>((resolve, reject) => {
+    const child = spawn(runc, ['--root', runcStateRoot(root), 'run', '--bundle', bundle, name], { stdio: ['ignore', 'inherit', 'inherit'] });
+    const forward = (signal: NodeJS.Signals) => () => child.kill(signal);
+    const handlers = (['SIGINT', 'SIGTERM', 'SIGHUP'] as const).map((s) => [s, forward(s)] as const);
+    for (const [s, h] of handlers) process.on(s, h);
+    const done = () => {
+      for (const [s, h] of handlers) process.off(s, h);
+    };
+    child.once('error', (err) => {
+      done();
+      reject(new CocoonError('RUNTIME_FAILED', `cannot start runc: ${err.message}`, { cause: err }));
+    });
+    child.once('exit', (code, signal) => {
+      done();
+      resolve(code ?? (signal ? 128 : 1));
+    });
+  });
+  await runcCommand(runc, root, ['delete', '--force', name]).catch(() => undefined);
+  await removeContainerDir(root, name);
+  return { name, exitCode, record };
+}
+
+export function splitImageRef(image: string): [string, string | undefined] {
+  const match = image.match(/^(?:oci:)?(.*?)(?::([A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?$/);
+  if (!match || !match[1]) throw new CocoonError('BAD_USAGE', `invalid image reference "${image}" (expected an OCI layout directory, optionally DIR:TAG)`);
+  return [match[1], match[2]];
+}
+
+export interface ContainerStatus extends ContainerRecord {
+  status: string;
+  pid?: number;
+}
+
+export async function listContainers(options: { runtimeDir?: string; runc?: string } = {}): Promise<ContainerStatus[]> {
+  const root = options.runtimeDir ?? runtimeRoot();
+  const records = await listRecords(root);
+  if (records.length === 0) return [];
+  const raw = await runcCommand(options.runc ?? 'runc', root, ['list', '--format', 'json']).catch(() => 'null');
+  const states = (JSON.parse(raw || 'null') as Array<{ id: string; status: string; pid: number }> | null) ?? [];
+  return records.map((r) => {
+    const state = states.find((s) => s.id === r.name);
+    return { ...r, status: state?.status ?? 'exited', ...(state && state.pid > 0 ? { pid: state.pid } : {}) };
+  });
+}
+
+/** SIGTERM, wait up to `graceMs`, then SIGKILL; removes the container and its bundle. */
+export async function stopContainer(name: string, options: { runtimeDir?: string; runc?: string; graceMs?: number } = {}): Promise<void> {
+  const root = options.runtimeDir ?? runtimeRoot();
+  const runc = options.runc ?? 'runc';
+  validateContainerName(name);
+  if (!(await loadRecord(root, name))) throw new CocoonError('NOT_FOUND', `no container named ${name}`);
+  const running = async () => {
+    const out = await runcCommand(runc, root, ['state', name]).catch(() => undefined);
+    return out ? (JSON.parse(out) as { status: string }).status === 'running' : false;
+  };
+  if (await running()) {
+    await runcCommand(runc, root, ['kill', name, 'TERM']).catch(() => undefined);
+    const deadline = Date.now() + (options.graceMs ?? 10_000);
+    while (Date.now() < deadline && (await running())) await new Promise((r) => setTimeout(r, 100));
+    if (await running()) await runcCommand(runc, root, ['kill', name, 'KILL']).catch(() => undefined);
+  }
+  await runcCommand(runc, root, ['delete', '--force', name]).catch(() => undefined);
+  await removeContainerDir(root, name);
+}
+
+/** Status of one container ("running", "stopped", … or "absent"). */
+export async function containerStatus(name: string, options: { runtimeDir?: string; runc?: string } = {}): Promise<string> {
+  const root = options.runtimeDir ?? runtimeRoot();
+  const out = await runcCommand(options.runc ?? 'runc', root, ['state', validateContainerName(name)]).catch(() => undefined);
+  return out ? (JSON.parse(out) as { status: string }).status : 'absent';
+}

@@ -1,0 +1,100 @@
+/**
+ * The OCI runtime spec (config.json) for a wrapped image under runc. Pure: inputs → object.
+ *
+ * Layout inside the container: the launcher root (layers 0 and 1) is the container root,
+ * read-only; /cocoon/root is a tmpfs that receives the decrypted application, with its own
+ * /proc, /dev (tmpfs + device nodes), /dev/pts, /dev/shm and /sys, so the application sees a
+ * normal root after the launcher chroots into it. Host networking by default.
+ */
+export interface RuncSpecInput {
+  args: string[];
+  env: string[];
+  hostname: string;
+  /** Size limit of the in-memory application root, e.g. "1g". */
+  memoryRootSize: string;
+  /** Host directory with the sim platform key, mounted read-only at /run/cocoon/sim. */
+  simPlatformDir?: string;
+  /** Share the host network namespace (default true). */
+  hostNetwork: boolean;
+}
+
+const APP_ROOT = '/cocoon/root';
+
+const CAPABILITIES = [
+  'CAP_CHOWN',
+  'CAP_DAC_OVERRIDE',
+  'CAP_FOWNER',
+  'CAP_FSETID',
+  'CAP_KILL',
+  'CAP_SETGID',
+  'CAP_SETUID',
+  'CAP_SETPCAP',
+  'CAP_NET_BIND_SERVICE',
+  'CAP_SYS_CHROOT',
+  'CAP_AUDIT_WRITE',
+];
+
+const DEVICES: Array<[string, number, number]> = [
+  ['null', 1, 3],
+  ['zero', 1, 5],
+  ['full', 1, 7],
+  ['random', 1, 8],
+  ['urandom', 1, 9],
+  ['tty', 5, 0],
+];
+
+export function buildRuncSpec(input: RuncSpecInput): Record<string, unknown> {
+  const mounts: Array<Record<string, unknown>> = [
+    { destination: '/proc', type: 'proc', source: 'proc' },
+    { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+    { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620'] },
+    { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
+    { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
+    { destination: '/tmp', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'nodev', 'mode=1777', 'size=65536k'] },
+    { destination: APP_ROOT, type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'mode=755', `size=${input.memoryRootSize}`] },
+    { destination: `${APP_ROOT}/proc`, type: 'proc', source: 'proc' },
+    { destination: `${APP_ROOT}/dev`, type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+    { destination: `${APP_ROOT}/dev/pts`, type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620'] },
+    { destination: `${APP_ROOT}/dev/shm`, type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
+    { destination: `${APP_ROOT}/sys`, type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
+  ];
+  if (input.hostNetwork) {
+    mounts.push({ destination: '/etc/resolv.conf', type: 'bind', source: '/etc/resolv.conf', options: ['rbind', 'ro'] });
+  }
+  if (input.simPlatformDir) {
+    mounts.push({ destination: '/run/cocoon/sim', type: 'bind', source: input.simPlatformDir, options: ['rbind', 'ro', 'nosuid', 'nodev', 'noexec'] });
+  }
+  const namespaces = [{ type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'mount' }];
+  if (!input.hostNetwork) namespaces.push({ type: 'network' });
+
+  return {
+    ociVersion: '1.0.2',
+    process: {
+      terminal: false,
+      user: { uid: 0, gid: 0 },
+      args: input.args,
+      env: input.env,
+      cwd: '/',
+      capabilities: { bounding: CAPABILITIES, effective: CAPABILITIES, permitted: CAPABILITIES },
+      rlimits: [{ type: 'RLIMIT_NOFILE', hard: 65536, soft: 65536 }],
+      noNewPrivileges: false,
+    },
+    root: { path: 'rootfs', readonly: true },
+    hostname: input.hostname,
+    mounts,
+    linux: {
+      namespaces,
+      devices: DEVICES.map(([name, major, minor]) => ({ path: `${APP_ROOT}/dev/${name}`, type: 'c', major, minor, fileMode: 0o666, uid: 0, gid: 0 })),
+      resources: {
+        devices: [
+          { allow: false, access: 'rwm' },
+          ...DEVICES.map(([, major, minor]) => ({ allow: true, type: 'c', major, minor, access: 'rwm' })),
+          { allow: true, type: 'c', major: 136, access: 'rwm' },
+          { allow: true, type: 'c', major: 5, minor: 2, access: 'rwm' },
+        ],
+      },
+      maskedPaths: ['/proc/acpi', '/proc/kcore', '/proc/keys', '/proc/latency_stats', '/proc/timer_list', '/proc/timer_stats', '/proc/sched_debug', '/proc/scsi', '/sys/firmware'],
+      readonlyPaths: ['/proc/asound', '/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'],
+    },
+  };
+}
