@@ -67,8 +67,14 @@ function akKey(ak: TrustInput['ak']): KeyObject | undefined {
   return parseAkPublic(ak as Buffer | string);
 }
 
+const spkiCache = new WeakMap<KeyObject, Buffer>();
 function spkiDer(k: KeyObject): Buffer {
-  return k.export({ type: 'spki', format: 'der' });
+  let d = spkiCache.get(k);
+  if (!d) {
+    d = k.export({ type: 'spki', format: 'der' });
+    spkiCache.set(k, d);
+  }
+  return d;
 }
 
 async function dcapCollateralFor(quote: Buffer, tee: 'sgx' | 'tdx', trust: TrustInput): Promise<QuoteCollateralV3 | DcapCollateral | undefined> {
@@ -216,9 +222,15 @@ export async function verifyEvidence(tee: TeeKind, evidence: Uint8Array | string
       }
       case 'sim': {
         const ev = d.kind === 'json' ? d.json : d.bytes;
-        if (trust.sim) return await trust.sim(ev, options);
-        if (!trust.simRoots?.length) fail('SIM_NOT_ALLOWED', 'sim evidence needs explicitly trusted sim roots');
-        return await verifySimEvidence(ev, { roots: trust.simRoots }, options);
+        let r: VerificationResult;
+        if (trust.sim) r = await trust.sim(ev, options);
+        else {
+          if (!trust.simRoots?.length) fail('SIM_NOT_ALLOWED', 'sim evidence needs explicitly trusted sim roots');
+          r = await verifySimEvidence(ev, { roots: trust.simRoots }, options);
+        }
+        for (const p of r.errors) st.problems.push(p);
+        const out = finish(tee, st, r.claims, options);
+        return { ...r, verified: r.verified && out.verified, errors: out.errors };
       }
       default:
         return fail('TEE_UNSUPPORTED', `unknown TEE ${String(tee)}`);

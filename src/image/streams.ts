@@ -1,5 +1,5 @@
 import { createHash, type Hash } from 'node:crypto';
-import { Transform, type TransformCallback } from 'node:stream';
+import { Transform, pipeline, type Readable, type TransformCallback } from 'node:stream';
 import { CocoonError } from '../errors.js';
 
 /** Pass-through that hashes (SHA-256) and counts what flows by. */
@@ -54,4 +54,14 @@ export class VerifyTap extends Transform {
     }
     cb();
   }
+}
+
+/**
+ * Connects a readable through transforms and returns the last one; an error anywhere destroys
+ * the whole chain, so whoever consumes the result sees it (unlike .pipe()).
+ */
+export function chain(first: Readable, ...rest: Transform[]): Readable {
+  if (rest.length === 0) return first;
+  const run = pipeline as unknown as (...args: unknown[]) => Readable;
+  return run(first, ...rest, () => undefined);
 }

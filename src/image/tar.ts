@@ -121,6 +121,8 @@ export interface DirTarOptions {
   mtime?: number;
   /** Replace every entry's owner (e.g. root:root); default keeps the files' uid/gid. */
   owner?: { uid: number; gid: number };
+  /** Per-path owner (relative path, no prefix); takes precedence over `owner`. */
+  ownerFor?: (relPath: string) => { uid: number; gid: number } | undefined;
   /** Relative paths (posix, no leading '/') to leave out, with everything below them. */
   exclude?: (relPath: string) => boolean;
 }
@@ -141,7 +143,7 @@ function devNumbers(rdev: number): { devmajor: number; devminor: number } {
 export async function* walkDirEntries(dir: string, opts: DirTarOptions = {}): AsyncGenerator<TarEntry> {
   const prefix = opts.prefix ?? '';
   const seen = new Map<string, string>();
-  const own = (st: { uid: number; gid: number }): { uid: number; gid: number } => opts.owner ?? { uid: st.uid, gid: st.gid };
+  const own = (st: { uid: number; gid: number }, rel = ''): { uid: number; gid: number } => opts.ownerFor?.(rel) ?? opts.owner ?? { uid: st.uid, gid: st.gid };
   const archiveName = (rel: string): string => (prefix && rel ? `${prefix}/${rel}` : prefix || rel);
 
   const rootSt = await lstat(dir).catch((err: unknown) => {
@@ -161,7 +163,7 @@ export async function* walkDirEntries(dir: string, opts: DirTarOptions = {}): As
       const p = join(abs, n);
       const st = await lstat(p);
       const name = archiveName(childRel);
-      const base = { name, mode: st.mode, ...own(st) };
+      const base = { name, mode: st.mode, ...own(st, childRel) };
       if (st.isDirectory()) {
         yield { ...base, type: 'directory' };
         yield* walk(childRel);

@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { constants as fsc, type Stats } from 'node:fs';
-import { chmod, chown, lchown, link, lstat, mkdir, open, readdir, readlink, realpath, rm, symlink, unlink, utimes } from 'node:fs/promises';
+import { type FileHandle, chmod, chown, lchown, link, lstat, mkdir, open, readdir, readlink, realpath, rm, symlink, unlink, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -69,6 +69,27 @@ export function entryComponents(name: string): string[] {
   return parts;
 }
 
+/** Writes a stream to a file in ~1 MiB writev batches (one syscall per tar chunk is slow). */
+async function writeBatched(fh: FileHandle, body: Readable): Promise<void> {
+  let batch: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    batch.push(chunk as Buffer);
+    size += (chunk as Buffer).length;
+    if (size >= 1 << 20) {
+      await writeAll(fh, batch, size);
+      batch = [];
+      size = 0;
+    }
+  }
+  if (batch.length > 0) await writeAll(fh, batch, size);
+}
+
+async function writeAll(fh: FileHandle, batch: Buffer[], size: number): Promise<void> {
+  const { bytesWritten } = await fh.writev(batch);
+  if (bytesWritten !== size) await fh.write(Buffer.concat(batch).subarray(bytesWritten));
+}
+
 function paxId(v: string | undefined): number | undefined {
   return v !== undefined && /^\d{1,10}$/.test(v) ? Number(v) : undefined;
 }
@@ -92,6 +113,12 @@ class Extractor {
   /** Real paths (relative to root) created by this layer: whiteouts only hide lower layers. */
   private readonly created = new Set<string>();
   private readonly dirMeta = new Map<string, { mode: number; mtime: Date }>();
+  /**
+   * Parent resolutions already checked in this layer. Only removing a directory or a symlink
+   * can change a resolution, and every such removal clears the cache.
+   */
+  private readonly dirCache = new Map<string, string[]>();
+  private readonly umask = process.umask();
   private readonly doChown: boolean;
 
   constructor(
@@ -116,6 +143,15 @@ class Extractor {
    * root as '/', optionally creating missing directories. PATH_TRAVERSAL on escape.
    */
   private async resolveDir(parts: string[], name: string, create: boolean): Promise<string[] | null> {
+    const key = parts.join('/');
+    const cached = this.dirCache.get(key);
+    if (cached) return [...cached];
+    const resolved = await this.walkDir(parts, name, create);
+    if (resolved) this.dirCache.set(key, resolved);
+    return resolved ? [...resolved] : null;
+  }
+
+  private async walkDir(parts: string[], name: string, create: boolean): Promise<string[] | null> {
     const stack: string[] = [];
     const queue = [...parts];
     let hops = 0;
@@ -156,8 +192,10 @@ class Extractor {
     if (st === null) return null;
     if (st.isDirectory()) {
       if (keepDir) return st;
+      this.dirCache.clear();
       await rm(p, { recursive: true, force: true });
     } else {
+      if (st.isSymbolicLink()) this.dirCache.clear();
       await unlink(p);
     }
     return null;
@@ -208,12 +246,12 @@ class Extractor {
       }
       case 'file':
       case 'contiguous-file': {
-        await this.clear(p, false);
-        const fh = await open(p, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+        const fh = await this.createFile(p, mode);
         try {
-          for await (const chunk of body) await fh.write(chunk as Buffer);
+          await writeBatched(fh, body);
           if (this.doChown) await fh.chown(uid, gid);
-          await fh.chmod(mode);
+          // open() applied mode & ~umask; chmod only when that lost bits (or chown cleared setuid/setgid)
+          if ((mode & ~this.umask) !== mode || mode & 0o6000) await fh.chmod(mode);
           await fh.utimes(mtime, mtime);
         } finally {
           await fh.close();
@@ -247,6 +285,18 @@ class Extractor {
         return;
     }
     this.created.add(relKey);
+  }
+
+  /** New regular file, never through a symlink; whatever was at `p` is replaced. */
+  private async createFile(p: string, mode: number): Promise<FileHandle> {
+    const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
+    try {
+      return await open(p, flags, mode & 0o777);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    await this.clear(p, false);
+    return open(p, flags, mode & 0o777);
   }
 
   private async mknod(p: string, type: string, h: tar.Header): Promise<void> {
@@ -289,7 +339,9 @@ class Extractor {
       if (!st?.isDirectory()) return;
       for (const child of await readdir(dirPath)) {
         const rel = [...dirRel, child].join('/');
-        if (!this.created.has(rel)) await rm(join(dirPath, child), { recursive: true, force: true });
+        if (this.created.has(rel)) continue;
+        this.dirCache.clear();
+        await rm(join(dirPath, child), { recursive: true, force: true });
       }
       return;
     }
@@ -297,6 +349,7 @@ class Extractor {
     if (hidden === '' || hidden === '.' || hidden === '..' || hidden.startsWith(WHITEOUT_PREFIX)) throw invalid(name, 'malformed whiteout');
     const rel = [...dirRel, hidden].join('/');
     if (this.created.has(rel)) return;
+    this.dirCache.clear();
     await rm(join(dirPath, hidden), { recursive: true, force: true });
   }
 

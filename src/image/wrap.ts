@@ -8,7 +8,7 @@ import { LayoutWriter, openBlobStream, readLayout, sink, type ResolvedImage } fr
 import { isLauncherExcluded, launcherDigest as computeLauncherDigest, workloadMeasurement, type LaunchConfig } from './measure.js';
 import { ANNOTATION_REF_NAME, MediaType, digestHex, layerFormat, type ContainerConfig, type Descriptor, type ImageConfig, type ImageManifest } from './oci.js';
 import { KekWrapper, LayerEncryptStream, deriveLayerKey, encryptedMediaType, encryptionAnnotations, kbsKid, CIPHER_AES_CTR_HMAC, type KeyWrapper } from './ocicrypt.js';
-import { HashTap } from './streams.js';
+import { HashTap, chain } from './streams.js';
 import { deterministicGzip, packTar, resolveMtime, tarDirectory, type TarEntry } from './tar.js';
 import {
   LAUNCHER_ENTRYPOINT,
@@ -212,9 +212,7 @@ export async function wrapImage(opts: WrapOptions): Promise<WrapResult> {
     // layer 0: launcher under /cocoon/, root-owned, gzip
     const launcherTarTap = new HashTap();
     const launcherTar = tarDirectory(opts.launcherDir, { prefix: 'cocoon', owner: { uid: 0, gid: 0 }, exclude: isLauncherExcluded, mtime });
-    const launcherGz = launcherTar.pipe(launcherTarTap).pipe(deterministicGzip());
-    launcherTar.on('error', (err) => launcherGz.destroy(err));
-    const launcherBlob = await writer.putStream(launcherGz);
+    const launcherBlob = await writer.putStream(chain(launcherTar, launcherTarTap, deterministicGzip()));
 
     const wrappedConfig = planWrappedConfig(src.config, { measurement, policy: opts.policy, workload: opts.workload, launcherDigest, diffIDs: [launcherTarTap.digest, payloadBlob.digest] });
     const configDesc = await writer.putBytes(serialize(wrappedConfig), MediaType.config);

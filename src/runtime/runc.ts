@@ -1,5 +1,5 @@
 import { spawn, execFile } from 'node:child_process';
-import { mkdir, open, rm, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
@@ -104,9 +104,11 @@ export async function runWrapped(options: RunOptions): Promise<RunResult> {
         child.once('exit', (code) => (code === 0 ? resolve() : reject(new CocoonError('RUNTIME_FAILED', `runc run exited with ${code}; see ${record.logFile}`))));
       });
     } catch (err) {
+      const tail = (await readFile(record.logFile as string, 'utf8').catch(() => '')).trim().split('\n').slice(-10).join('\n');
       await runcCommand(runc, root, ['delete', '--force', name]).catch(() => undefined);
       await removeContainerDir(root, name);
-      throw err instanceof CocoonError ? err : new CocoonError('RUNTIME_FAILED', `cannot start runc: ${(err as Error).message}`, { cause: err });
+      if (err instanceof CocoonError) throw new CocoonError(err.code, `${err.message.replace(/; see .*$/, '')}${tail ? `:\n${tail}` : ''}`);
+      throw new CocoonError('RUNTIME_FAILED', `cannot start runc: ${(err as Error).message}`, { cause: err });
     } finally {
       await log.close();
     }

@@ -76,7 +76,6 @@ export function buildRuncSpec(input: RuncSpecInput): Record<string, unknown> {
       env: input.env,
       cwd: '/',
       capabilities: { bounding: CAPABILITIES, effective: CAPABILITIES, permitted: CAPABILITIES },
-      rlimits: [{ type: 'RLIMIT_NOFILE', hard: 65536, soft: 65536 }],
       noNewPrivileges: false,
     },
     root: { path: 'rootfs', readonly: true },

@@ -121,12 +121,12 @@ describe('DCAP verifier on generated chains', () => {
   });
 
   it('bad quote signature → QUOTE_SIGNATURE_INVALID', async () => {
-    const r = await run({}, (w) => (w.quote[100] ^= 1));
+    const r = await run({}, (w) => (w.quote[100]! ^= 1));
     assert.deepEqual(codes(r), ['QUOTE_SIGNATURE_INVALID']);
   });
 
   it('bad QE report signature → QE_REPORT_SIGNATURE_INVALID', async () => {
-    const r = await run({}, (w) => (w.quote[436 + 128 + 400] ^= 1));
+    const r = await run({}, (w) => (w.quote[436 + 128 + 400]! ^= 1));
     assert.ok(codes(r).includes('QE_REPORT_SIGNATURE_INVALID'));
   });
 
@@ -172,5 +172,18 @@ describe('DCAP verifier on generated chains', () => {
     const v = Buffer.from(q);
     v.writeUInt16LE(9, 0);
     assert.throws(() => parseDcapQuote(v), (e: unknown) => isCocoonError(e, 'EVIDENCE_MALFORMED'));
+  });
+});
+
+describe('TCB info v2', () => {
+  it('parses the v2 component layout (no id, sgxtcbcompNNsvn)', async () => {
+    const { parseTcbInfo } = await import('../../src/attestation/dcap/collateral.js');
+    const tcb: Record<string, number> = { pcesvn: 7 };
+    for (let i = 1; i <= 16; i++) tcb[`sgxtcbcomp${String(i).padStart(2, '0')}svn`] = i;
+    const t = parseTcbInfo(JSON.stringify({ version: 2, issueDate: '2020-01-01T00:00:00Z', nextUpdate: '2020-02-01T00:00:00Z', fmspc: '00906ED50000', pceId: '0000', tcbType: 0, tcbEvaluationDataNumber: 5, tcbLevels: [{ tcb, tcbDate: '2019-01-01T00:00:00Z', tcbStatus: 'UpToDate' }] }));
+    assert.equal(t.id, 'SGX');
+    assert.equal(t.fmspc, '00906ed50000');
+    assert.deepEqual(t.tcbLevels[0]!.tcb.sgx, Array.from({ length: 16 }, (_, i) => i + 1));
+    assert.equal(t.tcbLevels[0]!.tcb.pcesvn, 7);
   });
 });

@@ -46,7 +46,7 @@ describe('SEV-SNP verifier on generated chains', () => {
   });
 
   it('tampered report → REPORT_SIGNATURE_INVALID', async () => {
-    const r = await run({}, (w) => (w.report[0x90] ^= 1));
+    const r = await run({}, (w) => (w.report[0x90]! ^= 1));
     assert.deepEqual(codes(r), ['REPORT_SIGNATURE_INVALID']);
   });
 

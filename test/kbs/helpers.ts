@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { SignJWT, exportJWK, generateKeyPair } from 'jose';
-import type { JWK } from 'jose';
+import type { CryptoKey, JWK } from 'jose';
 import type { FastifyInstance } from 'fastify';
 import type { VerificationResult } from '../../src/attestation/types.js';
 import { CocoonError } from '../../src/errors.js';

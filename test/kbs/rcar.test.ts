@@ -15,6 +15,14 @@ async function withKbs(fn: (kbs: TestKbs) => Promise<void>, overrides: Parameter
   }
 }
 
+interface EarClaims {
+  eat_profile: string;
+  iat: number;
+  exp: number;
+  'cocoon.insecure'?: string;
+  submods: { cpu0: { 'ear.status': string; 'ear.trustworthiness-vector': Record<string, number>; 'ear.veraison.annotated-evidence': { measurement: string; runtime_data_claims: Record<string, unknown> } } };
+}
+
 async function importLayerKey(kbs: TestKbs): Promise<void> {
   const res = await ownerRequest(kbs, 'PUT', '/cocoon/v1/secrets/demo/redis/layer-key', { value: Buffer.alloc(32, 7).toString('base64') });
   assert.equal(res.statusCode, 200, res.body);
@@ -43,14 +51,14 @@ test('happy path: launch plan and a secret via cookie, EAR claims, INSECURE noti
     const body = attest.json() as { token: string; warning: string };
     assert.equal(body.warning, 'INSECURE: simulated TEE');
     assert.equal(attest.headers['x-cocoon-warning'], 'INSECURE: simulated TEE');
-    const claims = decodeJwt(body.token) as Record<string, any>;
+    const claims = decodeJwt(body.token) as unknown as EarClaims;
     assert.equal(claims.eat_profile, 'tag:github.com,2023:veraison/ear');
     assert.equal(claims.submods.cpu0['ear.status'], 'affirming');
     assert.equal(claims.submods.cpu0['ear.trustworthiness-vector'].hardware, 2);
     assert.equal(claims.submods.cpu0['ear.veraison.annotated-evidence'].measurement, MEASUREMENT);
     assert.deepEqual(claims.submods.cpu0['ear.veraison.annotated-evidence'].runtime_data_claims['tee-pubkey'], key.jwk);
     assert.equal(claims['cocoon.insecure'], 'INSECURE: simulated TEE');
-    assert.ok((claims.exp as number) - (claims.iat as number) <= 300);
+    assert.ok(claims.exp - claims.iat <= 300);
 
     const planRes = await kbs.app.inject({ method: 'GET', url: '/kbs/v0/resource/demo/redis/launch-plan', headers: { cookie } });
     assert.equal(planRes.statusCode, 200, planRes.body);

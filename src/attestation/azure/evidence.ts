@@ -101,6 +101,8 @@ function varJson(varData: Buffer): J {
   }
 }
 
+const akMemo = new Map<string, KeyObject>();
+
 /** The vTPM attestation key (JWK kid HCLAkPub) from the HCL variable data. */
 export function hclAkPub(varData: Buffer): KeyObject {
   const keys = varJson(varData).keys;
@@ -108,8 +110,14 @@ export function hclAkPub(varData: Buffer): KeyObject {
   const jwk = keys.find((k) => typeof k === 'object' && k !== null && (k as J).kid === 'HCLAkPub') as J | undefined;
   if (!jwk) fail('EVIDENCE_MALFORMED', 'HCLAkPub not found in HCL variable data');
   need(jwk.kty === 'RSA' && typeof jwk.n === 'string' && typeof jwk.e === 'string', 'EVIDENCE_MALFORMED', 'HCLAkPub is not an RSA JWK');
+  const memoKey = `${jwk.n as string}.${jwk.e as string}`;
+  const hit = akMemo.get(memoKey);
+  if (hit) return hit;
   try {
-    return createPublicKey({ key: { kty: 'RSA', n: jwk.n as string, e: jwk.e as string }, format: 'jwk' });
+    const key = createPublicKey({ key: { kty: 'RSA', n: jwk.n as string, e: jwk.e as string }, format: 'jwk' });
+    if (akMemo.size > 256) akMemo.clear();
+    akMemo.set(memoKey, key);
+    return key;
   } catch (e) {
     return fail('EVIDENCE_MALFORMED', `HCLAkPub unusable: ${(e as Error).message}`);
   }

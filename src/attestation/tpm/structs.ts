@@ -1,5 +1,5 @@
 /** TPM 2.0 wire structures: TPMS_ATTEST (quote), TPMT_SIGNATURE, TPMT_PUBLIC / TPM2B_PUBLIC. */
-import { createPublicKey, type KeyObject } from 'node:crypto';
+import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
 import { Reader, fail, need, toHex } from '../bytes.js';
 import { publicKeyFromSpki } from '../pki.js';
 
@@ -124,8 +124,20 @@ export function parseTpmtPublic(b: Buffer): KeyObject {
   }
 }
 
-/** An AK given as SPKI DER, SPKI PEM, TPMT_PUBLIC or TPM2B_PUBLIC. */
+const akMemo = new Map<string, KeyObject>();
+
+/** An AK given as SPKI DER, SPKI PEM, TPMT_PUBLIC or TPM2B_PUBLIC (memoized by content). */
 export function parseAkPublic(input: Buffer | string): KeyObject {
+  const k = createHash('sha256').update(input).digest('hex');
+  const hit = akMemo.get(k);
+  if (hit) return hit;
+  const key = parseAkUncached(input);
+  if (akMemo.size > 256) akMemo.clear();
+  akMemo.set(k, key);
+  return key;
+}
+
+function parseAkUncached(input: Buffer | string): KeyObject {
   const text = typeof input === 'string' ? input : input.subarray(0, 64).toString('latin1');
   if (text.includes('-----BEGIN PUBLIC KEY-----')) {
     try {

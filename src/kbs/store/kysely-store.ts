@@ -63,6 +63,19 @@ export class KyselyStore implements Store {
 
   async applyPolicy(input: ApplyPolicyInput): Promise<void> {
     const r = input.record;
+    try {
+      await this.applyPolicyTx(input);
+    } catch (err) {
+      // A concurrent writer inserting the same (name, version) loses on the primary key.
+      if (!(err instanceof CocoonError) && /unique|duplicate key/i.test((err as Error).message)) {
+        throw new CocoonError('PREDECESSOR_MISMATCH', `policy ${r.name} changed concurrently; fetch the current version and retry`, { cause: err });
+      }
+      throw err;
+    }
+  }
+
+  private async applyPolicyTx(input: ApplyPolicyInput): Promise<void> {
+    const r = input.record;
     await this.db.transaction().execute(async (trx) => {
       const head = await trx.selectFrom('kbs_policies').select(['hash', 'version']).where('name', '=', r.name).executeTakeFirst();
       if ((head?.hash ?? null) !== input.expectedHead || (head ? head.version + 1 : 1) !== r.version) {

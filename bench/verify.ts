@@ -1,0 +1,116 @@
+/**
+ * Evidence verification throughput, one core, collateral cached (parsed certificate chains
+ * and collateral signature checks are memoized by content hash; every quote / report / TPM
+ * signature is verified on every iteration). Printed next to raw crypto.verify rates measured
+ * in the same run: ratio = verifications/s ÷ the rate of the signature primitive that
+ * dominates that TEE's per-evidence cost.
+ *
+ *   npx tsx bench/verify.ts [--seconds N] [--json]
+ */
+import { constants, generateKeyPairSync, sign, verify } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { verifyEvidence, type TrustInput } from '../src/attestation/index.js';
+import { collateralFromJson } from '../src/attestation/dcap/collateral.js';
+import type { TeeKind, VerifyOptions } from '../src/attestation/types.js';
+import { makeDcapWorld } from '../test/attestation/fixtures/dcap.js';
+import { makeSnpWorld } from '../test/attestation/fixtures/snp.js';
+
+const seconds = Number(process.argv[process.argv.indexOf('--seconds') + 1]) || 1.5;
+const asJson = process.argv.includes('--json');
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const sets = path.resolve(root, '../shared/vectors/sets');
+
+async function rate(fn: () => unknown | Promise<unknown>): Promise<number> {
+  for (let i = 0; i < 50; i++) await fn(); // warm-up (fills caches)
+  let n = 0;
+  const t0 = process.hrtime.bigint();
+  const end = t0 + BigInt(Math.round(seconds * 1e9));
+  let now = t0;
+  while (now < end) {
+    for (let i = 0; i < 20; i++) await fn();
+    n += 20;
+    now = process.hrtime.bigint();
+  }
+  return n / (Number(now - t0) / 1e9);
+}
+
+function baseline(kind: 'p256' | 'p384' | 'rsa2048' | 'rsa4096-pss'): () => boolean {
+  const data = Buffer.alloc(432, 7);
+  if (kind === 'p256' || kind === 'p384') {
+    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: kind === 'p256' ? 'prime256v1' : 'secp384r1' });
+    const h = kind === 'p256' ? 'sha256' : 'sha384';
+    const s = sign(h, data, privateKey);
+    return () => verify(h, data, publicKey, s);
+  }
+  const bits = kind === 'rsa2048' ? 2048 : 4096;
+  const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: bits });
+  const pad = kind === 'rsa2048' ? { padding: constants.RSA_PKCS1_PADDING } : { padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 48 };
+  const s = sign('sha384', data, { key: privateKey, ...pad });
+  return () => verify('sha384', data, { key: publicKey, ...pad }, s);
+}
+
+interface Case {
+  tee: TeeKind;
+  source: string;
+  evidence: Buffer;
+  trust: TrustInput;
+  options: VerifyOptions;
+  primitive: 'p256' | 'p384' | 'rsa2048';
+}
+
+function vectorCase(id: string, primitive: Case['primitive']): Case | undefined {
+  const d = path.join(sets, id);
+  if (!existsSync(d)) return undefined;
+  const e = JSON.parse(readFileSync(path.join(d, 'expected.json'), 'utf8')) as { tee: TeeKind; at: string; reportData?: string; nonce?: string };
+  const f = (n: string): Buffer | undefined => (existsSync(path.join(d, n)) ? readFileSync(path.join(d, n)) : undefined);
+  const coll = f('collateral.json');
+  const rd = e.reportData ?? e.nonce;
+  return {
+    tee: e.tee,
+    source: `vectors/${id}`,
+    evidence: (f('evidence.bin') ?? f('evidence.json'))!,
+    trust: {
+      ...(coll ? { collateral: collateralFromJson(JSON.parse(coll.toString('utf8'))) } : {}),
+      ...(f('certs.pem') ? { certs: f('certs.pem')!.toString('utf8') } : {}),
+      ...(f('ak.pem') ? { ak: f('ak.pem')!.toString('utf8') } : {}),
+    },
+    options: { at: new Date(e.at), ...(rd !== undefined ? { reportData: Buffer.from(rd, 'hex') } : {}) },
+    primitive,
+  };
+}
+
+function generatedCases(): Case[] {
+  const sgx = makeDcapWorld();
+  const tdx = makeDcapWorld({ tee: 'tdx', version: 4 });
+  const snp = makeSnpWorld();
+  return [
+    { tee: 'sgx', source: 'generated', evidence: sgx.quote, trust: { anchors: sgx.anchors, collateral: sgx.collateral }, options: { at: sgx.at }, primitive: 'p256' },
+    { tee: 'tdx', source: 'generated', evidence: tdx.quote, trust: { anchors: tdx.anchors, collateral: tdx.collateral }, options: { at: tdx.at }, primitive: 'p256' },
+    { tee: 'snp', source: 'generated', evidence: snp.report, trust: { anchors: snp.anchors, certs: snp.certs }, options: { at: snp.at }, primitive: 'p384' },
+  ];
+}
+
+const vec = [vectorCase('sgx-1', 'p256'), vectorCase('tdx-4', 'p256'), vectorCase('snp-2', 'p384'), vectorCase('tpm-1', 'rsa2048'), vectorCase('az-snp-2', 'p384'), vectorCase('az-tdx-1', 'p256')].filter((c): c is Case => c !== undefined);
+const cases = vec.length ? vec : generatedCases();
+
+const base: Record<string, number> = {};
+for (const k of ['p256', 'p384', 'rsa2048', 'rsa4096-pss'] as const) base[k] = await rate(baseline(k));
+
+const rows: { tee: string; source: string; perSec: number; baseline: string; baselinePerSec: number; ratio: number }[] = [];
+for (const c of cases) {
+  const first = await verifyEvidence(c.tee, c.evidence, c.trust, c.options);
+  if (!first.verified) throw new Error(`${c.source} does not verify: ${JSON.stringify(first.errors)}`);
+  const perSec = await rate(() => verifyEvidence(c.tee, c.evidence, c.trust, c.options));
+  rows.push({ tee: c.tee, source: c.source, perSec, baseline: `${c.primitive} verify`, baselinePerSec: base[c.primitive]!, ratio: perSec / base[c.primitive]! });
+}
+
+if (asJson) console.log(JSON.stringify({ seconds, baselines: base, rows }, null, 2));
+else {
+  console.log(`node ${process.version}, one core, ${seconds}s per measurement, collateral cached`);
+  console.log('baselines (crypto.verify/s): ' + Object.entries(base).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(', '));
+  console.log('| TEE | evidence | verifications/s | baseline | baseline/s | ratio |');
+  console.log('|---|---|---:|---|---:|---:|');
+  for (const r of rows) console.log(`| ${r.tee} | ${r.source} | ${r.perSec.toFixed(0)} | ${r.baseline} | ${r.baselinePerSec.toFixed(0)} | ${r.ratio.toFixed(2)} |`);
+}
