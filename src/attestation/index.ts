@@ -95,6 +95,13 @@ async function dcapCollateralFor(quote: Buffer, tee: 'sgx' | 'tdx', trust: Trust
 
 async function snpCertsFor(report: Buffer, trust: TrustInput, anchors: TrustAnchors): Promise<Cert[]> {
   const given = certsOf(trust.certs);
+  if (given && given.length === 1) {
+    // only the VEK: complete the chain with the pinned ASK/ASVK and ARK of its product line
+    const vek = given[0]!;
+    const a = anchors.amd[vek.issuerCN.split('-').pop()!.toLowerCase() as AmdProduct];
+    const mid = a && (vek.issuerCN.includes('VLEK') ? a.asvk : a.ask);
+    return a && mid ? [vek, mid, a.ark] : given;
+  }
   if (given && given.length > 0) return given;
   const c = trust.collateral;
   if (!isSource(c)) return fail('COLLATERAL_UNAVAILABLE', 'SNP verification needs the VCEK/VLEK chain (--certs) or a collateral source');
@@ -146,7 +153,11 @@ function finish(tee: TeeKind, st: Stages, claims: Claims, options: VerifyEvidenc
   if (options.allowDebug === false && claims[debugKey] === true) st.record('policy', 'DEBUG_NOT_ALLOWED', 'the TEE runs in debug mode');
   for (const [k, v] of Object.entries(options.expect ?? {})) {
     const got = claims[k];
-    if (typeof got !== 'string' || got.toLowerCase() !== v.toLowerCase()) st.record('policy', 'CLAIM_MISMATCH', `claim ${k} is ${typeof got === 'string' ? got : JSON.stringify(got)}, expected ${v.toLowerCase()}`);
+    const want = v.toLowerCase();
+    let ok = false;
+    if (typeof got === 'string') ok = got.toLowerCase() === want;
+    else if ((typeof got === 'number' || typeof got === 'boolean') && /^[0-9a-f]+$/.test(want)) ok = BigInt(`0x${want}`) === BigInt(Number(got));
+    if (!ok) st.record('policy', 'CLAIM_MISMATCH', `claim ${k} is ${typeof got === 'string' ? got : JSON.stringify(got)}, expected ${want}`);
   }
   return {
     verified: st.ok,

@@ -62,6 +62,7 @@ export const sha256 = (b: Uint8Array): Buffer => createHash('sha256').update(b).
 export function clearPkiCaches(): void {
   certCache.clear();
   crlCache.clear();
+  pemMemo.clear();
   sigCache.clear();
   keyCache.clear();
 }
@@ -273,8 +274,19 @@ export const validAt = (c: Cert, at: Date): boolean => c.notBefore.getTime() <= 
 
 const PEM_RE = /-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]*?)-----END CERTIFICATE-----/g;
 
-/** All certificates of a PEM text, in order. */
+const pemMemo = new Map<string, Cert[]>();
+
+/** All certificates of a PEM text, in order (memoized by the text's hash). */
 export function pemCerts(text: string, code: ErrorCode = 'EVIDENCE_MALFORMED', max = 16): Cert[] {
+  const k = `${max}:${createHash('sha256').update(text).digest('hex')}`;
+  const hit = pemMemo.get(k);
+  if (hit) return [...hit];
+  const out = pemCertsUncached(text, code, max);
+  remember(pemMemo, k, out);
+  return [...out];
+}
+
+function pemCertsUncached(text: string, code: ErrorCode, max: number): Cert[] {
   const out: Cert[] = [];
   for (const m of text.matchAll(PEM_RE)) {
     if (out.length >= max) fail(code, `more than ${max} certificates`);

@@ -71,17 +71,19 @@ function claimText(v: ClaimValue): string {
   return typeof v === 'object' ? Object.entries(v).map(([k, x]) => `${k}=${x}`).join(' ') : String(v);
 }
 
+const TABLE_STYLE = { head: pc.isColorSupported ? ['cyan'] : [], border: pc.isColorSupported ? ['grey'] : [] };
+
 export function renderHuman(r: VerificationResult): string {
   const lines: string[] = [];
   const verdict = r.verified ? pc.green('VERIFIED') : pc.red('REJECTED');
   lines.push(`${verdict}  tee=${r.tee}${r.tcbStatus ? `  tcb=${r.tcbStatus}` : ''}${r.insecure ? pc.red('  INSECURE: simulated TEE') : ''}`);
   if (r.advisories.length) lines.push(`advisories: ${r.advisories.join(', ')}`);
   if (r.errors.length) {
-    const t = new Table({ head: ['stage', 'code', 'message'], wordWrap: true, colWidths: [24, 30, 60] });
+    const t = new Table({ head: ['stage', 'code', 'message'], wordWrap: true, colWidths: [26, 30, 60], style: TABLE_STYLE });
     for (const e of r.errors) t.push([e.stage ?? '', pc.red(e.code), e.message]);
     lines.push(t.toString());
   }
-  const t = new Table({ head: ['claim', 'value'], wordWrap: true, wrapOnWordBoundary: false, colWidths: [24, 100] });
+  const t = new Table({ head: ['claim', 'value'], wordWrap: true, wrapOnWordBoundary: false, colWidths: [26, 70], style: TABLE_STYLE });
   for (const [k, v] of Object.entries(r.claims)) t.push([k, claimText(v)]);
   lines.push(t.toString());
   return lines.join('\n');

@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { constants as fsc, type Stats } from 'node:fs';
-import { type FileHandle, chmod, chown, lchown, link, lstat, mkdir, open, readdir, readlink, realpath, rm, symlink, unlink, utimes } from 'node:fs/promises';
+import { type FileHandle, chmod, chown, lchown, link, lutimes, lstat, mkdir, open, readdir, readlink, realpath, rm, symlink, unlink, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -263,6 +263,7 @@ class Extractor {
         await this.clear(p, false);
         await symlink(header.linkname ?? '', p);
         if (this.doChown) await lchown(p, uid, gid);
+        await lutimes(p, mtime, mtime);
         break;
       }
       case 'fifo':

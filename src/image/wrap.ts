@@ -191,6 +191,7 @@ export async function wrapImage(opts: WrapOptions): Promise<WrapResult> {
   const temps: EncryptedTemp[] = [];
   try {
     for (const [i, desc] of src.manifest.layers.entries()) {
+      if (layerFormat(desc.mediaType).encrypted) throw new CocoonError('IMAGE_INVALID', `layer ${i} (${desc.digest}) is already encrypted`);
       const diffID = await sourceDiffID(src, desc);
       if (diffID !== diffIdsClaimed[i]) {
         throw new CocoonError('DIGEST_MISMATCH', `layer ${i} (${desc.digest}): diffID ${diffID} differs from the config's ${diffIdsClaimed[i] ?? ''}`);

@@ -7,6 +7,7 @@ import type { EvidenceVerifier, KbsContext } from './context.js';
 import { EAR_TTL_S, INSECURE_NOTICE } from './ear.js';
 import { loadOrCreateIdentity } from './identity.js';
 import type { KbsIdentity } from './identity.js';
+import { createMetrics } from './metrics.js';
 import { registerOwners } from './owner-auth.js';
 import { problemHandler } from './problem.js';
 import { healthRoutes } from './routes/health.js';
@@ -81,6 +82,7 @@ export async function buildKbsApp(options: KbsOptions): Promise<FastifyInstance>
       sessionTtlS: options.sessionTtlS ?? 300,
       tokenTtlS: options.tokenTtlS ?? EAR_TTL_S,
       log: app.log,
+      metrics: createMetrics(),
     };
     if (ctx.allowSim) app.log.warn(`${INSECURE_NOTICE}: this KBS accepts simulated evidence (--allow-sim); never use it in production`);
 

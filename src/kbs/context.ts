@@ -1,6 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify';
 import type { TeeKind, VerificationResult } from '../attestation/types.js';
 import type { KbsIdentity } from './identity.js';
+import type { KbsMetrics } from './metrics.js';
 import type { Store } from './store/types.js';
 
 /**
@@ -21,4 +22,5 @@ export interface KbsContext {
   sessionTtlS: number;
   tokenTtlS: number;
   log: FastifyBaseLogger;
+  metrics: KbsMetrics;
 }

@@ -55,6 +55,7 @@ interface SessionGrant {
 
 export async function attest(ctx: KbsContext, sessionId: string | undefined, req: AttestRequest): Promise<{ token: string; insecure: boolean }> {
   const now = ctx.now();
+  const started = process.hrtime.bigint();
   let tee = 'unknown';
   let target: { policy: string; workload: string } | undefined;
   let measurement: string | undefined;
@@ -109,11 +110,14 @@ export async function attest(ctx: KbsContext, sessionId: string | undefined, req
     const grant: SessionGrant = { policy: target.policy, workload: target.workload, tee: teeKind, measurement, debug, insecure };
     await ctx.store.completeSession(session.id, JSON.stringify(teePubkey.jwk), JSON.stringify(grant), exp * 1000);
     await recordEvent(ctx, { kind: 'attest', status: 'affirming', tee, target, sessionId, insecure, detail: insecure ? `${INSECURE_NOTICE}; measurement ${measurement ?? '-'}` : `measurement ${measurement ?? '-'}` });
+    ctx.metrics.attestations.inc({ tee, status: 'affirming' });
+    ctx.metrics.attestSeconds.observe({ tee }, Number(process.hrtime.bigint() - started) / 1e9);
     if (insecure) ctx.log.warn({ policy: target.policy, workload: target.workload, tee }, `attestation accepted — ${INSECURE_NOTICE}`);
     else ctx.log.info({ policy: target.policy, workload: target.workload, tee }, 'attestation accepted');
     return { token, insecure };
   } catch (err) {
     const e = asCocoonError(err);
+    ctx.metrics.attestations.inc({ tee: (RCAR_TEES as readonly string[]).includes(tee) ? tee : 'unknown', status: e.code === 'POLICY_DENIED' ? 'contraindicated' : 'error' });
     await recordEvent(ctx, {
       kind: 'attest',
       status: e.code === 'POLICY_DENIED' ? 'contraindicated' : 'error',
@@ -234,10 +238,12 @@ export async function releaseResource(ctx: KbsContext, grant: ResourceGrant, org
     }
     const jwe = await encryptToTee(grant.teePubkey, plaintext);
     plaintext.fill(0);
+    ctx.metrics.releases.inc({ status: 'released' });
     await recordEvent(ctx, { kind: 'release', status: 'affirming', tee: grant.tee, target, resource, sessionId: grant.sessionId, insecure: grant.insecure, detail: `released via ${grant.via}` });
     return jwe;
   } catch (err) {
     const e = asCocoonError(err);
+    ctx.metrics.releases.inc({ status: 'refused' });
     await recordEvent(ctx, { kind: 'release', status: 'error', tee: grant.tee, target, resource, sessionId: grant.sessionId, insecure: grant.insecure, code: e.code, detail: e.message }).catch(() => undefined);
     throw e;
   }

@@ -110,6 +110,32 @@ describe('collateral clients against a local HTTP server', () => {
     assert.ok(hits.some((h) => h.startsWith(`/vcek/v1/Milan/${'c1'.repeat(64)}`)));
   });
 
+  it('CLI without --offline/--collateral fetches through PCS into the disk cache', async () => {
+    const { writeFile, readdir } = await import('node:fs/promises');
+    const { runVerify } = await import('../../src/cli/verify.js');
+    const f = path.join(dir, 'quote.bin');
+    await writeFile(f, w.quote);
+    const cacheDir = path.join(dir, 'cli-cache');
+    const saved = { ...process.env };
+    Object.assign(process.env, { COCOON_PCS_URL: srv.url, COCOON_ROOT_CRL_URL: `${srv.url}/root.crl`, COCOON_CACHE_DIR: cacheDir });
+    try {
+      hits.length = 0;
+      let out = '';
+      const code = await runVerify({ tee: 'tdx', evidence: f, at: AT.toISOString(), json: true }, (x) => (out = x));
+      assert.equal(code, 1, 'generated chain is not under the pinned Intel root');
+      const j = JSON.parse(out) as { errors: { code: string; stage: string }[] };
+      assert.ok(hits.length >= 4);
+      assert.ok(j.errors.every((e) => e.stage !== 'collateral_parse'), JSON.stringify(j.errors));
+      assert.ok(j.errors.some((e) => e.code === 'PCK_CHAIN_INVALID'));
+      assert.equal((await readdir(cacheDir)).length, 4);
+    } finally {
+      for (const k of ['COCOON_PCS_URL', 'COCOON_ROOT_CRL_URL', 'COCOON_CACHE_DIR']) {
+        if (saved[k] === undefined) delete process.env[k];
+        else process.env[k] = saved[k];
+      }
+    }
+  });
+
   it('file source reads QuoteCollateralV3 JSON', async () => {
     const { writeFile } = await import('node:fs/promises');
     const f = path.join(dir, 'coll.json');

@@ -80,3 +80,11 @@ describe('SEV-SNP verifier on generated chains', () => {
     assert.throws(() => parseSnpReport(v), (e: unknown) => isCocoonError(e, 'EVIDENCE_MALFORMED'));
   });
 });
+
+describe('SNP chain completion', () => {
+  it('a lone VCEK is completed with the pinned ASK and ARK of its product line', async () => {
+    const w = makeSnpWorld();
+    const r = await verifyEvidence('snp', w.report, { anchors: w.anchors, certs: [w.certs[0]!] }, { at: SNP_AT });
+    assert.deepEqual(r.errors, []);
+  });
+});

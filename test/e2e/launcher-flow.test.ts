@@ -4,9 +4,9 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startKbs, type RunningKbs } from '../../src/kbs/app.js';
@@ -99,13 +99,26 @@ test('a tampered encrypted layer byte is refused before any application code run
   const { rootfs, measurement } = await wrapAndUnpack('tampered', 'redis');
   await owner.applyPolicy(policy(measurement));
   await owner.putSecret('test/redis', 'layer-key', kek);
-  const blobs = join(rootfs, 'cocoon', 'payload', 'blobs', 'sha256');
-  const [blob] = await readdir(blobs);
-  const file = join(blobs, blob as string);
-  const bytes = await readFile(file);
+  const payloadDir = join(rootfs, 'cocoon', 'payload');
+  const payloadFile = join(payloadDir, 'payload.json');
+  const payload = JSON.parse(await readFile(payloadFile, 'utf8'));
+  const layer = payload.layers[0];
+  const blobFile = join(payloadDir, 'blobs', 'sha256', layer.digest.slice('sha256:'.length));
+  const bytes = await readFile(blobFile);
   const at = Math.floor(bytes.length / 2);
   bytes.writeUInt8(bytes.readUInt8(at) ^ 0x01, at);
-  await writeFile(file, bytes);
+  await writeFile(blobFile, bytes);
+
+  // 1. as is: the ciphertext no longer matches its recorded digest
+  logLines.length = 0;
+  await assert.rejects(launch(configFor(rootfs, kbs.url), log), (e) => isCocoonError(e, 'DIGEST_MISMATCH'));
+  assert.ok(!logLines.some((l) => /starting /.test(l)), 'the app was never started');
+
+  // 2. an attacker who also rewrites the (unmeasured) ciphertext digest is stopped by the HMAC
+  const newDigest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+  await rename(blobFile, join(payloadDir, 'blobs', 'sha256', newDigest.slice('sha256:'.length)));
+  layer.digest = newDigest;
+  await writeFile(payloadFile, JSON.stringify(payload));
   logLines.length = 0;
   await assert.rejects(launch(configFor(rootfs, kbs.url), log), (e) => isCocoonError(e, 'LAYER_AUTH_FAILED'));
   assert.ok(!logLines.some((l) => /starting /.test(l)), 'the app was never started');

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { lstat, readFile } from 'node:fs/promises';
+import { lstat, readFile, realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { readLayout, openBlobStream } from '../../src/image/layout.js';
@@ -57,7 +57,9 @@ test('build-test-image.sh builds a Redis OCI layout from Debian packages, then r
   assert.ok(layer);
   const r = await unpackLayer(openBlobStream(out, layer), 'gzip', root);
   assert.equal(r.diffID, img.config.rootfs.diff_ids[0]);
-  const server = await lstat(join(root, 'usr/bin/redis-server'));
+  const serverPath = await realpath(join(root, 'usr/bin/redis-server'));
+  assert.ok(serverPath.startsWith(`${await realpath(root)}/`));
+  const server = await stat(serverPath);
   assert.ok(server.isFile() && (server.mode & 0o111) !== 0, 'redis-server is an executable file');
   assert.match(await readFile(join(root, 'etc/passwd'), 'utf8'), /^redis:x:999:999:/m);
   const data = await lstat(join(root, 'data'));

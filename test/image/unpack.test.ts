@@ -203,3 +203,33 @@ test('diffID is the sha256 of the uncompressed tar', async (t) => {
   assert.equal(r.diffID, `sha256:${createHash('sha256').update(tarBytes).digest('hex')}`);
   assert.equal(r.bytes, tarBytes.length);
 });
+
+test('ownership from the tar is applied when running as root (default), kept off with chown:false', async (t) => {
+  if (process.getuid?.() !== 0) {
+    t.skip('SKIPPED: needs root to chown');
+    return;
+  }
+  const { root } = await sandbox(t);
+  const tar = await rawTar([{ name: 'd/', type: 'directory', mode: 0o750 }, { name: 'd/f', content: 'x', mode: 0o4755 }]);
+  // rewrite uid/gid in the headers: rawTar writes 0; patch the octal fields to 999
+  const patched = Buffer.from(tar);
+  for (let off = 0; off + 512 <= patched.length; off += 512) {
+    const h = patched.subarray(off, off + 512);
+    if (h.every((x) => x === 0)) break;
+    h.write('0001747\0', 108); // uid 999
+    h.write('0001747\0', 116); // gid 999
+    h.fill(0x20, 148, 156);
+    let sum = 0;
+    for (const b of h) sum += b;
+    h.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148);
+    const size = parseInt(h.subarray(124, 135).toString(), 8);
+    off += Math.ceil(size / 512) * 512;
+  }
+  await unpackLayer(Readable.from([patched]), 'none', root);
+  const d = await lstat(join(root, 'd'));
+  const f = await lstat(join(root, 'd/f'));
+  assert.equal(d.uid, 999);
+  assert.equal(f.gid, 999);
+  assert.equal(d.mode & 0o7777, 0o750);
+  assert.equal(f.mode & 0o7777, 0o4755, 'setuid kept after chown');
+});

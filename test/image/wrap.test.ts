@@ -199,3 +199,27 @@ test('launcher digest ignores payload/ and root/ and follows modes and link targ
   await chmod(join(dir, 'launcher.mjs'), 0o600);
   assert.notEqual(await launcherDigest(dir), d0);
 });
+
+test('readWrappedImage refuses labels that disagree with payload.json, and already-encrypted sources', async (t) => {
+  const f = await fixture(t);
+  const dest = join(f.base, 'out');
+  await wrapImage({ source: { layoutDir: f.source }, dest: { layoutDir: dest, ref: 'w' }, launcherDir: f.launcher, kek: randomBytes(32), ...names });
+  // re-wrapping a wrapped image is fine (its layers are plain), but an encrypted layer is refused
+  const { LayoutWriter } = await import('../../src/image/layout.js');
+  const { MediaType } = await import('../../src/image/oci.js');
+  const img = await readWrappedImage(dest, 'w');
+  const w = await LayoutWriter.open(dest);
+  const cfg = { ...img.config, config: { ...img.config.config, Labels: { ...img.config.config?.Labels, 'dev.cocoon.workload': 'other' } } };
+  const cd = await w.putBytes(Buffer.from(JSON.stringify(cfg)), MediaType.config);
+  const md = await w.putBytes(Buffer.from(JSON.stringify({ ...img.manifest, config: cd })), MediaType.manifest, { 'org.opencontainers.image.ref.name': 'lied' });
+  await w.writeIndex([md]);
+  await assert.rejects(readWrappedImage(dest, 'lied'), { code: 'MEASUREMENT_MISMATCH' });
+
+  const enc = join(f.base, 'enc');
+  const ew = await LayoutWriter.open(enc);
+  const blob = await ew.putBytes(Buffer.from('ciphertext'), 'application/vnd.oci.image.layer.v1.tar+gzip+encrypted');
+  const ecfg = await ew.putBytes(Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [`sha256:${'3'.repeat(64)}`] } })), MediaType.config);
+  const em = await ew.putBytes(Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.manifest, config: ecfg, layers: [blob] })), MediaType.manifest);
+  await ew.writeIndex([em]);
+  await assert.rejects(wrapImage({ source: { layoutDir: enc }, dest: { layoutDir: join(f.base, 'o2') }, launcherDir: f.launcher, kek: randomBytes(32), ...names }), { code: 'IMAGE_INVALID', message: /already encrypted/ });
+});

@@ -85,6 +85,9 @@ test('happy path: launch plan and a secret via cookie, EAR claims, INSECURE noti
 
     const ev = await events(kbs);
     assert.ok(ev.some((e) => e.kind === 'attest' && e.status === 'affirming' && e.insecure && e.detail.includes('INSECURE: simulated TEE')));
+    const metrics = await kbs.app.inject({ method: 'GET', url: '/metrics' });
+    assert.match(metrics.body, /cocoon_kbs_attestations_total\{tee="sim",status="affirming"\} 1/);
+    assert.match(metrics.body, /cocoon_kbs_releases_total\{status="released"\} 3/);
     assert.ok(ev.some((e) => e.kind === 'release' && e.resource === 'demo/redis/launch-plan'));
   }));
 

@@ -218,13 +218,14 @@ export function parseQeIdentity(text: string): QeIdentity {
 /** Validates the QuoteCollateralV3 wire shape (exact string fields). */
 export function collateralFromJson(v: unknown): QuoteCollateralV3 {
   const o = obj(v, 'collateral');
-  const out = {} as Record<string, string>;
   for (const k of COLLATERAL_KEYS) {
     const s = o[k];
     if (typeof s !== 'string') fail('COLLATERAL_MALFORMED', `collateral field ${k} missing`);
     if (s.length > MAX_TEXT) fail('INPUT_TOO_LARGE', `collateral field ${k} too large`);
-    out[k] = s;
   }
+  if (Object.keys(o).length === COLLATERAL_KEYS.length) return o as unknown as QuoteCollateralV3; // keep identity (parse cache)
+  const out = {} as Record<string, string>;
+  for (const k of COLLATERAL_KEYS) out[k] = o[k] as string;
   return out as unknown as QuoteCollateralV3;
 }
 

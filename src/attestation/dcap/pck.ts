@@ -15,7 +15,18 @@ export interface PckExtension {
   fmspc: string;
 }
 
+const memo = new WeakMap<Cert, PckExtension>();
+
+/** The parsed SGX extension of a PCK certificate (memoized per parsed certificate). */
 export function pckExtension(cert: Cert): PckExtension {
+  const hit = memo.get(cert);
+  if (hit) return hit;
+  const ext = parsePckExtension(cert);
+  memo.set(cert, ext);
+  return ext;
+}
+
+function parsePckExtension(cert: Cert): PckExtension {
   const raw = cert.extensions.get(SGX_EXT_OID);
   if (!raw) fail('PCK_CHAIN_INVALID', 'PCK certificate has no SGX extension');
   const vals = new Map<string, Tlv>();

@@ -39,15 +39,20 @@ function collateralKey(c: QuoteCollateralV3): string {
 }
 
 /** Parses wire collateral, memoized by the hash of its exact text. */
+const byObject = new WeakMap<object, { fields: string[]; parsed: DcapCollateral }>();
+
 export function resolveCollateral(c: QuoteCollateralV3 | DcapCollateral): DcapCollateral {
   if ('tcbInfo' in c && typeof c.tcbInfo === 'object') return c;
   const wire = c as QuoteCollateralV3;
+  const same = byObject.get(wire);
+  const fields = Object.values(wire) as string[];
+  if (same && same.fields.length === fields.length && same.fields.every((f, i) => f === fields[i])) return same.parsed;
   const k = collateralKey(wire);
   const hit = parsedCollateral.get(k);
-  if (hit) return hit;
-  const parsed = parseCollateral(wire);
+  const parsed = hit ?? parseCollateral(wire);
   if (parsedCollateral.size > 256) parsedCollateral.clear();
   parsedCollateral.set(k, parsed);
+  byObject.set(wire, { fields, parsed });
   return parsed;
 }
 
@@ -111,6 +116,22 @@ function qePolicy(q: DcapQuote, c: DcapCollateral): StatusWithAdvisories {
   }
   need((qa[0]! & 0x02) === 0, 'QE_IDENTITY_MISMATCH', 'the QE is a debug enclave');
   return qeTcbLevel(qi, qe.isvsvn);
+}
+
+/** Collateral signature verdicts, memoized on the (immutable, cached) parsed collateral. */
+const sigVerdicts = new WeakMap<DcapCollateral, { tcb: boolean; qe: boolean }>();
+function collateralSignatures(c: DcapCollateral): { tcb: boolean; qe: boolean } {
+  let v = sigVerdicts.get(c);
+  if (!v) {
+    const t = c.tcbChain[0]!;
+    const q = c.qeChain[0]!;
+    v = {
+      tcb: verifyEcdsaRawMemo('sha256', t.publicKey(), t.fingerprint, Buffer.from(c.tcbInfoText, 'utf8'), c.tcbInfoSignature),
+      qe: verifyEcdsaRawMemo('sha256', q.publicKey(), q.fingerprint, Buffer.from(c.qeIdentityText, 'utf8'), c.qeIdentitySignature),
+    };
+    sigVerdicts.set(c, v);
+  }
+  return v;
 }
 
 function signingChain(anchors: TrustAnchors, chain: Cert[], at: Date, what: string, code: 'TCB_INFO_CHAIN_INVALID' | 'QE_IDENTITY_CHAIN_INVALID'): void {
@@ -181,8 +202,7 @@ export function verifyDcap(
     });
     st.run('tcb_info_chain', 'TCB_INFO_CHAIN_INVALID', () => signingChain(anchors, c.tcbChain, at, 'tcb_info_issuer_chain', 'TCB_INFO_CHAIN_INVALID'));
     st.run('tcb_info_signature', 'TCB_INFO_SIGNATURE_INVALID', () => {
-      const s = c.tcbChain[0]!;
-      need(verifyEcdsaRawMemo('sha256', s.publicKey(), s.fingerprint, Buffer.from(c.tcbInfoText, 'utf8'), c.tcbInfoSignature), 'TCB_INFO_SIGNATURE_INVALID', 'TCB info signature invalid');
+      need(collateralSignatures(c).tcb, 'TCB_INFO_SIGNATURE_INVALID', 'TCB info signature invalid');
     });
     st.run('tcb_info_validity', 'TCB_INFO_EXPIRED', () => {
       const t = c.tcbInfo;
@@ -191,8 +211,7 @@ export function verifyDcap(
     });
     st.run('qe_identity_chain', 'QE_IDENTITY_CHAIN_INVALID', () => signingChain(anchors, c.qeChain, at, 'qe_identity_issuer_chain', 'QE_IDENTITY_CHAIN_INVALID'));
     st.run('qe_identity_signature', 'QE_IDENTITY_SIGNATURE_INVALID', () => {
-      const s = c.qeChain[0]!;
-      need(verifyEcdsaRawMemo('sha256', s.publicKey(), s.fingerprint, Buffer.from(c.qeIdentityText, 'utf8'), c.qeIdentitySignature), 'QE_IDENTITY_SIGNATURE_INVALID', 'QE identity signature invalid');
+      need(collateralSignatures(c).qe, 'QE_IDENTITY_SIGNATURE_INVALID', 'QE identity signature invalid');
     });
     st.run('qe_identity_validity', 'QE_IDENTITY_EXPIRED', () => {
       const t = c.qeIdentity;

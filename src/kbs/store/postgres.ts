@@ -6,7 +6,7 @@ import type { Database as Schema } from './schema.js';
 
 /**
  * PostgreSQL store for several KBS replicas. Same queries as SQLite.
- * Not yet exercised by tests (tracked for the HA issue).
+ * Exercised by test/kbs/postgres.test.ts against a throwaway PostgreSQL 15.
  */
 export async function openPostgresStore(connectionString: string, options: { maxConnections?: number } = {}): Promise<KyselyStore> {
   const pool = new pg.Pool({ connectionString, max: options.maxConnections ?? 10 });

@@ -1,0 +1,20 @@
+/** Public surface of the KBS for the CLI and the launcher. */
+export { buildKbsApp, startKbs, DEFAULT_BODY_LIMIT } from './app.js';
+export type { KbsOptions, StartKbsOptions, RunningKbs } from './app.js';
+export type { EvidenceVerifier } from './context.js';
+export { attestAndFetch, backoffDelay, DEFAULT_RETRY } from './client/rcar.js';
+export type { AttestAndFetchOptions, AttestAndFetchResult, RetryOptions } from './client/rcar.js';
+export { OwnerClient } from './client/owner.js';
+export type { OwnerClientOptions, KbsIdentityInfo, PolicyRef, PolicyVersionInfo, AttestationEvent } from './client/owner.js';
+export { createOwnerKey, loadOwnerPrivateKey, loadOwnerPublicJwk, ownerSigningKey } from './owner-key.js';
+export type { OwnerKeyFiles, OwnerSigningKey } from './owner-key.js';
+export { parseLaunchPlan, renderLaunchPlan } from './launch-plan.js';
+export type { LaunchPlan, LaunchPlanWire } from './launch-plan.js';
+export { loadOrCreateIdentity } from './identity.js';
+export type { KbsIdentity } from './identity.js';
+export { FileSealer } from './sealer.js';
+export type { Sealer } from './sealer.js';
+export { INSECURE_NOTICE } from './ear.js';
+export { RCAR_VERSION, rcarReportData } from './rcar-protocol.js';
+export { openSqliteStore, openPostgresStore } from './store/index.js';
+export type { Store } from './store/types.js';

@@ -1,0 +1,54 @@
+import { execFile } from 'node:child_process';
+import { chownSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+const PG_BIN = '/usr/lib/postgresql/15/bin';
+
+export interface TempPostgres {
+  url: string;
+  stop(): Promise<void>;
+}
+
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  const port = (srv.address() as { port: number }).port;
+  await new Promise<void>((resolve) => srv.close(() => resolve()));
+  return port;
+}
+
+/**
+ * A throwaway PostgreSQL cluster (Debian's postgresql-15, trust auth on loopback).
+ * Returns a reason string instead when this machine cannot run one.
+ */
+export async function startTempPostgres(): Promise<TempPostgres | string> {
+  if (!existsSync(join(PG_BIN, 'initdb'))) return `PostgreSQL binaries not found in ${PG_BIN}`;
+  const asRoot = process.getuid?.() === 0;
+  const dir = mkdtempSync(join(tmpdir(), 'cocoon-pg-'));
+  const wrap = (cmd: string, args: string[]): [string, string[]] => (asRoot ? ['runuser', ['-u', 'postgres', '--', cmd, ...args]] : [cmd, args]);
+  try {
+    if (asRoot) {
+      const { stdout } = await run('id', ['-u', 'postgres']);
+      const { stdout: gid } = await run('id', ['-g', 'postgres']);
+      chownSync(dir, Number(stdout.trim()), Number(gid.trim()));
+    }
+    const port = await freePort();
+    const data = join(dir, 'data');
+    await run(...wrap(join(PG_BIN, 'initdb'), ['-D', data, '-A', 'trust', '-U', 'cocoon', '--no-sync']), { cwd: dir });
+    await run(...wrap(join(PG_BIN, 'pg_ctl'), ['-D', data, '-o', `-k ${dir} -p ${port} -h 127.0.0.1 -c fsync=off`, '-l', join(dir, 'log'), '-w', 'start']), { cwd: dir });
+    return {
+      url: `postgres://cocoon@127.0.0.1:${port}/postgres`,
+      async stop() {
+        await run(...wrap(join(PG_BIN, 'pg_ctl'), ['-D', data, '-m', 'immediate', '-w', 'stop']), { cwd: dir }).catch(() => undefined);
+        rmSync(dir, { recursive: true, force: true });
+      },
+    };
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    return `cannot start a temporary PostgreSQL: ${(err as Error).message.split('\n')[0]}`;
+  }
+}
