@@ -81,6 +81,9 @@ export const ERROR_CODES = {
   APP_START_FAILED: { status: 500, exit: 1 },
   // broker (appended)
   EVIDENCE_REJECTED: { status: 401, exit: 1 },
+  // kubernetes (appended)
+  MANIFEST_INVALID: { status: 400, exit: 1 },
+  UNWRAPPED_IMAGE: { status: 403, exit: 1 },
 } as const satisfies Record<string, { status: number; exit: number }>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -166,7 +166,7 @@ function finish(tee: TeeKind, st: Stages, claims: Claims, options: VerifyEvidenc
     advisories: tcb ? [...tcb.advisories] : [],
     claims,
     errors: st.problems,
-    verifiedAt: options.at.toISOString(),
+    ...(options.at instanceof Date && !Number.isNaN(options.at.getTime()) ? { verifiedAt: options.at.toISOString() } : {}),
     detail: { ...(tcb ? { tcb: { platformLevel: tcb.platformLevel, tdxModuleLevel: tcb.tdxModuleLevel, qeLevel: tcb.qeLevel } } : {}), ...detail },
   };
 }
@@ -175,6 +175,7 @@ function finish(tee: TeeKind, st: Stages, claims: Claims, options: VerifyEvidenc
 export async function verifyEvidence(tee: TeeKind, evidence: Uint8Array | string | DecodedEvidence, trust: TrustInput, options: VerifyEvidenceOptions): Promise<VerificationResult> {
   const st = new Stages();
   try {
+    if (!(options.at instanceof Date) || Number.isNaN(options.at.getTime())) fail('BAD_USAGE', 'verification time (at) must be a valid Date');
     const anchors = trust.anchors ?? defaultAnchors();
     const d: DecodedEvidence = typeof evidence === 'object' && 'kind' in evidence && !(evidence instanceof Uint8Array) ? evidence : decodeEvidence(evidence as Uint8Array | string);
     const at = options.at;

@@ -7,6 +7,11 @@ export type DecodedEvidence = { kind: 'bytes'; bytes: Buffer } | { kind: 'json';
 export function decodeEvidence(data: Uint8Array | string): DecodedEvidence {
   const buf = typeof data === 'string' ? Buffer.from(data, 'utf8') : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
   if (buf.length > 4 * MAX_EVIDENCE_BYTES) fail('INPUT_TOO_LARGE', 'evidence larger than 4 MiB');
+  // fast path: binary evidence has control bytes early on (quotes and reports start with small LE integers)
+  for (let i = 0; i < Math.min(buf.length, 64); i++) {
+    const c = buf[i]!;
+    if (c < 0x09 || (c > 0x0d && c < 0x20) || c === 0x7f) return { kind: 'bytes', bytes: buf };
+  }
   const text = buf.toString('utf8').trim();
   const printable = /^[\x20-\x7e\s]*$/.test(text);
   if (printable && text.length > 0) {

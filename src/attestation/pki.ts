@@ -270,6 +270,18 @@ export function crlSignedBy(crl: Crl, issuer: Cert): boolean {
   return remember(sigCache, k, ok);
 }
 
+/** basicConstraints cA = TRUE. */
+export function isCaCert(c: Cert): boolean {
+  const v = c.extensions.get('2.5.29.19');
+  if (!v) return false;
+  try {
+    const first = children(parseDer(v))[0];
+    return first !== undefined && first.tag === 0x01 && first.value.length === 1 && first.value[0] !== 0;
+  } catch {
+    return false;
+  }
+}
+
 export const validAt = (c: Cert, at: Date): boolean => c.notBefore.getTime() <= at.getTime() && at.getTime() <= c.notAfter.getTime();
 
 const PEM_RE = /-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]*?)-----END CERTIFICATE-----/g;

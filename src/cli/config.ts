@@ -31,7 +31,7 @@ export async function readSettings(dir: string): Promise<Settings> {
 
 /** --kbs flag, else COCOON_KBS_URL, else the config file, else a clear error. */
 export async function resolveKbsUrl(flag: string | undefined, dir: string): Promise<string> {
-  const url = flag ?? process.env.COCOON_KBS_URL ?? (await readSettings(dir)).kbsUrl;
+  const url = flag || process.env.COCOON_KBS_URL || (await readSettings(dir)).kbsUrl;
   if (!url) throw new CocoonError('BAD_USAGE', 'no KBS URL: pass --kbs URL, set COCOON_KBS_URL, or run `cocoon init --kbs URL`');
   try {
     return new URL(url).href.replace(/\/$/, '');

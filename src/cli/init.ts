@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { mkdir, writeFile, access } from 'node:fs/promises';
+import { access, mkdir, rm, writeFile } from 'node:fs/promises';
 import { action, createOutput } from './output.js';
 import { configDir, configPaths } from './config.js';
 import { CocoonError } from '../errors.js';
@@ -25,6 +25,7 @@ export function registerInit(program: Command): void {
         const exists = await access(paths.ownerKey).then(() => true, () => false);
         if (exists && !opts.force) throw new CocoonError('CONFLICT', `${paths.ownerKey} exists; pass --force to replace it`);
         await mkdir(dir, { recursive: true, mode: 0o700 });
+        if (exists) await Promise.all([rm(paths.ownerKey, { force: true }), rm(paths.ownerPublicKey, { force: true }), rm(paths.simDir, { recursive: true, force: true })]);
         const { createOwnerKey } = await import('../kbs/owner-key.js');
         const owner = await createOwnerKey(paths.ownerKey, paths.ownerPublicKey);
         const { createSimPlatform } = await import('../attester/sim-platform.js');

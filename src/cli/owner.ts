@@ -75,6 +75,8 @@ export function registerPolicy(program: Command): void {
   ).action(
     action(async (file: string, opts: OwnerOptions & { predecessor?: string }) => {
       const yaml = (await readBounded(file, MAX_POLICY_FILE, 'policy')).toString('utf8');
+      const { parsePolicy } = await import('../policy/parse.js');
+      parsePolicy(yaml, { file }); // file:line errors before any network or key access
       const client = await ownerClient(opts);
       const ref = await client.applyPolicy(yaml, { file, ...(opts.predecessor ? { predecessor: opts.predecessor } : {}) });
       createOutput(opts).result(`applied ${ref.name} version ${ref.version} (${ref.hash})`, ref);
@@ -92,7 +94,7 @@ export function registerPolicy(program: Command): void {
     action(async (name: string, opts: OwnerOptions) => {
       const versions = await (await ownerClient(opts)).policyHistory(name);
       createOutput(opts).result(() => {
-        const table = new Table({ head: ['VERSION', 'HASH', 'PREDECESSOR', 'CREATED', 'BY'], style: { head: [] } });
+        const table = new Table({ head: ['VERSION', 'HASH', 'PREDECESSOR', 'CREATED', 'BY'], style: { head: [], border: [] } });
         for (const v of versions) table.push([v.version, v.hash.slice(0, 16) + '…', v.predecessor ? v.predecessor.slice(0, 16) + '…' : '-', v.createdAt, v.createdBy]);
         process.stdout.write(table.toString() + '\n');
       }, versions);
@@ -147,7 +149,7 @@ export function registerSecret(program: Command): void {
       if (!/^\d{1,4}$/.test(opts.limit)) throw new CocoonError('BAD_USAGE', '--limit must be 1–9999');
       const events = await (await ownerClient(opts)).listEvents({ limit: Number(opts.limit), ...(opts.policy ? { policy: opts.policy } : {}) });
       createOutput(opts).result(() => {
-        const table = new Table({ head: ['TIME', 'KIND', 'STATUS', 'TEE', 'POLICY', 'WORKLOAD', 'CODE', 'DETAIL'], style: { head: [] } });
+        const table = new Table({ head: ['TIME', 'KIND', 'STATUS', 'TEE', 'POLICY', 'WORKLOAD', 'CODE', 'DETAIL'], style: { head: [], border: [] } });
         for (const e of events) table.push([e.at, e.kind, e.status, e.tee + (e.insecure ? ' (INSECURE)' : ''), e.policy ?? '', e.workload ?? '', e.code ?? '', e.detail.slice(0, 60)]);
         process.stdout.write(table.toString() + '\n');
       }, events);

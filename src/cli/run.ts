@@ -61,7 +61,7 @@ export function registerRuntime(program: Command): void {
         const { listContainers } = await import('../runtime/runc.js');
         const containers = await listContainers();
         out.result(() => {
-          const table = new Table({ head: ['NAME', 'STATUS', 'PID', 'TEE', 'MEASUREMENT', 'IMAGE', 'CREATED'], style: { head: [] } });
+          const table = new Table({ head: ['NAME', 'STATUS', 'PID', 'TEE', 'MEASUREMENT', 'IMAGE', 'CREATED'], style: { head: [], border: [] } });
           for (const c of containers) table.push([c.name, c.status, c.pid ?? '', c.tee || 'detect', c.measurement.slice(0, 16) + '…', c.image, c.createdAt]);
           process.stdout.write(table.toString() + '\n');
         }, containers);

@@ -67,7 +67,11 @@ export async function launcherFiles(dir: string): Promise<LauncherFile[]> {
       else if (s.isSymbolicLink()) out.push({ path, mode: s.mode & 0o7777, link: await readlink(p) });
     }
   }
-  await walk('');
+  try {
+    await walk('');
+  } catch (err) {
+    throw new CocoonError('IO_ERROR', `reading launcher files under ${dir}: ${(err as Error).message}`, { cause: err });
+  }
   return out.sort(byCodeUnits);
 }
 

@@ -372,8 +372,12 @@ function resolveLimits(l?: Partial<UnpackLimits>): UnpackLimits {
 }
 
 async function prepareRoot(root: string): Promise<string> {
-  await mkdir(root, { recursive: true });
-  return realpath(root);
+  try {
+    await mkdir(root, { recursive: true });
+    return await realpath(root);
+  } catch (err) {
+    throw new CocoonError('IO_ERROR', `cannot prepare ${root}: ${(err as Error).message}`, { cause: err });
+  }
 }
 
 /**

@@ -37,7 +37,7 @@ export interface WrapOptions {
   kek: Buffer;
   /** KBS resource holding the KEK; default `<policy>/layer-key`. */
   kbsResource?: string;
-  /** Further recipients of every layer key (e.g. JWE public keys). */
+  /** Further recipients of every layer key (e.g. JWE public keys; randomised ones make the output non-reproducible). */
   recipients?: KeyWrapper[];
   /** Archive mtime; default SOURCE_DATE_EPOCH or 0. */
   mtime?: number;
@@ -141,7 +141,7 @@ async function encryptLayer(src: ResolvedImage, desc: Descriptor, diffID: string
   const fmt = layerFormat(desc.mediaType);
   if (fmt.encrypted) throw new CocoonError('IMAGE_INVALID', `layer ${desc.digest} is already encrypted`);
   // An uncompressed source layer is gzipped first (deterministically), so its plaintext blob is a function of the source.
-  const plainMediaType = fmt.compression === 'none' ? MediaType.layerGzip : fmt.compression === 'gzip' ? MediaType.layerGzip : MediaType.layerZstd;
+  const plainMediaType = fmt.compression === 'zstd' ? MediaType.layerZstd : MediaType.layerGzip;
   const { symkey, nonce } = deriveLayerKey(kek, diffID, desc.digest);
   const plainTap = new HashTap();
   const enc = new LayerEncryptStream(symkey, nonce);

@@ -1,9 +1,8 @@
-import type { TeeKind } from '../attestation/types.js';
-import { constantTimeEqual } from '../crypto/hash.js';
+import type { Claims, TeeKind } from '../attestation/types.js';
 import { LAYER_KEY_SECRET } from './names.js';
 import type { AcceptRule, Policy, WorkloadSpec } from './types.js';
 
-/** What the appraisal of one piece of verified evidence needs from the verifier's claims. */
+/** What the appraisal of one piece of verified evidence needs from the verifier's result. */
 export interface AppraisalInput {
   tee: TeeKind;
   /** Lower-case hex workload measurement, if the evidence carries one. */
@@ -11,9 +10,20 @@ export interface AppraisalInput {
   debug: boolean;
   /** Whether the server accepts simulated evidence at all. */
   allowSim: boolean;
+  /** Normalized claims of the verifier (src/attestation naming: mrenclave, mr_td, rtmr0, pcr00, …). */
+  claims?: Claims;
+  /** TCB status where the TEE reports one (DCAP, SNP); absent for sim. */
+  tcbStatus?: string;
+  advisories?: readonly string[];
 }
 
 export type Appraisal = { allowed: true; ruleIndex: number } | { allowed: false; reason: string; reasons: string[] };
+
+/** The claim that carries the workload measurement: `workload_measurement`, or `measurement` for sim. */
+export function workloadMeasurementOf(tee: TeeKind, claims: Claims): string | undefined {
+  const v = claims.workload_measurement ?? (tee === 'sim' ? claims.measurement : undefined);
+  return typeof v === 'string' ? v.toLowerCase() : undefined;
+}
 
 /** Any-of over the workload's accept rules; returns the reason of every rule on denial. */
 export function evaluateAccept(workload: WorkloadSpec, input: AppraisalInput): Appraisal {
@@ -24,14 +34,71 @@ export function evaluateAccept(workload: WorkloadSpec, input: AppraisalInput): A
   return { allowed: false, reason: list.join('; '), reasons: list };
 }
 
+function claimAt(claims: Claims, path: string): unknown {
+  if (path in claims) return claims[path];
+  const [head, ...rest] = path.split('.');
+  let v: unknown = claims[head ?? ''];
+  for (const k of rest) v = typeof v === 'object' && v !== null ? (v as Record<string, unknown>)[k] : undefined;
+  return v;
+}
+
+function hexClaim(claims: Claims, name: string): string | undefined {
+  const v = claims[name];
+  return typeof v === 'string' ? v.toLowerCase() : undefined;
+}
+
 function ruleMismatch(rule: AcceptRule, input: AppraisalInput, index: number): string | null {
   const at = `accept[${index}]`;
+  const claims = input.claims ?? {};
   if (!rule.tee.includes(input.tee)) return `${at}: TEE kind ${input.tee} not in [${rule.tee.join(', ')}]`;
   if (input.tee === 'sim' && !input.allowSim) return `${at}: simulated TEE not allowed by this server`;
-  if (!input.measurement) return `${at}: evidence carries no workload measurement`;
-  const a = Buffer.from(input.measurement.toLowerCase(), 'utf8');
-  const b = Buffer.from(rule.measurement, 'utf8');
-  if (!constantTimeEqual(a, b)) return `${at}: measurement ${input.measurement.slice(0, 16)}… not accepted`;
+  if (rule.measurement !== undefined) {
+    if (!input.measurement) return `${at}: evidence carries no workload measurement`;
+    if (input.measurement.toLowerCase() !== rule.measurement) return `${at}: measurement ${input.measurement.slice(0, 16)}… not accepted`;
+  }
+  if (rule.sgx && input.tee === 'sgx') {
+    const s = rule.sgx;
+    const mrenclave = hexClaim(claims, 'mrenclave');
+    if (s.mrenclave && (!mrenclave || !s.mrenclave.includes(mrenclave))) return `${at}: mrenclave ${mrenclave?.slice(0, 16) ?? '-'}… not accepted`;
+    if (s.mrsigner && hexClaim(claims, 'mrsigner') !== s.mrsigner) return `${at}: mrsigner not accepted`;
+    if (s.isvprodid !== undefined && claims.isvprodid !== s.isvprodid) return `${at}: isvprodid ${String(claims.isvprodid)} is not ${s.isvprodid}`;
+    if (s.minIsvsvn !== undefined && !(typeof claims.isvsvn === 'number' && claims.isvsvn >= s.minIsvsvn)) return `${at}: isvsvn ${String(claims.isvsvn)} below ${s.minIsvsvn}`;
+  }
+  const exact = (group: string, values: Record<string, string> | undefined, applies: boolean): string | null => {
+    if (!values || !applies) return null;
+    for (const [k, v] of Object.entries(values)) {
+      const got = hexClaim(claims, k);
+      if (got !== v) return `${at}: ${group}.${k} ${got ? `${got.slice(0, 16)}…` : '(absent)'} not accepted`;
+    }
+    return null;
+  };
+  const tdx = exact('tdx', rule.tdx, input.tee === 'tdx' || input.tee === 'az-tdx-vtpm');
+  if (tdx) return tdx;
+  const snp = exact('snp', rule.snp, input.tee === 'snp' || input.tee === 'az-snp-vtpm');
+  if (snp) return snp;
+  if (rule.pcrs) {
+    const e = exact('pcrs', rule.pcrs, true);
+    if (e) return e;
+  }
+  // A TEE-specific block only constrains its own TEE; a rule must still pin *something* for this one.
+  const pinned =
+    rule.measurement !== undefined ||
+    rule.pcrs !== undefined ||
+    (rule.sgx !== undefined && input.tee === 'sgx') ||
+    (rule.tdx !== undefined && (input.tee === 'tdx' || input.tee === 'az-tdx-vtpm')) ||
+    (rule.snp !== undefined && (input.tee === 'snp' || input.tee === 'az-snp-vtpm'));
+  if (!pinned) return `${at}: the rule pins no measurement for ${input.tee}`;
+  if (input.tcbStatus !== undefined) {
+    const statuses = rule.tcb?.statuses ?? ['UpToDate'];
+    if (!statuses.includes(input.tcbStatus)) return `${at}: TCB status ${input.tcbStatus} not in [${statuses.join(', ')}]`;
+    const tolerated = rule.tcb?.advisories ?? [];
+    const open = (input.advisories ?? []).filter((a) => !tolerated.includes(a));
+    if (open.length > 0) return `${at}: advisories not tolerated: ${open.slice(0, 8).join(', ')}`;
+  }
+  for (const [k, min] of Object.entries(rule.minSvn ?? {})) {
+    const v = claimAt(claims, k);
+    if (typeof v !== 'number' || v < min) return `${at}: ${k} ${typeof v === 'number' ? v : '(absent)'} below ${min}`;
+  }
   if (input.debug && !rule.debug) return `${at}: debug evidence refused`;
   return null;
 }

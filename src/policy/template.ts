@@ -1,8 +1,8 @@
 import { CocoonError } from '../errors.js';
 import { SECRET_NAME_RE } from './names.js';
-import type { Template, TemplateFilter, TemplatePart } from './types.js';
+import type { SecretField, Template, TemplateFilter, TemplatePart } from './types.js';
 
-const EXPR_RE = /^secret\.([^\s|}]+)\s*(?:\|\s*([a-z0-9]+)\s*)?$/;
+const EXPR_RE = /^secret\.([^\s|}]+?)(?:\.(cert|key|chain|public))?\s*(?:\|\s*([a-z0-9]+)\s*)?$/;
 
 /**
  * Parses `text {{ secret.NAME }} more {{ secret.OTHER | base64 }}`. Throws a plain message
@@ -23,12 +23,13 @@ export function parseTemplate(source: string): Template {
     if (close < 0) throw new TemplateError('unterminated "{{" in template');
     const expr = rest.slice(open + 2, close).trim();
     const m = EXPR_RE.exec(expr);
-    if (!m) throw new TemplateError(`unsupported template expression "{{ ${expr.slice(0, 80)} }}" (expected "{{ secret.NAME }}" with an optional "| raw|hex|base64")`);
+    if (!m) throw new TemplateError(`unsupported template expression "{{ ${expr.slice(0, 80)} }}" (expected "{{ secret.NAME[.cert|.key|.chain|.public] }}" with an optional "| raw|hex|base64")`);
     const name = m[1] ?? '';
     if (!SECRET_NAME_RE.test(name)) throw new TemplateError(`invalid secret name "${name.slice(0, 80)}" in template`);
-    const filter = m[2] ?? 'raw';
+    const field = m[2] as SecretField | undefined;
+    const filter = m[3] ?? 'raw';
     if (filter !== 'raw' && filter !== 'hex' && filter !== 'base64') throw new TemplateError(`unknown template filter "${filter}" (raw, hex or base64)`);
-    parts.push({ secret: name, filter });
+    parts.push(field ? { secret: name, field, filter } : { secret: name, filter });
     rest = rest.slice(close + 2);
   }
   return { source, parts };
@@ -36,19 +37,24 @@ export function parseTemplate(source: string): Template {
 
 export class TemplateError extends Error {}
 
-export function templateSecrets(t: Template): { secret: string; filter: TemplateFilter }[] {
-  return t.parts.filter((p): p is { secret: string; filter: TemplateFilter } => 'secret' in p);
+export type SecretRef = { secret: string; field?: SecretField; filter: TemplateFilter };
+
+export function templateSecrets(t: Template): SecretRef[] {
+  return t.parts.filter((p): p is SecretRef => 'secret' in p);
 }
 
-/** Renders to bytes; `lookup` returns a secret's stored bytes. */
-export function renderTemplate(t: Template, lookup: (name: string) => Uint8Array): Buffer {
+/**
+ * Renders to bytes; `lookup` returns a secret's stored bytes (for `.field` references, the
+ * field's bytes — see fieldLookup in src/kbs/launch-plan.ts).
+ */
+export function renderTemplate(t: Template, lookup: (name: string, field?: SecretField) => Uint8Array): Buffer {
   const chunks: Buffer[] = [];
   for (const part of t.parts) {
     if ('literal' in part) {
       chunks.push(Buffer.from(part.literal, 'utf8'));
       continue;
     }
-    const value = Buffer.from(lookup(part.secret));
+    const value = Buffer.from(lookup(part.secret, part.field));
     switch (part.filter) {
       case 'raw':
         chunks.push(value);
@@ -65,7 +71,7 @@ export function renderTemplate(t: Template, lookup: (name: string) => Uint8Array
 }
 
 /** Renders for env/argv, which must be valid UTF-8 without NUL. */
-export function renderTemplateText(t: Template, lookup: (name: string) => Uint8Array): string {
+export function renderTemplateText(t: Template, lookup: (name: string, field?: SecretField) => Uint8Array): string {
   const bytes = renderTemplate(t, lookup);
   const text = new TextDecoder('utf-8', { fatal: false }).decode(bytes);
   if (!Buffer.from(text, 'utf8').equals(bytes) || text.includes('\0')) {

@@ -4,23 +4,69 @@ import type { TeeKind } from '../attestation/types.js';
 export const RANDOM_ENCODINGS = ['bytes', 'hex', 'base64', 'ascii'] as const;
 export type RandomEncoding = (typeof RANDOM_ENCODINGS)[number];
 
-export const SECRET_KINDS = ['random', 'imported', 'layer-key'] as const;
+export const SECRET_KINDS = ['random', 'keypair', 'x509', 'x509-ca', 'imported', 'layer-key'] as const;
 export type SecretKind = (typeof SECRET_KINDS)[number];
 
+export const KEY_TYPES = ['P-256', 'P-384', 'Ed25519', 'RSA-2048', 'RSA-3072'] as const;
+export type KeyType = (typeof KEY_TYPES)[number];
+/** Shared: one value for every instance (stored). Instance: generated for each release, never stored. */
+export type SecretScope = 'shared' | 'instance';
+export const KEY_USAGES = ['digitalSignature', 'keyEncipherment', 'keyAgreement', 'nonRepudiation'] as const;
+export type KeyUsageName = (typeof KEY_USAGES)[number];
+
 export type SecretSpec =
-  | { kind: 'random'; size: number; encoding: RandomEncoding; ownerReadable: boolean }
-  | { kind: 'imported'; ownerReadable: boolean }
+  | { kind: 'random'; size: number; encoding: RandomEncoding; ownerReadable: boolean; scope?: SecretScope }
+  | { kind: 'keypair'; keyType: KeyType; ownerReadable: boolean; scope?: SecretScope }
+  | {
+      kind: 'x509';
+      /** `deployment` (the KBS deployment CA) or the name of an x509-ca secret of this policy. */
+      issuer: string;
+      usage: 'server' | 'client';
+      keyType: KeyType;
+      subject: string;
+      sans: string[];
+      validityDays: number;
+      keyUsage: KeyUsageName[];
+      ownerReadable: boolean;
+      scope?: SecretScope;
+    }
+  | { kind: 'x509-ca'; keyType: KeyType; subject: string; validityDays: number; ownerReadable: boolean }
+  /** Uploaded by an owner, or (with `from`) exported by another policy whose owners consent. */
+  | { kind: 'imported'; ownerReadable: boolean; from?: { policy: string; secret: string } }
   | { kind: 'layer-key'; ownerReadable: boolean };
+
+/** Secrets whose value is a JSON document of PEM fields (selected with `.key`, `.cert`, …). */
+export function isStructuredSecret(spec: SecretSpec): boolean {
+  return spec.kind === 'keypair' || spec.kind === 'x509' || spec.kind === 'x509-ca';
+}
+
+export interface SgxRule {
+  mrenclave?: string[];
+  mrsigner?: string;
+  isvprodid?: number;
+  minIsvsvn?: number;
+}
 
 export interface AcceptRule {
   tee: TeeKind[];
-  /** Lower-case hex SHA-384 workload measurement (96 chars). */
-  measurement: string;
+  /** Lower-case hex SHA-384 workload measurement (96 chars); claim `workload_measurement`, or `measurement` for sim. */
+  measurement?: string;
+  /** Exact claim values (lower-case hex) per TEE: sgx mrenclave/mrsigner, tdx mr_td/rtmrN, snp measurement/host_data, pcrNN. */
+  sgx?: SgxRule;
+  tdx?: Record<string, string>;
+  snp?: Record<string, string>;
+  pcrs?: Record<string, string>;
+  /** Allowed TCB statuses (default UpToDate) and tolerated advisory IDs (default none). */
+  tcb?: { statuses: string[]; advisories: string[] };
+  /** Minimum numeric claim values (e.g. isvsvn, guest_svn). */
+  minSvn?: Record<string, number>;
   debug: boolean;
 }
 
 /** One `{{ secret.NAME | filter }}` occurrence or a literal piece of a template. */
-export type TemplatePart = { literal: string } | { secret: string; filter: TemplateFilter };
+export type TemplatePart = { literal: string } | { secret: string; field?: SecretField; filter: TemplateFilter };
+export const SECRET_FIELDS = ['cert', 'key', 'chain', 'public'] as const;
+export type SecretField = (typeof SECRET_FIELDS)[number];
 export const TEMPLATE_FILTERS = ['raw', 'hex', 'base64'] as const;
 export type TemplateFilter = (typeof TEMPLATE_FILTERS)[number];
 
@@ -38,6 +84,8 @@ export interface FileSpec {
 
 export interface WorkloadSpec {
   accept: AcceptRule[];
+  /** Successful attestations allowed over the policy's lifetime (all versions); unlimited when absent. */
+  maxActivations?: number;
   /** Secrets granted explicitly (the layer-key secret is granted implicitly). */
   secrets: string[];
   env: Record<string, Template>;
@@ -50,8 +98,24 @@ export interface Policy {
   name: string;
   org: string;
   app: string;
+  /** Hash of the version this one replaces, when written in the file (the API's predecessor wins otherwise). */
+  predecessor?: string;
+  /** Who may change / approve / read this policy; empty: the KBS's bootstrap owners. */
+  owners: PolicyOwner[];
+  /** Approvals (distinct owners, the proposer included) an update needs; 1 when absent. */
+  approvals: { threshold: number };
+  /** Secret name → policies allowed to import it (`kind: imported, from: this/policy/name`). */
+  exports: Record<string, string[]>;
   secrets: Record<string, SecretSpec>;
   workloads: Record<string, WorkloadSpec>;
+}
+
+export interface PolicyOwner {
+  name: string;
+  /** Public JWK (EC P-256 or OKP Ed25519). */
+  key: Record<string, string>;
+  /** RFC 7638 thumbprint (SHA-256, base64url) of `key`: the owner token `kid`. */
+  kid: string;
 }
 
 /** Position of a node in the policy source, 1-based. */

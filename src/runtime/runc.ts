@@ -1,10 +1,10 @@
 import { spawn, execFile } from 'node:child_process';
-import { mkdir, open, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { CocoonError } from '../errors.js';
-import { readWrappedImage, unpackWrappedLayers } from '../image/wrapped.js';
+import { readWrappedImage, unpackWrappedLayers, type WrappedImage } from '../image/wrapped.js';
 import { buildRuncSpec } from './spec.js';
 import { containerDir, listRecords, loadRecord, removeContainerDir, runcStateRoot, runtimeRoot, saveRecord, validateContainerName, type ContainerRecord } from './state.js';
 
@@ -56,8 +56,7 @@ export async function runWrapped(options: RunOptions): Promise<RunResult> {
 
   const dir = containerDir(root, name);
   const bundle = join(dir, 'bundle');
-  const rootfs = join(bundle, 'rootfs');
-  await mkdir(rootfs, { recursive: true, mode: 0o700 });
+  await mkdir(bundle, { recursive: true, mode: 0o700 });
   await mkdir(runcStateRoot(root), { recursive: true, mode: 0o700 });
   const record: ContainerRecord = {
     name,
@@ -73,8 +72,7 @@ export async function runWrapped(options: RunOptions): Promise<RunResult> {
   };
   await saveRecord(root, record);
   try {
-    options.onProgress?.(`unpacking ${image.manifestDigest.slice(0, 19)} into ${bundle}`);
-    await unpackWrappedLayers(image, rootfs);
+    const rootfs = await cachedRootfs(root, image, options.onProgress);
     const env = [
       ...image.env,
       `COCOON_KBS_URL=${options.kbsUrl}`,
@@ -87,6 +85,7 @@ export async function runWrapped(options: RunOptions): Promise<RunResult> {
       hostname: name,
       memoryRootSize: options.memoryRootSize,
       hostNetwork: options.hostNetwork,
+      rootfs,
       ...(options.simPlatformDir ? { simPlatformDir: options.simPlatformDir } : {}),
     });
     await writeFile(join(bundle, 'config.json'), JSON.stringify(spec, null, 2));
@@ -137,10 +136,44 @@ export async function runWrapped(options: RunOptions): Promise<RunResult> {
   return { name, exitCode, record };
 }
 
+/**
+ * The container root (launcher + ciphertext) is read-only and identical for every container
+ * of one image, so it is unpacked once per manifest digest and shared. A half-unpacked tree
+ * never becomes visible: it is unpacked beside and renamed into place.
+ */
+async function cachedRootfs(root: string, image: WrappedImage, onProgress?: (m: string) => void): Promise<string> {
+  const dir = join(root, 'rootfs', image.manifestDigest.replace(/^sha256:/, ''));
+  if (await stat(join(dir, '.cocoon-complete')).then(() => true, () => false)) return join(dir, 'rootfs');
+  onProgress?.(`unpacking ${image.manifestDigest.slice(0, 19)}… (once per image)`);
+  const tmp = `${dir}.tmp-${randomBytes(4).toString('hex')}`;
+  await mkdir(join(tmp, 'rootfs'), { recursive: true, mode: 0o700 });
+  try {
+    await unpackWrappedLayers(image, join(tmp, 'rootfs'));
+    await writeFile(join(tmp, '.cocoon-complete'), image.manifestDigest);
+    await rm(dir, { recursive: true, force: true });
+    await rename(tmp, dir);
+  } catch (err) {
+    await rm(tmp, { recursive: true, force: true });
+    throw err;
+  }
+  return join(dir, 'rootfs');
+}
+
+/**
+ * `oci:DIR[:REF]` as skopeo writes it (the reference is everything after the first colon that
+ * follows the directory), or a plain directory path.
+ */
 export function splitImageRef(image: string): [string, string | undefined] {
-  const match = image.match(/^(?:oci:)?(.*?)(?::([A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?$/);
-  if (!match || !match[1]) throw new CocoonError('BAD_USAGE', `invalid image reference "${image}" (expected an OCI layout directory, optionally DIR:TAG)`);
-  return [match[1], match[2]];
+  if (!image || image.length > 4096 || image.includes('\0')) throw new CocoonError('BAD_USAGE', 'invalid image reference');
+  if (!image.startsWith('oci:')) return [image, undefined];
+  const rest = image.slice('oci:'.length);
+  const colon = rest.indexOf(':');
+  const dir = colon < 0 ? rest : rest.slice(0, colon);
+  const ref = colon < 0 ? undefined : rest.slice(colon + 1);
+  if (!dir || (ref !== undefined && !/^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,255}$/.test(ref))) {
+    throw new CocoonError('BAD_USAGE', `invalid image reference "${image}" (expected oci:DIR[:REF] or a directory)`);
+  }
+  return [dir, ref];
 }
 
 export interface ContainerStatus extends ContainerRecord {

@@ -16,6 +16,8 @@ export interface RuncSpecInput {
   simPlatformDir?: string;
   /** Share the host network namespace (default true). */
   hostNetwork: boolean;
+  /** Root filesystem path (absolute, or relative to the bundle). Default "rootfs". */
+  rootfs?: string;
 }
 
 const APP_ROOT = '/cocoon/root';
@@ -78,7 +80,7 @@ export function buildRuncSpec(input: RuncSpecInput): Record<string, unknown> {
       capabilities: { bounding: CAPABILITIES, effective: CAPABILITIES, permitted: CAPABILITIES },
       noNewPrivileges: false,
     },
-    root: { path: 'rootfs', readonly: true },
+    root: { path: input.rootfs ?? 'rootfs', readonly: true },
     hostname: input.hostname,
     mounts,
     linux: {

@@ -35,6 +35,50 @@ describe('DCAP verifier on generated chains', () => {
     });
   }
 
+  it('TDX 1.5 (v5 body type 3): module identity matched, components 0–1 skipped, statuses converge', async () => {
+    const lv = (tdx: number[], status: string, advisories?: string[]) => ({ sgx: Array.from({ length: 16 }, (_, i) => (i < 4 ? 5 : 0)), pcesvn: 13, tdx, status, ...(advisories ? { advisories } : {}) });
+    const high01 = [9, 9, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    const base = { tee: 'tdx' as const, version: 5 as const, bodyType3: true, moduleIdentities: true, tcbLevels: [lv(high01, 'UpToDate')] };
+    const r = await run({ ...base, teeTcbSvn: [4, 1, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] });
+    assert.deepEqual(r.errors, []);
+    assert.equal(r.tcbStatus, 'UpToDate');
+    assert.equal(r.claims.tee_tcb_svn2, '00'.repeat(16));
+    const old = await run({ ...base, teeTcbSvn: [2, 1, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] });
+    assert.equal(old.tcbStatus, 'OutOfDate');
+    assert.deepEqual(old.advisories, ['INTEL-SA-00003']);
+    // TDX 1.0 (tee_tcb_svn[1] == 0): all 16 components compared → no level
+    const v10 = await run({ ...base, teeTcbSvn: [4, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] });
+    assert.deepEqual(codes(v10), ['NO_MATCHING_TCB_LEVEL']);
+  });
+
+  it('SGX quote with a TDX TCB info → TCB_INFO_MISMATCH', async () => {
+    const w = makeDcapWorld();
+    const t = makeDcapWorld({ tee: 'tdx' });
+    const r = await verifyEvidence('sgx', w.quote, { anchors: w.anchors, collateral: { ...w.collateral, tcb_info: t.collateral.tcb_info, tcb_info_signature: t.collateral.tcb_info_signature } }, { at: AT });
+    assert.ok(codes(r).includes('TCB_INFO_MISMATCH'));
+  });
+
+  it('TDX quote given as --tee sgx → TEE_UNSUPPORTED', async () => {
+    const w = makeDcapWorld({ tee: 'tdx' });
+    const r = await verifyEvidence('sgx', w.quote, { anchors: w.anchors, collateral: w.collateral }, { at: AT });
+    assert.ok(codes(r).includes('TEE_UNSUPPORTED'));
+  });
+
+  it('QE identity for another QE → QE_IDENTITY_MISMATCH', async () => {
+    const w = makeDcapWorld();
+    const t = makeDcapWorld({ tee: 'tdx' });
+    const r = await verifyEvidence('sgx', w.quote, { anchors: w.anchors, collateral: { ...w.collateral, qe_identity: t.collateral.qe_identity, qe_identity_signature: t.collateral.qe_identity_signature } }, { at: AT });
+    assert.deepEqual(codes(r), ['QE_IDENTITY_MISMATCH']);
+  });
+
+  it('TCB signing chain not under the pinned root → TCB_INFO_CHAIN_INVALID / QE_IDENTITY_CHAIN_INVALID', async () => {
+    const w = makeDcapWorld();
+    const bogus = w.collateral.pck_crl_issuer_chain; // PCK CA + root: wrong signer CN
+    const r = await verifyEvidence('sgx', w.quote, { anchors: w.anchors, collateral: { ...w.collateral, tcb_info_issuer_chain: bogus, qe_identity_issuer_chain: bogus } }, { at: AT });
+    assert.ok(codes(r).includes('TCB_INFO_CHAIN_INVALID'));
+    assert.ok(codes(r).includes('QE_IDENTITY_CHAIN_INVALID'));
+  });
+
   it('tolerates trailing bytes after the signature data', async () => {
     const r = await run({ trailing: 100 });
     assert.equal(r.verified, true);

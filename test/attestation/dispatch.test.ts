@@ -36,3 +36,10 @@ describe('verifyEvidence dispatcher', () => {
     assert.deepEqual(r.errors.map((e) => e.code), ['DEBUG_NOT_ALLOWED']);
   });
 });
+
+describe('verifyEvidence input validation', () => {
+  it('an invalid time is a BAD_USAGE problem, not an exception', async () => {
+    const r = await verifyEvidence('sgx', Buffer.alloc(10), {}, { at: new Date('nope') });
+    assert.deepEqual(r.errors.map((e) => e.code), ['BAD_USAGE']);
+  });
+});

@@ -80,3 +80,24 @@ test('strict parsing of untrusted JSON', () => {
   assert.throws(() => layerFormat('application/vnd.oci.image.layer.v1.tar+bzip2'), { code: 'IMAGE_INVALID' });
   assert.deepEqual(layerFormat('application/vnd.oci.image.layer.v1.tar+zstd+encrypted'), { compression: 'zstd', encrypted: true });
 });
+
+test('a nested multi-platform index resolves to the host platform; ambiguity is BAD_USAGE', async (t) => {
+  const dir = await tempDir(t);
+  const app = join(dir, 'app');
+  await makeAppTree(app);
+  const layout = join(dir, 'layout');
+  const md = await writeSourceImage(layout, { layers: [{ kind: 'gzip', tar: await tarOf(app) }] });
+  const w = await LayoutWriter.open(layout);
+  const arch = process.arch === 'x64' ? 'amd64' : process.arch;
+  const other = { ...md, platform: { architecture: 'riscv64', os: 'linux' } };
+  const nested = await w.putBytes(
+    Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.index, manifests: [other, { ...md, platform: { architecture: arch, os: 'linux' } }] })),
+    MediaType.index,
+    { 'org.opencontainers.image.ref.name': 'multi' },
+  );
+  await w.writeIndex([nested]);
+  assert.equal((await readLayout(layout, 'multi')).manifestDigest, md.digest);
+  const both = await w.putBytes(Buffer.from(JSON.stringify({ schemaVersion: 2, manifests: [other, { ...md, platform: { architecture: 'arm', os: 'linux' } }] })), MediaType.index, { 'org.opencontainers.image.ref.name': 'none-for-host' });
+  await w.writeIndex([both]);
+  await assert.rejects(readLayout(layout, 'none-for-host'), { code: 'BAD_USAGE' });
+});

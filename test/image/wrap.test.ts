@@ -111,7 +111,7 @@ test('cocoon run path: unpack the wrapped image, launcher digest matches, payloa
   const rootfs = join(f.base, 'rootfs');
   await unpackWrappedImage(img, rootfs);
   assert.equal(await launcherDigest(join(rootfs, 'cocoon')), r.launcherDigest, 'launcher digest identical from the unpacked container');
-  assert.equal((await lstat(join(rootfs, 'cocoon/bin/node'))).uid, 0);
+  if (process.getuid?.() === 0) assert.equal((await lstat(join(rootfs, 'cocoon/bin/node'))).uid, 0);
   const payload = await readPayload(join(rootfs, 'cocoon/payload'));
   assert.deepEqual(payload, img.payload);
 

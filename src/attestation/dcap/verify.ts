@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { fail, need } from '../bytes.js';
-import { crlSignedBy, isSignedBy, pemCerts, sha256, validAt, type Cert, type Crl } from '../pki.js';
+import { crlSignedBy, isCaCert, isSignedBy, pemCerts, sha256, validAt, type Cert, type Crl } from '../pki.js';
 import { p256FromRaw, verifyEcdsaRaw, verifyEcdsaRawMemo } from '../sig.js';
 import type { Stages } from '../stages.js';
 import type { TrustAnchors } from '../trust.js';
@@ -173,6 +173,7 @@ export function verifyDcap(
     st.run('pck_chain', 'PCK_CHAIN_INVALID', () => {
       const anchor = pinnedRoot(anchors, root, 'PCK chain', 'PCK_CHAIN_INVALID');
       need(isSignedBy(ca, anchor), 'PCK_CHAIN_INVALID', 'PCK CA certificate is not signed by the Intel root');
+      need(isCaCert(ca), 'PCK_CHAIN_INVALID', 'PCK CA certificate is not a CA (basicConstraints)');
       need(isSignedBy(leaf, ca), 'PCK_CHAIN_INVALID', 'PCK certificate is not signed by the PCK CA');
       for (const x of [leaf, ca, anchor]) need(validAt(x, at), 'CERT_EXPIRED', `certificate ${x.subjectCN} not valid at ${iso(at)}`);
     });
@@ -238,9 +239,9 @@ export function verifyDcap(
   if (c) {
     const qeStatus = st.run('qe_identity_policy', 'QE_IDENTITY_MISMATCH', () => qePolicy(q, c));
     tcb = st.run('tcb_level', 'NO_MATCHING_TCB_LEVEL', () => {
+      if (!qeStatus) return undefined; // already reported at qe_identity_policy
       const ti = c.tcbInfo;
       need(pck, 'PCK_CHAIN_INVALID', 'no PCK extension to match TCB levels against');
-      need(qeStatus, 'QE_IDENTITY_MISMATCH', 'no QE TCB status');
       need(pck.fmspc === ti.fmspc, 'FMSPC_MISMATCH', `FMSPC mismatch: PCK ${pck.fmspc}, TCB info ${ti.fmspc}`);
       need(pck.pceid === ti.pceId, 'FMSPC_MISMATCH', `PCEID mismatch: PCK ${pck.pceid}, TCB info ${ti.pceId}`);
       if (q.teeType === TEE_TYPE_SGX) need(ti.id === 'SGX', 'TCB_INFO_MISMATCH', 'SGX quote with a TDX TCB info');

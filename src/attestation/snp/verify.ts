@@ -3,7 +3,7 @@
  * report signature (ECDSA P-384 over [0, 0x2A0)), chip_id vs hwID, reported_tcb vs SPLs.
  */
 import { fail, need } from '../bytes.js';
-import { isSignedBy, unwrapOctetString, validAt, type Cert } from '../pki.js';
+import { isCaCert, isSignedBy, unwrapOctetString, validAt, type Cert } from '../pki.js';
 import { verifyEcdsaRaw } from '../sig.js';
 import type { Stages } from '../stages.js';
 import type { AmdProduct, TrustAnchors } from '../trust.js';
@@ -96,6 +96,7 @@ export function verifySnp(reportBytes: Buffer, certs: Cert[], anchors: TrustAnch
     const expected = kind === 'vlek' ? pin.asvk : pin.ask;
     need(expected && ca.subjectCN === expected.subjectCN, 'ASK_INVALID', `intermediate CN ${ca.subjectCN} is not the ${kind === 'vlek' ? 'ASVK' : 'ASK'}`);
     need(isSignedBy(ca, pin.ark), 'ASK_INVALID', 'ASK/ASVK is not signed by the pinned ARK');
+    need(isCaCert(ca), 'ASK_INVALID', 'ASK/ASVK is not a CA certificate (basicConstraints)');
   });
   st.run('vek_chain', 'VEK_CHAIN_INVALID', () => need(isSignedBy(vek, ca), 'VEK_CHAIN_INVALID', `${vek.subjectCN} is not signed by ${ca.subjectCN}`));
   st.run('cert_validity', 'CERT_EXPIRED', () => {

@@ -1,7 +1,8 @@
+import { sql } from 'kysely';
 import type { Kysely, Selectable } from 'kysely';
 import { CocoonError } from '../../errors.js';
 import type { Database } from './schema.js';
-import type { ApplyPolicyInput, EventRecord, OwnerRecord, PolicyVersionRecord, SecretRecord, SessionRecord, Store } from './types.js';
+import type { ApplyPolicyInput, ApprovalRecord, AuditRecord, CaRecord, EventRecord, OwnerRecord, PendingRecord, PolicyVersionRecord, SecretRecord, SessionRecord, Store } from './types.js';
 
 const num = (v: number | string): number => (typeof v === 'number' ? v : Number(v));
 
@@ -10,7 +11,138 @@ export class KyselyStore implements Store {
   constructor(
     readonly db: Kysely<Database>,
     readonly dialect: 'sqlite' | 'postgres',
+    private readonly inTx = false,
   ) {}
+
+  async transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T> {
+    if (this.inTx) return fn(this);
+    return this.db.transaction().execute((trx) => fn(new KyselyStore(trx, this.dialect, true)));
+  }
+
+  async addPolicyOwner(owner: OwnerRecord): Promise<void> {
+    await this.db
+      .insertInto('kbs_owners')
+      .values({ kid: owner.kid, jwk: owner.jwk, label: owner.label, created_at: owner.createdAt, role: 'policy' })
+      .onConflict((oc) => oc.column('kid').doNothing())
+      .execute();
+  }
+
+  async createPending(p: PendingRecord): Promise<void> {
+    await this.db
+      .insertInto('kbs_pending')
+      .values({
+        id: p.id,
+        policy: p.policy,
+        base_hash: p.baseHash,
+        base_version: p.baseVersion,
+        yaml: p.yaml,
+        threshold: p.threshold,
+        proposed_by: p.proposedBy,
+        created_at: p.createdAt,
+        status: p.status,
+        decided_at: p.decidedAt,
+      })
+      .execute();
+  }
+
+  async getPending(id: string): Promise<PendingRecord | undefined> {
+    const row = await this.db.selectFrom('kbs_pending').selectAll().where('id', '=', id).executeTakeFirst();
+    return row && toPending(row);
+  }
+
+  async listPending(policy: string, status?: PendingRecord['status']): Promise<PendingRecord[]> {
+    let q = this.db.selectFrom('kbs_pending').selectAll().where('policy', '=', policy);
+    if (status) q = q.where('status', '=', status);
+    return (await q.orderBy('created_at', 'desc').limit(100).execute()).map(toPending);
+  }
+
+  async setPendingStatus(id: string, from: PendingRecord['status'], to: PendingRecord['status'], at: number): Promise<boolean> {
+    const res = await this.db.updateTable('kbs_pending').set({ status: to, decided_at: at }).where('id', '=', id).where('status', '=', from).executeTakeFirst();
+    return Number(res.numUpdatedRows) === 1;
+  }
+
+  async addApproval(a: ApprovalRecord): Promise<boolean> {
+    const res = await this.db
+      .insertInto('kbs_approvals')
+      .values({ pending_id: a.pendingId, owner: a.owner, decision: a.decision, at: a.at })
+      .onConflict((oc) => oc.columns(['pending_id', 'owner']).doNothing())
+      .executeTakeFirst();
+    return Number(res.numInsertedOrUpdatedRows ?? 0n) === 1;
+  }
+
+  async listApprovals(pendingId: string): Promise<ApprovalRecord[]> {
+    const rows = await this.db.selectFrom('kbs_approvals').selectAll().where('pending_id', '=', pendingId).orderBy('at').execute();
+    return rows.map((r) => ({ pendingId: r.pending_id, owner: r.owner, decision: r.decision as ApprovalRecord['decision'], at: num(r.at) }));
+  }
+
+  async lastAudit(): Promise<AuditRecord | undefined> {
+    const row = await this.db.selectFrom('kbs_audit').selectAll().orderBy('seq', 'desc').limit(1).executeTakeFirst();
+    return row && toAudit(row);
+  }
+
+  async insertAudit(r: AuditRecord): Promise<void> {
+    await this.db.insertInto('kbs_audit').values({ seq: r.seq, at: r.at, actor: r.actor, action: r.action, policy: r.policy, detail: r.detail, prev: r.prev, hash: r.hash, sig: r.sig }).execute();
+  }
+
+  async listAudit(options: { afterSeq?: number; limit: number; policy?: string; desc?: boolean }): Promise<AuditRecord[]> {
+    let q = this.db.selectFrom('kbs_audit').selectAll();
+    if (options.afterSeq !== undefined) q = q.where('seq', '>', options.afterSeq);
+    if (options.policy !== undefined) q = q.where('policy', '=', options.policy);
+    const rows = await q.orderBy('seq', options.desc ? 'desc' : 'asc').limit(options.limit).execute();
+    return rows.map(toAudit);
+  }
+
+  async putCaIfAbsent(rec: CaRecord): Promise<CaRecord> {
+    await this.db
+      .insertInto('kbs_ca')
+      .values(caRow(rec))
+      .onConflict((oc) => oc.column('id').doNothing())
+      .execute();
+    const row = await this.db.selectFrom('kbs_ca').selectAll().where('id', '=', rec.id).executeTakeFirstOrThrow();
+    return toCa(row);
+  }
+
+  async insertCa(rec: CaRecord): Promise<void> {
+    await this.db.insertInto('kbs_ca').values(caRow(rec)).execute();
+  }
+
+  async latestCa(kind: CaRecord['kind']): Promise<CaRecord | undefined> {
+    const row = await this.db.selectFrom('kbs_ca').selectAll().where('kind', '=', kind).orderBy('created_at', 'desc').orderBy('id', 'desc').limit(1).executeTakeFirst();
+    return row && toCa(row);
+  }
+
+  async listCa(kind: CaRecord['kind'], limit: number): Promise<CaRecord[]> {
+    const rows = await this.db.selectFrom('kbs_ca').selectAll().where('kind', '=', kind).orderBy('created_at', 'desc').orderBy('id', 'desc').limit(limit).execute();
+    return rows.map(toCa);
+  }
+
+  async revokeSerial(serial: string, at: number, reason: string): Promise<boolean> {
+    const res = await this.db
+      .insertInto('kbs_revoked')
+      .values({ serial, at, reason })
+      .onConflict((oc) => oc.column('serial').doNothing())
+      .executeTakeFirst();
+    return Number(res.numInsertedOrUpdatedRows ?? 0n) === 1;
+  }
+
+  async listRevoked(): Promise<{ serial: string; at: number; reason: string }[]> {
+    const rows = await this.db.selectFrom('kbs_revoked').selectAll().orderBy('at').limit(100_000).execute();
+    return rows.map((r) => ({ serial: r.serial, at: num(r.at), reason: r.reason }));
+  }
+
+  async countActivation(policy: string, workload: string, max: number | undefined): Promise<number | false> {
+    if (max !== undefined && max < 1) return false;
+    const row = await this.db
+      .insertInto('kbs_activations')
+      .values({ policy, workload, count: 1 })
+      .onConflict((oc) => {
+        const upd = oc.columns(['policy', 'workload']).doUpdateSet({ count: sql<number>`kbs_activations.count + 1` });
+        return max === undefined ? upd : upd.where('kbs_activations.count', '<', max);
+      })
+      .returning('count')
+      .executeTakeFirst();
+    return row ? num(row.count) : false;
+  }
 
   async getMeta(key: string): Promise<string | undefined> {
     const row = await this.db.selectFrom('kbs_meta').select('value').where('key', '=', key).executeTakeFirst();
@@ -31,8 +163,8 @@ export class KyselyStore implements Store {
   async upsertOwner(owner: OwnerRecord): Promise<void> {
     await this.db
       .insertInto('kbs_owners')
-      .values({ kid: owner.kid, jwk: owner.jwk, label: owner.label, created_at: owner.createdAt })
-      .onConflict((oc) => oc.column('kid').doUpdateSet({ label: owner.label }))
+      .values({ kid: owner.kid, jwk: owner.jwk, label: owner.label, created_at: owner.createdAt, role: owner.role ?? 'admin' })
+      .onConflict((oc) => oc.column('kid').doUpdateSet({ label: owner.label, role: owner.role ?? 'admin' }))
       .execute();
   }
 
@@ -76,7 +208,8 @@ export class KyselyStore implements Store {
 
   private async applyPolicyTx(input: ApplyPolicyInput): Promise<void> {
     const r = input.record;
-    await this.db.transaction().execute(async (trx) => {
+    await this.transaction(async (tx) => {
+      const trx = (tx as KyselyStore).db;
       const head = await trx.selectFrom('kbs_policies').select(['hash', 'version']).where('name', '=', r.name).executeTakeFirst();
       if ((head?.hash ?? null) !== input.expectedHead || (head ? head.version + 1 : 1) !== r.version) {
         throw new CocoonError('PREDECESSOR_MISMATCH', `policy ${r.name} changed concurrently; fetch the current version and retry`, {
@@ -103,6 +236,13 @@ export class KyselyStore implements Store {
           .insertInto('kbs_secrets')
           .values({ policy: s.policy, name: s.name, kind: s.kind, sealed: s.sealed, created_at: s.createdAt, updated_at: s.updatedAt })
           .onConflict((oc) => oc.columns(['policy', 'name']).doNothing())
+          .execute();
+      }
+      for (const s of input.replaceSecrets ?? []) {
+        await trx
+          .insertInto('kbs_secrets')
+          .values({ policy: s.policy, name: s.name, kind: s.kind, sealed: s.sealed, created_at: s.createdAt, updated_at: s.updatedAt })
+          .onConflict((oc) => oc.columns(['policy', 'name']).doUpdateSet({ kind: s.kind, sealed: s.sealed, updated_at: s.updatedAt }))
           .execute();
       }
     });
@@ -223,12 +363,39 @@ export class KyselyStore implements Store {
   }
 
   async close(): Promise<void> {
-    await this.db.destroy();
+    if (!this.inTx) await this.db.destroy();
   }
 }
 
 function toOwner(row: Selectable<Database['kbs_owners']>): OwnerRecord {
-  return { kid: row.kid, jwk: row.jwk, label: row.label, createdAt: num(row.created_at) };
+  return { kid: row.kid, jwk: row.jwk, label: row.label, createdAt: num(row.created_at), role: row.role === 'policy' ? 'policy' : 'admin' };
+}
+
+function toPending(row: Selectable<Database['kbs_pending']>): PendingRecord {
+  return {
+    id: row.id,
+    policy: row.policy,
+    baseHash: row.base_hash,
+    baseVersion: num(row.base_version),
+    yaml: row.yaml,
+    threshold: num(row.threshold),
+    proposedBy: row.proposed_by,
+    createdAt: num(row.created_at),
+    status: row.status as PendingRecord['status'],
+    decidedAt: row.decided_at === null ? null : num(row.decided_at),
+  };
+}
+
+function toAudit(row: Selectable<Database['kbs_audit']>): AuditRecord {
+  return { seq: num(row.seq), at: num(row.at), actor: row.actor, action: row.action, policy: row.policy, detail: row.detail, prev: row.prev, hash: row.hash, sig: row.sig };
+}
+
+function caRow(r: CaRecord) {
+  return { id: r.id, kind: r.kind, serial: r.serial, cert: r.cert, sealed_key: r.sealedKey, created_at: r.createdAt, not_after: r.notAfter };
+}
+
+function toCa(row: Selectable<Database['kbs_ca']>): CaRecord {
+  return { id: row.id, kind: row.kind as CaRecord['kind'], serial: row.serial, cert: row.cert, sealedKey: row.sealed_key, createdAt: num(row.created_at), notAfter: num(row.not_after) };
 }
 
 function toPolicyVersion(row: Selectable<Database['kbs_policy_versions']>): PolicyVersionRecord {

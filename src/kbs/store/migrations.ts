@@ -84,6 +84,70 @@ function migrations(dialect: 'sqlite' | 'postgres'): Record<string, Migration> {
       await db.schema.createIndex('kbs_events_policy').on('kbs_events').columns(['policy', 'seq']).execute();
     },
   },
+  '0002_governance_audit_ca': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      // admin: bootstrap owner (serve --owner); policy: registered because a policy lists it.
+      await db.schema.alterTable('kbs_owners').addColumn('role', 'varchar(16)', (c) => c.notNull().defaultTo('admin')).execute();
+      await db.schema
+        .createTable('kbs_pending')
+        .addColumn('id', 'varchar(64)', (c) => c.primaryKey())
+        .addColumn('policy', 'varchar(160)', (c) => c.notNull())
+        .addColumn('base_hash', 'varchar(128)')
+        .addColumn('base_version', 'integer', (c) => c.notNull())
+        .addColumn('yaml', 'text', (c) => c.notNull())
+        .addColumn('threshold', 'integer', (c) => c.notNull())
+        .addColumn('proposed_by', 'varchar(128)', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('status', 'varchar(16)', (c) => c.notNull())
+        .addColumn('decided_at', 'bigint')
+        .execute();
+      await db.schema.createIndex('kbs_pending_policy').on('kbs_pending').columns(['policy', 'status']).execute();
+      await db.schema
+        .createTable('kbs_approvals')
+        .addColumn('pending_id', 'varchar(64)', (c) => c.notNull())
+        .addColumn('owner', 'varchar(128)', (c) => c.notNull())
+        .addColumn('decision', 'varchar(16)', (c) => c.notNull())
+        .addColumn('at', 'bigint', (c) => c.notNull())
+        .addPrimaryKeyConstraint('kbs_approvals_pk', ['pending_id', 'owner'])
+        .execute();
+      await db.schema
+        .createTable('kbs_audit')
+        .addColumn('seq', 'bigint', (c) => c.primaryKey())
+        .addColumn('at', 'bigint', (c) => c.notNull())
+        .addColumn('actor', 'varchar(160)', (c) => c.notNull())
+        .addColumn('action', 'varchar(64)', (c) => c.notNull())
+        .addColumn('policy', 'varchar(160)')
+        .addColumn('detail', 'text', (c) => c.notNull())
+        .addColumn('prev', 'varchar(64)', (c) => c.notNull())
+        .addColumn('hash', 'varchar(64)', (c) => c.notNull())
+        .addColumn('sig', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('kbs_ca')
+        .addColumn('id', 'varchar(64)', (c) => c.primaryKey())
+        .addColumn('kind', 'varchar(16)', (c) => c.notNull())
+        .addColumn('serial', 'varchar(64)', (c) => c.notNull())
+        .addColumn('cert', 'text', (c) => c.notNull())
+        .addColumn('sealed_key', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('not_after', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('kbs_ca_kind').on('kbs_ca').columns(['kind', 'created_at']).execute();
+      await db.schema
+        .createTable('kbs_revoked')
+        .addColumn('serial', 'varchar(64)', (c) => c.primaryKey())
+        .addColumn('at', 'bigint', (c) => c.notNull())
+        .addColumn('reason', 'varchar(64)', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('kbs_activations')
+        .addColumn('policy', 'varchar(160)', (c) => c.notNull())
+        .addColumn('workload', 'varchar(128)', (c) => c.notNull())
+        .addColumn('count', 'integer', (c) => c.notNull())
+        .addPrimaryKeyConstraint('kbs_activations_pk', ['policy', 'workload'])
+        .execute();
+    },
+  },
   };
 }
 

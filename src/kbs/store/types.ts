@@ -11,6 +11,55 @@ export interface OwnerRecord {
   jwk: string;
   label: string;
   createdAt: number;
+  /** admin: bootstrap owner (serve --owner); policy: known because a policy lists it. Default admin. */
+  role?: 'admin' | 'policy';
+}
+
+export interface PendingRecord {
+  id: string;
+  policy: string;
+  /** Head the update was proposed against (null: none). */
+  baseHash: string | null;
+  baseVersion: number;
+  yaml: string;
+  threshold: number;
+  proposedBy: string;
+  createdAt: number;
+  status: 'pending' | 'applied' | 'rejected' | 'superseded';
+  decidedAt: number | null;
+}
+
+export interface ApprovalRecord {
+  pendingId: string;
+  owner: string;
+  decision: 'approve' | 'reject';
+  at: number;
+}
+
+/** One link of the audit chain (docs/audit.md). */
+export interface AuditRecord {
+  seq: number;
+  at: number;
+  actor: string;
+  action: string;
+  policy: string | null;
+  /** Canonical JSON object text. */
+  detail: string;
+  prev: string;
+  hash: string;
+  /** base64url ES256 (IEEE P1363) signature by the KBS key over the hash bytes. */
+  sig: string;
+}
+
+export interface CaRecord {
+  id: string;
+  kind: 'root' | 'intermediate';
+  serial: string;
+  cert: string;
+  /** Private key (PKCS#8) sealed under the data key. */
+  sealedKey: string;
+  createdAt: number;
+  notAfter: number;
 }
 
 export interface PolicyVersionRecord {
@@ -69,6 +118,8 @@ export interface ApplyPolicyInput {
   expectedHead: string | null;
   /** Inserted only where no secret of that name exists yet (random secrets kept across versions). */
   newSecrets: SecretRecord[];
+  /** Inserted or replacing what is there (x509 certificates re-issued on every version). */
+  replaceSecrets?: SecretRecord[];
 }
 
 export interface Store {
@@ -103,6 +154,37 @@ export interface Store {
 
   addEvent(event: EventRecord): Promise<void>;
   listEvents(options: { limit: number; policy?: string; before?: number }): Promise<EventRecord[]>;
+
+  /** Runs fn in one transaction (nested calls join it). Retried by callers on conflicts. */
+  transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T>;
+
+  /** Registers a policy owner key unless the kid is known (an admin stays an admin). */
+  addPolicyOwner(owner: OwnerRecord): Promise<void>;
+
+  createPending(p: PendingRecord): Promise<void>;
+  getPending(id: string): Promise<PendingRecord | undefined>;
+  listPending(policy: string, status?: PendingRecord['status']): Promise<PendingRecord[]>;
+  /** Compare-and-set of the status; false when it was not `from` any more. */
+  setPendingStatus(id: string, from: PendingRecord['status'], to: PendingRecord['status'], at: number): Promise<boolean>;
+  /** False when this owner already decided on this update. */
+  addApproval(a: ApprovalRecord): Promise<boolean>;
+  listApprovals(pendingId: string): Promise<ApprovalRecord[]>;
+
+  lastAudit(): Promise<AuditRecord | undefined>;
+  /** Fails (unique violation) when seq is taken: the caller retries with the new head. */
+  insertAudit(rec: AuditRecord): Promise<void>;
+  listAudit(options: { afterSeq?: number; limit: number; policy?: string; desc?: boolean }): Promise<AuditRecord[]>;
+
+  /** Inserts unless the id exists; returns the stored record (first writer wins). */
+  putCaIfAbsent(rec: CaRecord): Promise<CaRecord>;
+  insertCa(rec: CaRecord): Promise<void>;
+  latestCa(kind: CaRecord['kind']): Promise<CaRecord | undefined>;
+  listCa(kind: CaRecord['kind'], limit: number): Promise<CaRecord[]>;
+  revokeSerial(serial: string, at: number, reason: string): Promise<boolean>;
+  listRevoked(): Promise<{ serial: string; at: number; reason: string }[]>;
+
+  /** Counts one activation unless `max` is reached; returns the new count or false. */
+  countActivation(policy: string, workload: string, max: number | undefined): Promise<number | false>;
 
   ping(): Promise<void>;
   close(): Promise<void>;
