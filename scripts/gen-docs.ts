@@ -22,7 +22,7 @@ function commandsOf(text: string): string[] {
   const section = text.split(/^Commands:$/m)[1] ?? '';
   return section
     .split('\n')
-    .map((l) => l.match(/^  ([a-z][a-z0-9-]*)/)?.[1])
+    .map((l) => l.match(/^ {2}([a-z][a-z0-9-]*)/)?.[1])
     .filter((c): c is string => c !== undefined && c !== 'help');
 }
 

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(runc skopeo umoci swtpm swtpm-tools tpm2-tools redis-tools gcc libc6-dev ca-certificates openssl postgresql)
+APT_PACKAGES=(runc skopeo umoci swtpm swtpm-tools tpm2-tools redis-tools gcc libc6-dev ca-certificates openssl postgresql docker-registry apache2-utils chromium)
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup: run as root (it installs Debian packages and runc needs root)" >&2

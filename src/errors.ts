@@ -83,7 +83,20 @@ export const ERROR_CODES = {
   EVIDENCE_REJECTED: { status: 401, exit: 1 },
   // kubernetes (appended)
   MANIFEST_INVALID: { status: 400, exit: 1 },
-  UNWRAPPED_IMAGE: { status: 403, exit: 1 },
+  // registries and image transports (appended)
+  REGISTRY_UNREACHABLE: { status: 503, exit: 1 },
+  REGISTRY_ERROR: { status: 502, exit: 1 },
+  REGISTRY_TLS_FAILED: { status: 502, exit: 1 },
+  REGISTRY_AUTH_FAILED: { status: 401, exit: 1 },
+  // attesters and runtime measurement (appended)
+  TPM_COMMAND_FAILED: { status: 500, exit: 1 },
+  ATTESTER_IO_FAILED: { status: 500, exit: 1 },
+  TSM_REPORT_RACE: { status: 500, exit: 1 },
+  EVENT_LOG_MALFORMED: { status: 401, exit: 1 },
+  EVENT_LOG_MISMATCH: { status: 401, exit: 1 },
+  // broker: rate limiting, sealing, audit (appended)
+  RATE_LIMITED: { status: 429, exit: 1 },
+  SEAL_FAILED: { status: 500, exit: 1 },
 } as const satisfies Record<string, { status: number; exit: number }>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

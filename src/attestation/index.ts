@@ -24,6 +24,7 @@ import { defaultAnchors, type AmdProduct, type TrustAnchors } from './trust.js';
 import type { Claims, TeeKind, VerificationResult, VerifyOptions } from './types.js';
 import { fromBase64, fromHex } from './bytes.js';
 import { verifySimEvidence } from './sim/index.js';
+import { applyEventLog } from './eventlog.js';
 
 export type { TrustAnchors } from './trust.js';
 export { defaultAnchors, customAnchors } from './trust.js';
@@ -190,6 +191,7 @@ export async function verifyEvidence(tee: TeeKind, evidence: Uint8Array | string
         const out = verifyDcap(q, coll, anchors, at, st);
         if (out.quote && (out.quote.teeType === 0 ? 'sgx' : 'tdx') !== tee) st.record('parse', 'TEE_UNSUPPORTED', `evidence is a ${out.quote.teeType === 0 ? 'SGX' : 'TDX'} quote, not ${tee}`);
         if (options.reportData) checkReportData(st, out.claims.report_data, options.reportData);
+        if (tee === 'tdx' && d.kind === 'json' && st.ok) st.run('event_log', 'EVENT_LOG_MALFORMED', () => applyEventLog(d.json, out.claims));
         return finish(tee, st, out.claims, options, out.tcb);
       }
       case 'snp': {
@@ -207,6 +209,7 @@ export async function verifyEvidence(tee: TeeKind, evidence: Uint8Array | string
         const ev = st.run('parse', 'EVIDENCE_MALFORMED', () => decodeTpmEvidence(d, akKey(trust.ak)));
         if (!ev) return finish(tee, st, {}, options);
         const out = verifyTpmQuote({ ak: ev.ak, message: ev.message, signature: ev.signature, pcrs: ev.pcrs }, options.reportData ? Buffer.from(options.reportData) : undefined, st);
+        if (d.kind === 'json' && st.ok) st.run('event_log', 'EVENT_LOG_MALFORMED', () => applyEventLog(d.json, out.claims));
         return finish(tee, st, out.claims, options);
       }
       case 'az-snp-vtpm':

@@ -8,6 +8,10 @@ import { registerRuntime } from './run.js';
 import { registerLaunch } from './launch.js';
 import { registerVerify } from './verify.js';
 import { registerDemo } from './demo.js';
+import { registerKbsAdmin } from './kbs-admin.js';
+import { registerImage } from './image.js';
+import { registerKeyprovider } from './keyprovider.js';
+import { registerK8s } from './k8s.js';
 
 // `cocoon … | head` must end quietly, not with an EPIPE stack trace.
 process.stdout.on('error', (err: NodeJS.ErrnoException) => {
@@ -34,6 +38,10 @@ registerSecret(program);
 registerRuntime(program);
 registerVerify(program);
 registerLaunch(program);
+registerKbsAdmin(program);
+registerImage(program);
+registerKeyprovider(program);
+registerK8s(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -79,9 +79,70 @@ export function registerPolicy(program: Command): void {
       parsePolicy(yaml, { file }); // file:line errors before any network or key access
       const client = await ownerClient(opts);
       const ref = await client.applyPolicy(yaml, { file, ...(opts.predecessor ? { predecessor: opts.predecessor } : {}) });
-      createOutput(opts).result(`applied ${ref.name} version ${ref.version} (${ref.hash})`, ref);
+      if (ref.pending) {
+        createOutput(opts).result(
+          `proposed an update of ${ref.name}: ${ref.pending.approvals}/${ref.pending.threshold} approvals; version ${ref.version} stays active until other owners run\n  cocoon policy approve ${ref.name} ${ref.pending.id}`,
+          ref,
+        );
+      } else createOutput(opts).result(`applied ${ref.name} version ${ref.version} (${ref.hash})`, ref);
     }),
   );
+
+  withOwnerOptions(
+    policy
+      .command('diff')
+      .description('show what applying FILE would change (against the KBS\'s current version, or --against another file offline)')
+      .argument('<file>', 'policy YAML')
+      .option('--against <file>', 'compare with this policy file instead of asking the KBS (offline)'),
+  ).action(
+    action(async (file: string, opts: OwnerOptions & { against?: string }) => {
+      const yaml = (await readBounded(file, MAX_POLICY_FILE, 'policy')).toString('utf8');
+      const { parsePolicy } = await import('../policy/parse.js');
+      const { diffPolicies, formatPolicyDiff } = await import('../policy/diff.js');
+      let result: { name: string; current: { version: number; hash: string } | null; changes: { op: string; path: string; from?: unknown; to?: unknown }[] };
+      if (opts.against) {
+        const base = parsePolicy((await readBounded(opts.against, MAX_POLICY_FILE, 'policy')).toString('utf8'), { file: opts.against });
+        const next = parsePolicy(yaml, { file });
+        result = { name: next.name, current: null, changes: diffPolicies(base, next) };
+      } else {
+        result = await (await ownerClient(opts)).diffPolicy(yaml, { file });
+      }
+      const head = result.current ? `${result.name}: version ${result.current.version} → ${file}` : `${result.name}: ${opts.against ? `${opts.against} → ${file}` : 'new policy'}`;
+      createOutput(opts).result(`${head}\n${formatPolicyDiff(result.changes as never)}`, result);
+    }),
+  );
+
+  withOwnerOptions(policy.command('pending').description('list updates of a policy waiting for owner approvals').argument('<name>', 'policy name org/app')).action(
+    action(async (name: string, opts: OwnerOptions) => {
+      const list = await (await ownerClient(opts)).listPending(name);
+      createOutput(opts).result(() => {
+        if (list.length === 0) {
+          process.stdout.write(`no pending updates for ${name}\n`);
+          return;
+        }
+        const table = new Table({ head: ['ID', 'BASE VERSION', 'APPROVALS', 'PROPOSED BY', 'CREATED'], style: { head: [] } });
+        for (const p of list) table.push([p.id, p.baseVersion, `${p.approvals.length}/${p.threshold}`, p.proposedBy.slice(0, 16) + '…', p.createdAt]);
+        process.stdout.write(table.toString() + '\n');
+      }, list);
+    }),
+  );
+
+  for (const decision of ['approve', 'reject'] as const) {
+    withOwnerOptions(
+      policy
+        .command(decision)
+        .description(decision === 'approve' ? 'approve a pending update (it is applied once the approval threshold is reached)' : 'reject a pending update')
+        .argument('<name>', 'policy name org/app')
+        .argument('<id>', 'pending update id (from `cocoon policy pending`)'),
+    ).action(
+      action(async (name: string, id: string, opts: OwnerOptions) => {
+        const r = await (await ownerClient(opts)).decide(name, id, decision);
+        const human =
+          r.status === 'applied' ? `approved: ${name} is now version ${r.version ?? '?'} (${r.hash ?? ''})` : r.status === 'rejected' ? `rejected update ${id}` : `approved: ${r.pending?.approvals ?? '?'}/${r.pending?.threshold ?? '?'} approvals`;
+        createOutput(opts).result(human, r);
+      }),
+    );
+  }
 
   withOwnerOptions(policy.command('get').description('print the current version of a policy').argument('<name>', 'policy name org/app')).action(
     action(async (name: string, opts: OwnerOptions) => {

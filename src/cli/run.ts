@@ -12,9 +12,10 @@ export function registerRuntime(program: Command): void {
   program
     .command('run')
     .description('run a wrapped image locally with runc (the launcher attests to the KBS first)')
-    .argument('<image>', 'wrapped image: OCI layout directory, optionally oci:DIR:TAG')
+    .argument('<image>', 'wrapped image: OCI layout directory or oci:DIR[:TAG] (copy registry images or archives into a layout first: cocoon image copy)')
     .option('--kbs <url>', 'Key Broker Service URL (default: $COCOON_KBS_URL or the config file)')
     .option('--tee <kind>', 'TEE the launcher attests with: sim (INSECURE, development) or a hardware kind; default: detect')
+    .option('--tpm-tcti <tcti>', 'TPM the launcher uses with --tee tpm: swtpm:host=127.0.0.1,port=N (host network) or device:/dev/tpmrm0 (default)')
     .option('--name <name>', 'container name (default: cocoon-<random>)')
     .option('-d, --detach', 'run in the background; see `cocoon ps`, `cocoon logs`, `cocoon stop`')
     .option('--memory-root-size <size>', 'size limit of the in-memory application root', '1g')
@@ -24,13 +25,17 @@ export function registerRuntime(program: Command): void {
     .option('--json', 'print the result as JSON')
     .addHelpText('after', '\nExit status: the application\'s (foreground), 1 when the launcher refuses to start it.\nNeeds root and runc (installed by scripts/setup.sh). See docs/run.md.')
     .action(
-      action(async (image: string, opts: { kbs?: string; tee?: string; name?: string; detach?: boolean; memoryRootSize: string; hostNetwork: boolean; kbsRetries: string; configDir?: string; json?: boolean }) => {
+      action(async (image: string, opts: { kbs?: string; tee?: string; tpmTcti?: string; name?: string; detach?: boolean; memoryRootSize: string; hostNetwork: boolean; kbsRetries: string; configDir?: string; json?: boolean }) => {
         const out = createOutput(opts);
         const dir = configDir(opts.configDir);
         const kbsUrl = await resolveKbsUrl(opts.kbs, dir);
         if (opts.tee !== undefined && !isTeeKind(opts.tee)) throw new CocoonError('BAD_USAGE', `--tee: unknown TEE kind "${opts.tee}"`);
         if (!SIZE.test(opts.memoryRootSize)) throw new CocoonError('BAD_USAGE', '--memory-root-size must look like 512m or 2g');
         if (!/^\d{1,3}$/.test(opts.kbsRetries) || Number(opts.kbsRetries) < 1) throw new CocoonError('BAD_USAGE', '--kbs-retries must be 1–999');
+        if (opts.tpmTcti !== undefined) {
+          const { parseTcti, tctiToString } = await import('../attester/tpm/tcti.js');
+          opts.tpmTcti = tctiToString(parseTcti(opts.tpmTcti));
+        }
         if (opts.tee === 'sim') out.warn('INSECURE: simulated TEE — the workload has no hardware protection (development only)');
         const { runWrapped } = await import('../runtime/runc.js');
         const result = await runWrapped({
@@ -42,7 +47,7 @@ export function registerRuntime(program: Command): void {
           detach: Boolean(opts.detach),
           memoryRootSize: opts.memoryRootSize,
           hostNetwork: opts.hostNetwork,
-          launcherEnv: { COCOON_KBS_RETRIES: opts.kbsRetries },
+          launcherEnv: { COCOON_KBS_RETRIES: opts.kbsRetries, ...(opts.tpmTcti ? { COCOON_TPM_TCTI: opts.tpmTcti } : {}) },
           onProgress: (m) => out.step(m),
         });
         if (opts.detach) out.result(result.name, { name: result.name, measurement: result.record.measurement, logFile: result.record.logFile });

@@ -26,11 +26,37 @@ export function registerServe(program: Command): void {
     .option('--owner <file>', 'owner public key (JWK, from `cocoon init`) allowed to use the owner API; repeatable', collect, [])
     .option('--allow-sim', 'accept INSECURE simulated-TEE evidence where a policy rule names `sim` (development only)')
     .option('--sim-root <file>', 'PEM root of the simulated TEE to trust with --allow-sim (default: <config-dir>/sim/root.pem)')
+    .option('--trusted-ak <pem>', 'PEM public key of a TPM attestation key whose quotes `tpm` evidence may carry; repeatable', collect, [])
     .option('--config-dir <dir>', 'config directory (default owner key and sim root)')
     .option('--log-level <level>', 'fatal|error|warn|info|debug', 'info')
+    .option('--postgres <url>', 'use PostgreSQL (postgres://user@host:port/db) instead of SQLite; several replicas may share it')
+    .option('--tpm <tcti>', 'seal the data key with a TPM 2.0 via tpm2-tools, e.g. swtpm:host=127.0.0.1,port=2321 or device:/dev/tpmrm0 (default: file sealer)')
+    .option('--recovery-threshold <m>', 'split the data key m-of-n among the owners with P-256 keys (see `cocoon recover`)')
+    .option('--tls', 'serve HTTPS with a self-signed certificate kept in the data dir (kbs-tls.crt/.key)')
+    .option('--tls-cert <file>', 'serve HTTPS with this PEM certificate chain (with --tls-key)')
+    .option('--tls-key <file>', 'PEM private key of --tls-cert')
+    .option('--rate-limit <n>', 'requests per second per client address (burst 2n; 0 disables)', '100')
+    .option('--body-limit <bytes>', 'largest request body accepted', String(1024 * 1024))
     .addHelpText('after', '\nWithout --owner, the owner public key of the config directory is registered if it exists.\nEndpoints: /kbs/v0/* (CoCo KBS protocol 0.4.0), /cocoon/v1/* (owner API, OpenAPI at /cocoon/v1/openapi.json), /healthz, /readyz.\nSee docs/kbs.md.')
     .action(
-      action(async (opts: { dataDir: string; listen: string; owner: string[]; allowSim?: boolean; simRoot?: string; configDir?: string; logLevel: string }) => {
+      action(async (opts: {
+        dataDir: string;
+        listen: string;
+        owner: string[];
+        allowSim?: boolean;
+        simRoot?: string;
+        trustedAk: string[];
+        configDir?: string;
+        logLevel: string;
+        postgres?: string;
+        tpm?: string;
+        recoveryThreshold?: string;
+        tls?: boolean;
+        tlsCert?: string;
+        tlsKey?: string;
+        rateLimit: string;
+        bodyLimit: string;
+      }) => {
         const out = createOutput();
         const { host, port } = parseListen(opts.listen);
         if (!['fatal', 'error', 'warn', 'info', 'debug'].includes(opts.logLevel)) throw new CocoonError('BAD_USAGE', '--log-level must be fatal|error|warn|info|debug');
@@ -53,24 +79,56 @@ export function registerServe(program: Command): void {
           }));
           out.warn('INSECURE: --allow-sim: simulated-TEE evidence is accepted where a policy names `sim`');
         }
+        const trustedAks: string[] = [];
+        for (const file of opts.trustedAk) {
+          trustedAks.push(await readFile(file, 'utf8').catch((err) => {
+            throw new CocoonError('BAD_USAGE', `--trusted-ak: cannot read ${file}`, { cause: err });
+          }));
+        }
+        if (!/^\d{1,6}$/.test(opts.rateLimit)) throw new CocoonError('BAD_USAGE', '--rate-limit must be a number of requests per second');
+        if (!/^\d{4,9}$/.test(opts.bodyLimit)) throw new CocoonError('BAD_USAGE', '--body-limit must be 1000–999999999 bytes');
+        if (opts.recoveryThreshold !== undefined && !/^[1-9]\d?$/.test(opts.recoveryThreshold)) throw new CocoonError('BAD_USAGE', '--recovery-threshold must be 1–99');
+        if (Boolean(opts.tlsCert) !== Boolean(opts.tlsKey)) throw new CocoonError('BAD_USAGE', '--tls-cert and --tls-key go together');
+        let tls: { cert: string; key: string } | undefined;
+        if (opts.tlsCert && opts.tlsKey) {
+          tls = { cert: await readFile(opts.tlsCert, 'utf8'), key: await readFile(opts.tlsKey, 'utf8') };
+        } else if (opts.tls) {
+          const { loadOrCreateSelfSignedTls } = await import('../kbs/tls.js');
+          const self = await loadOrCreateSelfSignedTls(opts.dataDir, host === '0.0.0.0' || host === '::' ? [] : [host]);
+          if (self.created) out.info(`created a self-signed KBS certificate in ${opts.dataDir}/kbs-tls.crt (clients: NODE_EXTRA_CA_CERTS=<that file>)`);
+          tls = { cert: self.cert, key: self.key };
+        }
         const { startKbs } = await import('../kbs/app.js');
         const { createBrokerVerifier } = await import('../kbs/verifier.js');
+        const store = opts.postgres ? await (await import('../kbs/store/postgres.js')).openPostgresStore(opts.postgres) : undefined;
+        const sealer = opts.tpm ? new (await import('../kbs/tpm-sealer.js')).TpmSealer({ tcti: opts.tpm }) : undefined;
+        const rate = Number(opts.rateLimit);
         const kbs = await startKbs({
           dataDir: opts.dataDir,
           host,
           port,
           allowSim: Boolean(opts.allowSim),
           owners,
-          verifier: createBrokerVerifier({ simRoots }),
+          verifier: createBrokerVerifier({ simRoots, trustedAks }),
           logger: { level: opts.logLevel },
+          bodyLimit: Number(opts.bodyLimit),
+          rateLimit: { perSecond: rate, burst: rate * 2 },
+          ...(store ? { store } : {}),
+          ...(sealer ? { sealer } : {}),
+          ...(tls ? { tls } : {}),
+          ...(opts.recoveryThreshold ? { recoveryThreshold: Number(opts.recoveryThreshold) } : {}),
+        }).catch(async (err: unknown) => {
+          await store?.close();
+          throw err;
         });
-        process.stderr.write(`cocoon KBS listening on ${kbs.url} (data ${opts.dataDir}, ${owners.length} owner key(s)${opts.allowSim ? ', sim allowed' : ''})\n`);
+        process.stderr.write(`cocoon KBS listening on ${kbs.url} (data ${opts.dataDir}, ${opts.postgres ? 'PostgreSQL' : 'SQLite'}, ${sealer ? 'TPM' : 'file'} sealer, ${owners.length} owner key(s)${opts.allowSim ? ', sim allowed' : ''})\n`);
         await new Promise<void>((resolve) => {
           const stop = () => resolve();
           process.once('SIGINT', stop);
           process.once('SIGTERM', stop);
         });
         await kbs.close();
+        await store?.close();
       }),
     );
 }

@@ -1,10 +1,12 @@
 import type { Command } from 'commander';
 import { randomBytes } from 'node:crypto';
-import { access, readFile, writeFile } from 'node:fs/promises';
+import { access, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { action, createOutput } from './output.js';
 import { CocoonError } from '../errors.js';
 import { defaultLauncherDir } from '../util/package-root.js';
-import { splitImageRef } from '../runtime/runc.js';
+import { addTransportOptions, createProgress, parseRef, transportOptions, type TransportFlags } from './image.js';
 
 const MAX_KEY_FILE = 1024;
 
@@ -23,39 +25,90 @@ export async function loadOrCreateKek(file: string): Promise<{ kek: Buffer; crea
   return { kek, created: false };
 }
 
+type WrapFlags = TransportFlags & { policy: string; workload: string; keyFile: string; launcherDir?: string; kbsResource?: string; launcherCache?: boolean };
+
 export function registerWrap(program: Command): void {
-  program
-    .command('wrap')
-    .description('repackage an OCI image for confidential execution: encrypt its layers, measure it, make the launcher its entrypoint')
-    .argument('<source>', 'source image: OCI layout directory, optionally oci:DIR:TAG')
-    .argument('<dest>', 'destination OCI layout directory, optionally oci:DIR:TAG (created)')
-    .requiredOption('--policy <org/app>', 'policy the workload belongs to (part of the measurement)')
-    .requiredOption('--workload <name>', 'workload name inside the policy (part of the measurement)')
-    .requiredOption('--key-file <file>', 'image key (KEK) file, base64; created if absent — upload it with `cocoon secret put <org/app>/layer-key --file FILE`')
-    .option('--launcher-dir <dir>', 'launcher files to embed (default: dist/launcher-rootfs/cocoon from `npm run build`)')
-    .option('--json', 'print the result as JSON')
-    .addHelpText('after', '\nThe output is reproducible: the same source, policy/workload names and key give a byte-identical\nmanifest and measurement. The printed measurement is what the policy must accept. See docs/images.md.')
+  addTransportOptions(
+    program
+      .command('wrap')
+      .description('repackage an image for confidential execution: encrypt its layers, measure it, make the launcher its entrypoint')
+      .argument('<source>', 'source image: oci:DIR[:TAG], docker-archive:FILE, docker://REF, a layout directory or a registry reference')
+      .argument('<dest>', 'destination: oci:DIR[:TAG] (created), docker-archive:FILE[:NAME:TAG] or docker://REF')
+      .requiredOption('--policy <org/app>', 'policy the workload belongs to (part of the measurement)')
+      .requiredOption('--workload <name>', 'workload name inside the policy (part of the measurement)')
+      .requiredOption('--key-file <file>', 'image key (KEK) file, base64; created if absent — upload it with `cocoon secret put <org/app>/layer-key --file FILE`')
+      .option('--kbs-resource <repo/type/tag>', 'KBS resource holding the image key (default: <org/app>/layer-key)')
+      .option('--launcher-dir <dir>', 'launcher files to embed (default: dist/launcher-rootfs/cocoon from `npm run build`)')
+      .option('--no-launcher-cache', 'do not reuse a cached compressed launcher layer ($COCOON_CACHE or ~/.cache/cocoon)'),
+    { twoSided: true },
+  )
+    .addHelpText(
+      'after',
+      '\nThe output is reproducible: the same source, policy/workload names and key give a byte-identical\nmanifest and measurement. The printed measurement is what the policy must accept.\nSources and destinations other than OCI layouts are staged in a temporary layout ($COCOON_TMPDIR or the\nsystem temp dir). Example:\n  cocoon wrap docker-archive:redis.tar docker://127.0.0.1:5000/shop/redis:7-cc --insecure \\\n    --policy shop/redis --workload redis --key-file redis.key\nSee docs/images.md.',
+    )
     .action(
-      action(async (source: string, dest: string, opts: { policy: string; workload: string; keyFile: string; launcherDir?: string; json?: boolean }) => {
+      action(async (source: string, dest: string, opts: WrapFlags) => {
         const out = createOutput(opts);
-        const [srcDir, srcRef] = splitImageRef(source);
-        const [dstDir, dstRef] = splitImageRef(dest);
+        const srcRef = await parseRef(source);
+        const dstRef = await parseRef(dest);
         const { kek, created } = await loadOrCreateKek(opts.keyFile);
         if (created) out.info(`created image key ${opts.keyFile} (keep it private)`);
         const { wrapImage } = await import('../image/wrap.js');
-        out.step(`wrapping ${source} → ${dest}`);
-        const result = await wrapImage({
-          source: { layoutDir: srcDir, ...(srcRef ? { ref: srcRef } : {}) },
-          dest: { layoutDir: dstDir, ...(dstRef ? { ref: dstRef } : {}) },
-          launcherDir: opts.launcherDir ?? defaultLauncherDir(),
-          policy: opts.policy,
-          workload: opts.workload,
-          kek,
-        });
-        out.result(
-          `wrapped ${result.layers.length} layer(s)\n  manifest     ${result.manifestDigest}\n  launcher     ${result.launcherDigest}\n  measurement  ${result.measurement}\n\nNext: accept this measurement in the policy of ${opts.policy}, workload ${opts.workload},\nand upload the image key: cocoon secret put ${opts.policy}/layer-key --file ${opts.keyFile}`,
-          { manifestDigest: result.manifestDigest, configDigest: result.configDigest, launcherDigest: result.launcherDigest, measurement: result.measurement, layers: result.layers.length, keyFile: opts.keyFile, keyCreated: created },
-        );
+        const { openSource, openSink, copyImage, LayoutSink, LayoutSource } = await import('../image/transport.js');
+        const srcOpts = await transportOptions(opts, 'src', out);
+        const stageRoot = process.env.COCOON_TMPDIR || tmpdir();
+        const stages: string[] = [];
+        const bars = await createProgress(opts);
+        try {
+          let srcLayout: { dir: string; tag?: string };
+          if (srcRef.transport === 'oci') srcLayout = srcRef.tag !== undefined ? { dir: srcRef.dir, tag: srcRef.tag } : { dir: srcRef.dir };
+          else {
+            const dir = await mkdtemp(join(stageRoot, 'cocoon-wrap-src-'));
+            stages.push(dir);
+            out.step(`fetching ${source}`);
+            const src = await openSource(srcRef, srcOpts);
+            try {
+              await copyImage(src, new LayoutSink(dir, 'source'), bars.progress ? { progress: bars.progress } : {});
+            } finally {
+              await src.close();
+            }
+            srcLayout = { dir, tag: 'source' };
+          }
+          let dstLayout: { dir: string; tag?: string };
+          if (dstRef.transport === 'oci') dstLayout = dstRef.tag !== undefined ? { dir: dstRef.dir, tag: dstRef.tag } : { dir: dstRef.dir };
+          else {
+            const dir = await mkdtemp(join(stageRoot, 'cocoon-wrap-out-'));
+            stages.push(dir);
+            dstLayout = { dir, tag: 'wrapped' };
+          }
+          out.step(`wrapping ${source} → ${dest}`);
+          const result = await wrapImage({
+            source: { layoutDir: srcLayout.dir, ...(srcLayout.tag !== undefined ? { ref: srcLayout.tag } : {}), ...(srcRef.transport === 'oci' && srcOpts.platform ? { platform: srcOpts.platform } : {}) },
+            dest: { layoutDir: dstLayout.dir, ...(dstLayout.tag !== undefined ? { ref: dstLayout.tag } : {}) },
+            launcherDir: opts.launcherDir ?? defaultLauncherDir(),
+            policy: opts.policy,
+            workload: opts.workload,
+            kek,
+            ...(opts.kbsResource !== undefined ? { kbsResource: opts.kbsResource } : {}),
+            ...(opts.launcherCache === false ? { launcherCacheDir: false as const } : {}),
+            onProgress: (m) => out.info(m),
+          });
+          let manifestDigest = result.manifestDigest;
+          if (dstRef.transport !== 'oci') {
+            out.step(`writing ${dest}`);
+            const sink = await openSink(dstRef, await transportOptions(opts, 'dest'));
+            const r = await copyImage(new LayoutSource(dstLayout.dir, dstLayout.tag, undefined), sink, bars.progress ? { progress: bars.progress } : {});
+            manifestDigest = r.manifestDigest;
+          }
+          bars.stop();
+          out.result(
+            `wrapped ${result.layers.length} layer(s)\n  manifest     ${manifestDigest}\n  launcher     ${result.launcherDigest}\n  measurement  ${result.measurement}\n\nNext: accept this measurement in the policy of ${opts.policy}, workload ${opts.workload},\nand upload the image key: cocoon secret put ${opts.policy}/layer-key --file ${opts.keyFile}`,
+            { manifestDigest, configDigest: result.configDigest, launcherDigest: result.launcherDigest, measurement: result.measurement, layers: result.layers.length, keyFile: opts.keyFile, keyCreated: created, destination: dest },
+          );
+        } finally {
+          bars.stop();
+          await Promise.all(stages.map((d) => rm(d, { recursive: true, force: true })));
+        }
       }),
     );
 }

@@ -19,6 +19,7 @@ import {
   type ImageConfig,
   type ImageIndex,
   type ImageManifest,
+  type Platform,
 } from './oci.js';
 import { HashTap, VerifyTap } from './streams.js';
 
@@ -110,16 +111,48 @@ export async function readIndex(layoutDir: string): Promise<ImageIndex> {
 
 const NODE_ARCH: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', s390x: 's390x', ppc64: 'ppc64le' };
 
-function selectFromIndex(index: ImageIndex, ref: string | undefined, where: string): Descriptor {
+/** `linux/<host arch>` in OCI terms. */
+export function hostPlatform(): Platform {
+  return { os: 'linux', architecture: NODE_ARCH[process.arch] ?? process.arch };
+}
+
+/** Parses `os/arch[/variant]` (e.g. linux/amd64, linux/arm64/v8). */
+export function parsePlatform(s: string): Platform {
+  const m = /^([a-z0-9]{1,32})\/([a-z0-9_]{1,32})(?:\/([a-z0-9]{1,32}))?$/.exec(s);
+  if (!m || !m[1] || !m[2]) throw new CocoonError('BAD_USAGE', `--platform must look like linux/amd64 or linux/arm64/v8: ${JSON.stringify(s.slice(0, 80))}`);
+  return m[3] ? { os: m[1], architecture: m[2], variant: m[3] } : { os: m[1], architecture: m[2] };
+}
+
+export function platformMatches(p: Platform | undefined, want: Platform): boolean {
+  if (!p) return false;
+  if (p.os !== want.os || p.architecture !== want.architecture) return false;
+  return want.variant === undefined || p.variant === want.variant || (p.variant === undefined && want.variant === 'v8' && want.architecture === 'arm64');
+}
+
+/**
+ * Picks one manifest of an index: the only one, or the one for `platform` (default: the host).
+ * BAD_USAGE when several match, NOT_FOUND when none does.
+ */
+export function selectPlatformManifest(index: ImageIndex, platform: Platform | undefined, where: string): Descriptor {
+  const candidates = index.manifests.filter((m) => !(m.platform?.architecture === 'unknown' && m.platform.os === 'unknown'));
+  if (candidates.length === 1 && platform === undefined && candidates[0]) return candidates[0];
+  const want = platform ?? hostPlatform();
+  const hits = candidates.filter((m) => platformMatches(m.platform, want));
+  if (hits.length >= 1 && hits[0]) return hits[0];
+  if (candidates.length === 1 && candidates[0] && candidates[0].platform === undefined) return candidates[0];
+  throw new CocoonError('NOT_FOUND', `${where}: no manifest for platform ${want.os}/${want.architecture}${want.variant ? `/${want.variant}` : ''} (has ${candidates.map((m) => (m.platform ? `${m.platform.os}/${m.platform.architecture}${m.platform.variant ? `/${m.platform.variant}` : ''}` : '?')).join(', ') || 'none'})`);
+}
+
+function selectFromIndex(index: ImageIndex, ref: string | undefined, where: string, platform?: Platform): Descriptor {
   let candidates = index.manifests;
   if (ref !== undefined) {
     candidates = candidates.filter((m) => m.annotations?.[ANNOTATION_REF_NAME] === ref);
     if (candidates.length === 0) throw new CocoonError('NOT_FOUND', `${where}: no manifest named ${JSON.stringify(ref)}`);
   }
   if (candidates.length > 1) {
-    // A multi-platform set: take the host platform if exactly one matches.
-    const arch = NODE_ARCH[process.arch] ?? process.arch;
-    const host = candidates.filter((m) => m.platform?.os === 'linux' && m.platform.architecture === arch);
+    // A multi-platform set: take the wanted (default: host) platform if exactly one matches.
+    const want = platform ?? hostPlatform();
+    const host = candidates.filter((m) => platformMatches(m.platform, want));
     if (host.length === 1 && host[0]) return host[0];
     throw new CocoonError('BAD_USAGE', `${where}: ${candidates.length} manifests match; name one by its ref (${ANNOTATION_REF_NAME})`);
   }
@@ -132,12 +165,12 @@ function selectFromIndex(index: ImageIndex, ref: string | undefined, where: stri
  * Resolves a manifest in a layout: by ref name, else the single manifest. A nested index
  * (multi-platform) is followed one level, choosing linux/<host arch>.
  */
-export async function readLayout(layoutDir: string, ref?: string): Promise<ResolvedImage> {
+export async function readLayout(layoutDir: string, ref?: string, platform?: Platform): Promise<ResolvedImage> {
   const index = await readIndex(layoutDir);
-  let desc = selectFromIndex(index, ref, 'index.json');
+  let desc = selectFromIndex(index, ref, 'index.json', platform);
   if (desc.mediaType === MediaType.index || desc.mediaType === MediaType.dockerManifestList) {
     const nested = parseIndex(await readBlob(layoutDir, desc, LIMITS.indexBytes));
-    desc = selectFromIndex(nested, undefined, `index ${desc.digest}`);
+    desc = selectPlatformManifest(nested, platform, `index ${desc.digest}`);
   }
   if (desc.mediaType !== MediaType.manifest && desc.mediaType !== MediaType.dockerManifest) {
     throw new CocoonError('IMAGE_INVALID', `index.json: unsupported manifest media type ${desc.mediaType}`);

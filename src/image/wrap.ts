@@ -1,12 +1,15 @@
+import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
 import type { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { CocoonError } from '../errors.js';
 import { decompressStages, layerStreamError } from './compression.js';
-import { LayoutWriter, openBlobStream, readLayout, sink, type ResolvedImage } from './layout.js';
+import { LayoutWriter, atomicWrite, blobPath, openBlobStream, readLayout, sink, type ResolvedImage } from './layout.js';
 import { isLauncherExcluded, launcherDigest as computeLauncherDigest, workloadMeasurement, type LaunchConfig } from './measure.js';
-import { ANNOTATION_REF_NAME, MediaType, digestHex, layerFormat, type ContainerConfig, type Descriptor, type ImageConfig, type ImageManifest } from './oci.js';
+import { ANNOTATION_REF_NAME, MediaType, digestHex, isDigest, layerFormat, type ContainerConfig, type Descriptor, type ImageConfig, type ImageManifest, type Platform } from './oci.js';
 import { KekWrapper, LayerEncryptStream, deriveLayerKey, encryptedMediaType, encryptionAnnotations, kbsKid, CIPHER_AES_CTR_HMAC, type KeyWrapper } from './ocicrypt.js';
 import { HashTap, chain } from './streams.js';
 import { deterministicGzip, packTar, resolveMtime, tarDirectory, type TarEntry } from './tar.js';
@@ -27,7 +30,7 @@ export { decryptPayloadLayers } from './decrypt.js';
 /** `cocoon wrap`: an OCI image in, a wrapped OCI image (docs/internals.md §1) out. */
 
 export interface WrapOptions {
-  source: { layoutDir: string; ref?: string };
+  source: { layoutDir: string; ref?: string; platform?: Platform };
   dest: { layoutDir: string; ref?: string };
   /** Directory whose content becomes /cocoon/ (launcher, node, libs). */
   launcherDir: string;
@@ -41,6 +44,14 @@ export interface WrapOptions {
   recipients?: KeyWrapper[];
   /** Archive mtime; default SOURCE_DATE_EPOCH or 0. */
   mtime?: number;
+  /**
+   * Cache of compressed launcher layers (keyed by launcher digest, mtime and zlib version,
+   * verified by digest on reuse); default $COCOON_CACHE/launcher-layers or
+   * ~/.cache/cocoon/launcher-layers; false disables it.
+   */
+  launcherCacheDir?: string | false;
+  /** Called for progress messages (e.g. cache hits). */
+  onProgress?: (message: string) => void;
 }
 
 export interface WrapResult {
@@ -67,7 +78,7 @@ export function launchConfigOf(config: ImageConfig): LaunchConfig {
 
 export function planWrappedConfig(
   source: ImageConfig,
-  p: { measurement: string; policy: string; workload: string; launcherDigest: string; diffIDs: [string, string] },
+  p: { measurement: string; policy: string; workload: string; launcherDigest: string; diffIDs: [string, string]; kbsResource?: string; sourceDigest?: string },
 ): ImageConfig {
   const sc = source.config ?? {};
   const cc: ContainerConfig = { Entrypoint: LAUNCHER_ENTRYPOINT, Cmd: [], Env: LAUNCHER_ENV, WorkingDir: '/' };
@@ -81,6 +92,8 @@ export function planWrappedConfig(
     [Label.policy]: p.policy,
     [Label.workload]: p.workload,
     [Label.launcherDigest]: p.launcherDigest,
+    ...(p.kbsResource !== undefined ? { [Label.kbsResource]: p.kbsResource } : {}),
+    ...(p.sourceDigest !== undefined ? { [Label.sourceDigest]: p.sourceDigest } : {}),
   };
   const out: ImageConfig = { architecture: source.architecture, os: source.os, config: cc, rootfs: { type: 'layers', diff_ids: [...p.diffIDs] } };
   if (source.variant) out.variant = source.variant;
@@ -164,6 +177,72 @@ async function encryptLayer(src: ResolvedImage, desc: Descriptor, diffID: string
   }
 }
 
+// ---- the launcher layer and its cache ---------------------------------------------------------
+
+export function defaultCacheDir(): string {
+  const env = process.env.COCOON_CACHE;
+  return env && env.length > 0 ? env : join(homedir(), '.cache', 'cocoon');
+}
+
+interface LauncherBlob {
+  digest: string;
+  size: number;
+  diffID: string;
+}
+
+function parseCacheMeta(text: string): LauncherBlob | undefined {
+  try {
+    const o = JSON.parse(text) as Partial<LauncherBlob>;
+    if (isDigest(o.digest) && isDigest(o.diffID) && typeof o.size === 'number' && Number.isSafeInteger(o.size) && o.size > 0) return { digest: o.digest, size: o.size, diffID: o.diffID };
+  } catch {
+    /* a broken entry is a miss */
+  }
+  return undefined;
+}
+
+/**
+ * Writes the launcher layer into the destination. A cached blob (same launcher digest, mtime
+ * and zlib, hence the same bytes) is re-verified by digest while it is copied; a mismatch
+ * falls back to compressing again and replaces the entry. Cache failures never fail a wrap.
+ */
+async function launcherLayer(writer: LayoutWriter, opts: WrapOptions, launcherDigest: string, mtime: number): Promise<LauncherBlob> {
+  const cacheRoot = opts.launcherCacheDir === false ? undefined : join(opts.launcherCacheDir ?? defaultCacheDir(), 'launcher-layers');
+  const key = createHash('sha256').update(`cocoon-launcher-layer/v1\0${launcherDigest}\0${mtime}\0zlib ${process.versions.zlib ?? ''}`).digest('hex');
+  const metaPath = cacheRoot ? join(cacheRoot, `${key}.json`) : undefined;
+  const blobCache = cacheRoot ? join(cacheRoot, `${key}.tar.gz`) : undefined;
+  if (metaPath && blobCache) {
+    const meta = parseCacheMeta(await readFile(metaPath, 'utf8').catch(() => ''));
+    if (meta) {
+      try {
+        const r = await writer.putStream(createReadStream(blobCache));
+        if (r.digest === meta.digest && r.size === meta.size) {
+          opts.onProgress?.('launcher layer reused from cache');
+          return meta;
+        }
+        opts.onProgress?.('launcher layer cache entry did not verify: rebuilding it');
+      } catch {
+        /* unreadable cache entry: rebuild */
+      }
+    }
+  }
+  const tarTap = new HashTap();
+  const launcherTar = tarDirectory(opts.launcherDir, { prefix: 'cocoon', owner: { uid: 0, gid: 0 }, exclude: isLauncherExcluded, mtime });
+  const blob = await writer.putStream(chain(launcherTar, tarTap, deterministicGzip()));
+  const out: LauncherBlob = { digest: blob.digest, size: blob.size, diffID: tarTap.digest };
+  if (cacheRoot && metaPath && blobCache) {
+    const tmp = `${blobCache}.tmp-${randomBytes(6).toString('hex')}`;
+    try {
+      await mkdir(cacheRoot, { recursive: true, mode: 0o700 });
+      await copyFile(blobPath(writer.layoutDir, blob.digest), tmp);
+      await rename(tmp, blobCache);
+      await atomicWrite(metaPath, JSON.stringify(out));
+    } catch {
+      await rm(tmp, { force: true }).catch(() => undefined);
+    }
+  }
+  return out;
+}
+
 /**
  * Wraps an OCI image. Same source, launcher directory, names, KEK and mtime ⇒ byte-identical
  * manifest (hence digest) and measurement. Never holds a layer in memory: intermediate
@@ -177,7 +256,7 @@ export async function wrapImage(opts: WrapOptions): Promise<WrapResult> {
   checkKbsResource(kbsResource);
   const mtime = resolveMtime(opts.mtime);
 
-  const src = await readLayout(opts.source.layoutDir, opts.source.ref);
+  const src = await readLayout(opts.source.layoutDir, opts.source.ref, opts.source.platform);
   const diffIdsClaimed = src.config.rootfs.diff_ids;
   if (diffIdsClaimed.length !== src.manifest.layers.length) {
     throw new CocoonError('IMAGE_INVALID', `config lists ${diffIdsClaimed.length} diff_ids for ${src.manifest.layers.length} layers`);
@@ -210,15 +289,21 @@ export async function wrapImage(opts: WrapOptions): Promise<WrapResult> {
     );
     const payloadBlob = await writer.putStream(packTar(payloadEntries, { mtime }));
 
-    // layer 0: launcher under /cocoon/, root-owned, gzip
-    const launcherTarTap = new HashTap();
-    const launcherTar = tarDirectory(opts.launcherDir, { prefix: 'cocoon', owner: { uid: 0, gid: 0 }, exclude: isLauncherExcluded, mtime });
-    const launcherBlob = await writer.putStream(chain(launcherTar, launcherTarTap, deterministicGzip()));
+    // layer 0: launcher under /cocoon/, root-owned, gzip (cached: compressing node takes seconds)
+    const launcher = await launcherLayer(writer, opts, launcherDigest, mtime);
 
-    const wrappedConfig = planWrappedConfig(src.config, { measurement, policy: opts.policy, workload: opts.workload, launcherDigest, diffIDs: [launcherTarTap.digest, payloadBlob.digest] });
+    const wrappedConfig = planWrappedConfig(src.config, {
+      measurement,
+      policy: opts.policy,
+      workload: opts.workload,
+      launcherDigest,
+      diffIDs: [launcher.diffID, payloadBlob.digest],
+      kbsResource,
+      sourceDigest: src.manifestDigest,
+    });
     const configDesc = await writer.putBytes(serialize(wrappedConfig), MediaType.config);
     const manifest = planManifest(configDesc, [
-      { mediaType: MediaType.layerGzip, digest: launcherBlob.digest, size: launcherBlob.size },
+      { mediaType: MediaType.layerGzip, digest: launcher.digest, size: launcher.size },
       { mediaType: MediaType.layerTar, digest: payloadBlob.digest, size: payloadBlob.size },
     ]);
     const manifestDesc = await writer.putBytes(serialize(manifest), MediaType.manifest);

@@ -26,6 +26,10 @@ export const Label = {
   policy: 'dev.cocoon.policy',
   workload: 'dev.cocoon.workload',
   launcherDigest: 'dev.cocoon.launcher-digest',
+  /** KBS resource holding the image key. */
+  kbsResource: 'dev.cocoon.kbs-resource',
+  /** Manifest digest of the image that was wrapped. */
+  sourceDigest: 'dev.cocoon.source-digest',
 } as const;
 
 export interface WrappedLayer {
@@ -199,7 +203,8 @@ export async function readPayload(payloadDir: string): Promise<WrappedPayload> {
   return parseWrappedPayload(bytes);
 }
 
-async function readPayloadJson(stream: Readable): Promise<Buffer> {
+/** Reads payload.json from the start of a payload layer stream (stops there; destroys the stream). */
+export async function readPayloadJson(stream: Readable): Promise<Buffer> {
   const extract = tar.extract();
   stream.on('error', (err) => extract.destroy(err));
   stream.pipe(extract as unknown as NodeJS.WritableStream);

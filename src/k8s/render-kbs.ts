@@ -194,6 +194,8 @@ export function renderKbs(options: KbsRenderOptions = {}): KbsRender {
   });
 
   const args = ['serve', '--listen', `0.0.0.0:${KBS_PORT}`, '--data-dir', KBS_DATA_DIR, '--log-level', v.logLevel];
+  // Kubernetes expands $(VAR) in args from the container env: the URL stays in the Secret.
+  if (postgres) args.push('--postgres', '$(COCOON_DATABASE_URL)');
   for (const file of Object.keys(v.owners).sort()) args.push('--owner', `${KBS_CONFIG_DIR}/owner-${file}`);
   if (v.sim.enabled) args.push('--allow-sim', '--sim-root', `${KBS_CONFIG_DIR}/sim-root.pem`);
 
@@ -213,7 +215,7 @@ export function renderKbs(options: KbsRenderOptions = {}): KbsRender {
   const volumes: Array<Record<string, unknown>> = [];
   if (postgres) volumes.push({ name: 'data', emptyDir: { medium: 'Memory', sizeLimit: '16Mi' } });
   volumes.push({ name: 'tmp', emptyDir: { sizeLimit: '64Mi' } });
-  if (keysSecret) volumes.push({ name: 'keys', secret: { secretName: keysSecret, defaultMode: 0o400 } });
+  if (keysSecret) volumes.push({ name: 'keys', secret: { secretName: keysSecret, defaultMode: 0o440 } }); // group-readable: fsGroup 65532
   if (hasConfig) volumes.push({ name: 'config', configMap: { name } });
 
   const container: Record<string, unknown> = {

@@ -93,7 +93,8 @@ function checkCrd(obj: K8sObject): void {
     });
   } else if (obj.kind === 'Certificate') {
     requireString(obj, spec.secretName, 'spec.secretName');
-    if (!Array.isArray(spec.dnsNames) || spec.dnsNames.length === 0 || !spec.dnsNames.every((d) => typeof d === 'string' && d !== '')) fail(obj, 'spec.dnsNames must be a non-empty list of strings');
+    if (spec.dnsNames === undefined && spec.commonName === undefined) fail(obj, 'spec needs dnsNames or commonName');
+    if (spec.dnsNames !== undefined && (!Array.isArray(spec.dnsNames) || spec.dnsNames.length === 0 || !spec.dnsNames.every((d) => typeof d === 'string' && d !== ''))) fail(obj, 'spec.dnsNames must be a non-empty list of strings');
     if (!isRecord(spec.issuerRef)) fail(obj, 'spec.issuerRef is required');
     requireString(obj, spec.issuerRef.name, 'spec.issuerRef.name');
     if (spec.isCA !== undefined && typeof spec.isCA !== 'boolean') fail(obj, 'spec.isCA must be a boolean');

@@ -3,6 +3,7 @@
  * defaults (maps merge, lists and scalars replace — Helm's rule), unknown keys and wrong
  * types are BAD_USAGE naming the dotted path.
  */
+import { parseDocument } from 'yaml';
 import { CocoonError } from '../errors.js';
 import { isRecord } from './manifest.js';
 
@@ -42,3 +43,15 @@ export function expectStringMap(value: unknown, path: string): Record<string, st
 
 export const QUANTITY_RE = /^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$/;
 export const DNS_LABEL_RE = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+
+/** A values file: one YAML mapping (or empty), strict (duplicate keys are errors), at most 1 MiB. */
+export function parseValuesYaml(text: string, source = 'values'): Record<string, unknown> {
+  if (Buffer.byteLength(text) > 1024 * 1024) throw new CocoonError('INPUT_TOO_LARGE', `${source}: larger than 1 MiB`);
+  const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true });
+  const first = doc.errors[0];
+  if (first) throw new CocoonError('BAD_USAGE', `${source}: ${first.message.split('\n')[0] ?? 'YAML error'}`);
+  const value: unknown = doc.toJS({ maxAliasCount: 0 });
+  if (value === null || value === undefined) return {};
+  if (!isRecord(value)) throw new CocoonError('BAD_USAGE', `${source}: expected a mapping of values`);
+  return value;
+}

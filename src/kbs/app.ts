@@ -1,8 +1,11 @@
+import { KeyObject } from 'node:crypto';
 import Fastify from 'fastify';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import swagger from '@fastify/swagger';
 import type { JWK } from 'jose';
 import type { LoggerOptions } from 'pino';
+import { appendAudit, withRetry } from './audit.js';
+import { DeploymentCa } from './ca.js';
 import type { EvidenceVerifier, KbsContext } from './context.js';
 import { EAR_TTL_S, INSECURE_NOTICE } from './ear.js';
 import { loadOrCreateIdentity } from './identity.js';
@@ -10,6 +13,7 @@ import type { KbsIdentity } from './identity.js';
 import { createMetrics } from './metrics.js';
 import { registerOwners } from './owner-auth.js';
 import { problemHandler } from './problem.js';
+import { registerRateLimit } from './rate-limit.js';
 import { healthRoutes } from './routes/health.js';
 import { ownerRoutes } from './routes/owner.js';
 import { rcarRoutes } from './routes/rcar.js';
@@ -45,6 +49,15 @@ export interface KbsOptions {
   tokenTtlS?: number;
   /** Clock (tests). */
   now?: () => Date;
+  /**
+   * Split the data key m-of-n among the admin owners with P-256 keys (docs/kbs.md "Sealing and
+   * recovery"); re-done whenever the threshold or the owner set changes.
+   */
+  recoveryThreshold?: number;
+  /** Requests per second and burst per client address (token bucket). Default 200 / 400; 0 disables. */
+  rateLimit?: { perSecond: number; burst: number };
+  /** HTTPS: PEM certificate chain and key. */
+  tls?: { cert: string; key: string };
 }
 
 export const DEFAULT_BODY_LIMIT = 1024 * 1024;
@@ -61,9 +74,11 @@ export async function buildKbsApp(options: KbsOptions): Promise<FastifyInstance>
     const dataKey = await loadDataKey(store, sealer);
     const now = options.now ?? (() => new Date());
     if (options.owners?.length) await registerOwners(store, options.owners, now().getTime());
+    if (options.recoveryThreshold !== undefined) await ensureRecovery(store, dataKey, options.recoveryThreshold, now().getTime(), KeyObject.from(identity.privateKey));
 
     const loggerOptions = options.logger === false ? false : { level: 'info', ...(typeof options.logger === 'object' ? options.logger : {}), redact: { paths: REDACT, censor: '[redacted]' } };
     const app = Fastify({
+      ...(options.tls ? { https: { cert: options.tls.cert, key: options.tls.key, minVersion: 'TLSv1.2' as const } } : {}),
       ...(options.loggerInstance ? { loggerInstance: options.loggerInstance } : { logger: loggerOptions }),
       bodyLimit: options.bodyLimit ?? DEFAULT_BODY_LIMIT,
       trustProxy: false,
@@ -83,6 +98,8 @@ export async function buildKbsApp(options: KbsOptions): Promise<FastifyInstance>
       tokenTtlS: options.tokenTtlS ?? EAR_TTL_S,
       log: app.log,
       metrics: createMetrics(),
+      auditKey: KeyObject.from(identity.privateKey),
+      ca: new DeploymentCa(store, dataKey, now),
     };
     if (ctx.allowSim) app.log.warn(`${INSECURE_NOTICE}: this KBS accepts simulated evidence (--allow-sim); never use it in production`);
 
@@ -94,6 +111,8 @@ export async function buildKbsApp(options: KbsOptions): Promise<FastifyInstance>
       },
     });
     app.setErrorHandler(problemHandler('cocoon'));
+    const rl = options.rateLimit ?? { perSecond: 200, burst: 400 };
+    if (rl.perSecond > 0) registerRateLimit(app, rl, () => ctx.metrics.rateLimited.inc());
     app.setNotFoundHandler((request, reply) => {
       const err = new CocoonError('NOT_FOUND', `no route ${request.method} ${request.url.slice(0, 200)}`);
       problemHandler(request.url.startsWith('/kbs/') ? 'coco' : 'cocoon')(err, request, reply);
@@ -116,6 +135,21 @@ export async function buildKbsApp(options: KbsOptions): Promise<FastifyInstance>
     if (ownsStore) await store.close();
     throw err;
   }
+}
+
+/** Creates (or re-creates, when the admin owners or the threshold changed) the recovery shares. */
+async function ensureRecovery(store: Store, dataKey: Buffer, threshold: number, now: number, auditKey: KeyObject): Promise<void> {
+  const { RECOVERY_META, setupRecovery } = await import('./recovery.js');
+  const { calculateJwkThumbprint } = await import('jose');
+  const admins = (await store.listOwners()).filter((o) => o.role !== 'policy').map((o) => JSON.parse(o.jwk) as JWK).filter((j) => j.kty === 'EC' && j.crv === 'P-256');
+  const kids = (await Promise.all(admins.map((j) => calculateJwkThumbprint({ kty: 'EC', crv: 'P-256', x: j.x, y: j.y }, 'sha256')))).sort();
+  const existing = await store.getMeta(RECOVERY_META);
+  if (existing) {
+    const r = JSON.parse(existing) as { threshold: number; shares: { kid: string }[] };
+    if (r.threshold === threshold && JSON.stringify(r.shares.map((x) => x.kid).sort()) === JSON.stringify(kids)) return;
+  }
+  await setupRecovery(store, dataKey, admins, threshold, now);
+  await withRetry(() => store.transaction((tx) => appendAudit(tx, auditKey, { actor: 'kbs', action: 'recovery.setup', detail: { threshold, owners: kids } }, now)));
 }
 
 export interface StartKbsOptions extends KbsOptions {
@@ -143,6 +177,6 @@ export async function startKbs(options: StartKbsOptions): Promise<RunningKbs> {
   const address = app.server.address();
   const port = typeof address === 'object' && address ? address.port : (options.port ?? 8080);
   const host = options.host && options.host !== '0.0.0.0' && options.host !== '::' ? options.host : '127.0.0.1';
-  const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  const url = `${options.tls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${port}`;
   return { app, url, close: () => app.close() };
 }

@@ -11,11 +11,13 @@ type RsaHashedKeyGenParams = webcrypto.RsaHashedKeyGenParams;
 type EcKeyGenParams = webcrypto.EcKeyGenParams;
 
 /**
- * OID arc of Cocoon certificate extensions: a UUID-derived arc (ITU-T X.667, `2.25.<uuid>`),
- * which needs no registration. `.1` = workload identity: DER UTF8String holding the canonical
+ * OID arc of Cocoon certificate extensions. PLACEHOLDER: a private-enterprise arc that must be
+ * replaced by Cocoon's own IANA PEN before a release (the registration-free UUID arc
+ * 2.25.109622773175964920431584557433245879346 was the first choice, but @peculiar/x509
+ * silently truncates OID arcs ≥ 2^53). `.1.1` = workload identity: DER UTF8String holding the
  * JSON `{"v":1,"policy","version","workload","tee","insecure"}` (docs/kbs.md, "Deployment CA").
  */
-export const COCOON_OID_ARC = '2.25.109622773175964920431584557433245879346';
+export const COCOON_OID_ARC = '1.3.6.1.4.1.64444.1';
 export const WORKLOAD_IDENTITY_OID = `${COCOON_OID_ARC}.1`;
 
 export interface KeyPairPem {

@@ -1,4 +1,6 @@
+import type { KeyObject } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
+import type { DeploymentCa } from './ca.js';
 import type { TeeKind, VerificationResult } from '../attestation/types.js';
 import type { KbsIdentity } from './identity.js';
 import type { KbsMetrics } from './metrics.js';
@@ -23,4 +25,7 @@ export interface KbsContext {
   tokenTtlS: number;
   log: FastifyBaseLogger;
   metrics: KbsMetrics;
+  /** The KBS identity's private key as a KeyObject: signs audit entries. */
+  auditKey: KeyObject;
+  ca: DeploymentCa;
 }

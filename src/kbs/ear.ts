@@ -22,6 +22,11 @@ export interface EarInput {
   insecure: boolean;
   now: Date;
   ttlS?: number;
+  /** TCB status / advisories of the evidence (annotated as `cocoon_tcb`). */
+  tcbStatus?: string;
+  advisories?: string[];
+  /** CSR bound in the evidence (annotated under runtime_data_claims). */
+  csr?: string;
 }
 
 /** What the KBS reads back from one of its own EAR tokens. */
@@ -62,7 +67,8 @@ export async function issueEar(id: KbsIdentity, input: EarInput): Promise<{ toke
       tee: input.tee,
       ...input.claims,
       init_data_claims: { policy: input.policy, workload: input.workload },
-      runtime_data_claims: { 'tee-pubkey': input.teePubkey },
+      runtime_data_claims: { 'tee-pubkey': input.teePubkey, ...(input.csr !== undefined ? { csr: input.csr } : {}) },
+      ...(input.tcbStatus !== undefined || input.advisories?.length ? { cocoon_tcb: { ...(input.tcbStatus !== undefined ? { status: input.tcbStatus } : {}), advisories: input.advisories ?? [] } } : {}),
     },
   };
   if (input.insecure) submod['ear.cocoon.insecure'] = INSECURE_NOTICE;

@@ -1,7 +1,7 @@
 import { CocoonError } from '../errors.js';
 import { renderTemplate, renderTemplateText } from '../policy/template.js';
 import { ENV_NAME_RE, LAYER_KEY_SECRET } from '../policy/names.js';
-import type { Policy } from '../policy/types.js';
+import type { Policy, SecretField } from '../policy/types.js';
 
 /** Wire shape (docs/internals.md §5): binary values are base64. */
 export interface LaunchPlanWire {
@@ -28,7 +28,7 @@ export interface LaunchPlan {
 export const MAX_LAUNCH_PLAN_BYTES = 32 * 1024 * 1024;
 
 /** Renders a workload's plan; `lookup` returns a granted secret's bytes (SECRET_MISSING otherwise). */
-export function renderLaunchPlan(policy: Policy, workload: string, insecure: boolean, lookup: (name: string) => Uint8Array): LaunchPlanWire {
+export function renderLaunchPlan(policy: Policy, workload: string, insecure: boolean, lookup: (name: string, field?: SecretField) => Uint8Array): LaunchPlanWire {
   const w = policy.workloads[workload];
   if (!w) throw new CocoonError('POLICY_DENIED', `workload ${workload} is not in policy ${policy.name}`);
   const env: Record<string, string> = {};

@@ -6,6 +6,7 @@ export interface KbsMetrics {
   attestations: Counter<'tee' | 'status'>;
   releases: Counter<'status'>;
   attestSeconds: Histogram<'tee'>;
+  rateLimited: Counter<string>;
 }
 
 export function createMetrics(): KbsMetrics {
@@ -21,5 +22,6 @@ export function createMetrics(): KbsMetrics {
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
       registers: [registry],
     }),
+    rateLimited: new Counter({ name: 'cocoon_kbs_rate_limited_total', help: 'Requests refused by the per-client rate limit', registers: [registry] }),
   };
 }

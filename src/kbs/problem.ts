@@ -22,6 +22,7 @@ export function cocoErrorType(code: ErrorCode): string {
     case 'BAD_USAGE':
     case 'INPUT_MALFORMED':
     case 'INPUT_TOO_LARGE':
+    case 'RATE_LIMITED':
       return 'InvalidRequest';
     case 'INTERNAL':
     case 'IO_ERROR':

@@ -6,14 +6,20 @@ import type { TeeKind, VerificationResult } from '../attestation/types.js';
 import { constantTimeEqual } from '../crypto/hash.js';
 import { CocoonError, ERROR_CODES, asCocoonError } from '../errors.js';
 import type { ErrorCode } from '../errors.js';
-import { evaluateAccept, grantedSecrets } from '../policy/evaluate.js';
+import { evaluateAccept, grantedSecrets, workloadMeasurementOf } from '../policy/evaluate.js';
 import { LAUNCH_PLAN_RESOURCE, WORKLOAD_NAME_RE, isPolicyName } from '../policy/names.js';
+import type { Policy, SecretField } from '../policy/types.js';
+import type { Claims } from '../attestation/types.js';
+import { appendAudit, withRetry } from './audit.js';
+import type { AuditInput } from './audit.js';
+import { WORKLOAD_CERT_VALID_MS, parseCsr } from './ca.js';
+import { generateStructured, parseStructured } from './secret-gen.js';
+import { generateRandomSecret, readSecret } from './secrets.js';
 import type { KbsContext } from './context.js';
 import { INSECURE_NOTICE, issueEar, verifyEar } from './ear.js';
 import { renderLaunchPlan } from './launch-plan.js';
 import { currentPolicy } from './policies.js';
-import { requireSecrets } from './secrets.js';
-import { RCAR_TEES, RCAR_VERSION, SESSION_COOKIE, rcarReportData } from './rcar-protocol.js';
+import { RCAR_TEES, RCAR_VERSION, SESSION_COOKIE, WORKLOAD_CERT_RESOURCE, rcarReportData } from './rcar-protocol.js';
 import { encryptToTee, parseTeePubkey } from './tee-key.js';
 import type { TeePubkey } from './tee-key.js';
 import type { EventRecord } from './store/types.js';
@@ -39,7 +45,7 @@ export async function startSession(ctx: KbsContext, req: AuthRequest): Promise<{
 
 export interface AttestRequest {
   'init-data'?: { format: string; body: string };
-  'runtime-data': { nonce: string; 'tee-pubkey': unknown };
+  'runtime-data': { nonce: string; 'tee-pubkey': unknown; csr?: string };
   'tee-evidence': { primary_evidence: unknown; additional_evidence?: string };
 }
 
@@ -51,6 +57,12 @@ interface SessionGrant {
   measurement: string | undefined;
   debug: boolean;
   insecure: boolean;
+  /** Verified claims, TCB status and advisories: every release re-appraises them against the current policy. */
+  claims?: Claims;
+  tcbStatus?: string;
+  advisories?: string[];
+  /** PEM/base64 CSR bound in the evidence (runtime-data `csr`). */
+  csr?: string;
 }
 
 export async function attest(ctx: KbsContext, sessionId: string | undefined, req: AttestRequest): Promise<{ token: string; insecure: boolean }> {
@@ -77,7 +89,9 @@ export async function attest(ctx: KbsContext, sessionId: string | undefined, req
     if (teeKind === 'sim' && !ctx.allowSim) throw new CocoonError('SIM_NOT_ALLOWED', 'this KBS does not accept simulated TEEs');
     const teePubkey = parseTeePubkey(req['runtime-data']['tee-pubkey']);
     target = parseInitData(req['init-data']);
-    const expected = rcarReportData(nonce, teePubkey.jwk);
+    const csr = req['runtime-data'].csr;
+    if (csr !== undefined) await parseCsr(csr);
+    const expected = rcarReportData(nonce, teePubkey.jwk, csr);
 
     const result = await runVerifier(ctx, teeKind, req['tee-evidence'].primary_evidence, now, expected);
     insecure = result.insecure === true || teeKind === 'sim';
@@ -85,15 +99,25 @@ export async function attest(ctx: KbsContext, sessionId: string | undefined, req
     if (typeof claimedRd !== 'string' || !constantTimeEqual(Buffer.from(claimedRd.toLowerCase(), 'utf8'), Buffer.from(expected.toString('hex'), 'utf8'))) {
       throw new CocoonError('REPORT_DATA_MISMATCH', 'evidence report_data is not SHA-384(nonce, tee-pubkey)');
     }
-    measurement = typeof result.claims.measurement === 'string' ? result.claims.measurement.toLowerCase() : undefined;
+    measurement = workloadMeasurementOf(teeKind, result.claims);
     const debug = result.claims.debug === true;
 
     const current = await currentPolicy(ctx, target.policy);
     if (!current) throw new CocoonError('POLICY_DENIED', `no policy named ${target.policy}`);
     const workload = current.policy.workloads[target.workload];
     if (!workload) throw new CocoonError('POLICY_DENIED', `policy ${target.policy} has no workload ${target.workload}`);
-    const appraisal = evaluateAccept(workload, { tee: teeKind, measurement, debug, allowSim: ctx.allowSim });
+    const appraisal = evaluateAccept(workload, {
+      tee: teeKind,
+      measurement,
+      debug,
+      allowSim: ctx.allowSim,
+      claims: result.claims,
+      ...(result.tcbStatus !== undefined ? { tcbStatus: result.tcbStatus } : {}),
+      advisories: result.advisories,
+    });
     if (!appraisal.allowed) throw new CocoonError('POLICY_DENIED', `${target.policy}#${target.workload}: ${appraisal.reason}`, { details: { reasons: appraisal.reasons } });
+    const activations = await ctx.store.countActivation(target.policy, target.workload, workload.maxActivations);
+    if (activations === false) throw new CocoonError('POLICY_DENIED', `${target.policy}#${target.workload}: maxActivations (${workload.maxActivations ?? 0}) reached`);
 
     const { token, exp } = await issueEar(ctx.identity, {
       status: 'affirming',
@@ -106,10 +130,30 @@ export async function attest(ctx: KbsContext, sessionId: string | undefined, req
       insecure,
       now,
       ttlS: ctx.tokenTtlS,
+      ...(result.tcbStatus !== undefined ? { tcbStatus: result.tcbStatus } : {}),
+      advisories: result.advisories,
+      ...(csr !== undefined ? { csr } : {}),
     });
-    const grant: SessionGrant = { policy: target.policy, workload: target.workload, tee: teeKind, measurement, debug, insecure };
+    const grant: SessionGrant = {
+      policy: target.policy,
+      workload: target.workload,
+      tee: teeKind,
+      measurement,
+      debug,
+      insecure,
+      claims: result.claims,
+      ...(result.tcbStatus !== undefined ? { tcbStatus: result.tcbStatus } : {}),
+      advisories: result.advisories,
+      ...(csr !== undefined ? { csr } : {}),
+    };
     await ctx.store.completeSession(session.id, JSON.stringify(teePubkey.jwk), JSON.stringify(grant), exp * 1000);
     await recordEvent(ctx, { kind: 'attest', status: 'affirming', tee, target, sessionId, insecure, detail: insecure ? `${INSECURE_NOTICE}; measurement ${measurement ?? '-'}` : `measurement ${measurement ?? '-'}` });
+    await audit(ctx, {
+      actor: `tee:${tee}`,
+      action: 'attest',
+      policy: target.policy,
+      detail: { status: 'affirming', workload: target.workload, tee, measurement: measurement ?? null, insecure, session: sessionId, activation: activations, policyVersion: current.record.version },
+    });
     ctx.metrics.attestations.inc({ tee, status: 'affirming' });
     ctx.metrics.attestSeconds.observe({ tee }, Number(process.hrtime.bigint() - started) / 1e9);
     if (insecure) ctx.log.warn({ policy: target.policy, workload: target.workload, tee }, `attestation accepted — ${INSECURE_NOTICE}`);
@@ -128,6 +172,12 @@ export async function attest(ctx: KbsContext, sessionId: string | undefined, req
       code: e.code,
       detail: `${insecure ? `${INSECURE_NOTICE}; ` : ''}${e.message}${measurement ? ` (measurement ${measurement})` : ''}`,
     }).catch((recordErr: unknown) => ctx.log.error({ err: recordErr }, 'cannot record attestation event'));
+    await audit(ctx, {
+      actor: `tee:${tee}`,
+      action: 'attest',
+      policy: target?.policy ?? null,
+      detail: { status: e.code === 'POLICY_DENIED' ? 'contraindicated' : 'error', code: e.code, reason: e.message.slice(0, 500), workload: target?.workload ?? null, tee, insecure, session: sessionId ?? null },
+    }).catch((auditErr: unknown) => ctx.log.error({ err: auditErr }, 'cannot append the audit entry of a refused attestation'));
     ctx.log.warn({ code: e.code, tee, policy: target?.policy, workload: target?.workload, insecure }, `attestation refused: ${e.message}`);
     throw e;
   }
@@ -179,14 +229,18 @@ export async function authorizeResource(ctx: KbsContext, auth: { sessionId?: str
     const ear = await verifyEar(ctx.identity, auth.bearer, now);
     if (ear.status !== 'affirming') throw new CocoonError('POLICY_DENIED', 'attestation token is not affirming');
     if (!isTeeKind(ear.tee)) throw new CocoonError('AUTH_INVALID', 'attestation token names an unknown TEE');
-    const claims = claimsFromToken(auth.bearer);
+    const fromToken = claimsFromToken(auth.bearer);
     return {
       policy: ear.policy,
       workload: ear.workload,
       tee: ear.tee,
-      measurement: claims.measurement,
-      debug: claims.debug,
+      measurement: workloadMeasurementOf(ear.tee, fromToken.claims),
+      debug: fromToken.claims.debug === true,
       insecure: ear.insecure,
+      claims: fromToken.claims,
+      ...(fromToken.tcbStatus !== undefined ? { tcbStatus: fromToken.tcbStatus } : {}),
+      advisories: fromToken.advisories,
+      ...(fromToken.csr !== undefined ? { csr: fromToken.csr } : {}),
       teePubkey: parseTeePubkey(ear.teePubkey),
       via: 'token',
       sessionId: null,
@@ -201,10 +255,72 @@ export async function authorizeResource(ctx: KbsContext, auth: { sessionId?: str
 }
 
 /** Token claims were verified by verifyEar; this only reads the annotated evidence. */
-function claimsFromToken(token: string): { measurement: string | undefined; debug: boolean } {
+function claimsFromToken(token: string): { claims: Claims; tcbStatus: string | undefined; advisories: string[]; csr: string | undefined } {
   const payload = decodeJwt(token);
-  const ev = (payload.submods as Record<string, Record<string, unknown>> | undefined)?.cpu0?.['ear.veraison.annotated-evidence'] as Record<string, unknown> | undefined;
-  return { measurement: typeof ev?.measurement === 'string' ? ev.measurement : undefined, debug: ev?.debug === true };
+  const ev = ((payload.submods as Record<string, Record<string, unknown>> | undefined)?.cpu0?.['ear.veraison.annotated-evidence'] ?? {}) as Record<string, unknown>;
+  const claims: Claims = {};
+  for (const [k, v] of Object.entries(ev)) {
+    if (k === 'tee' || k === 'init_data_claims' || k === 'runtime_data_claims' || k === 'cocoon_tcb') continue;
+    if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean' || (typeof v === 'object' && v !== null && !Array.isArray(v))) claims[k] = v as Claims[string];
+  }
+  const tcb = (ev.cocoon_tcb ?? {}) as { status?: unknown; advisories?: unknown };
+  const rd = (ev.runtime_data_claims ?? {}) as { csr?: unknown };
+  return {
+    claims,
+    tcbStatus: typeof tcb.status === 'string' ? tcb.status : undefined,
+    advisories: Array.isArray(tcb.advisories) ? tcb.advisories.filter((a): a is string => typeof a === 'string') : [],
+    csr: typeof rd.csr === 'string' ? rd.csr : undefined,
+  };
+}
+
+/** One audit entry in its own transaction (attestations and releases). */
+async function audit(ctx: KbsContext, input: AuditInput): Promise<void> {
+  const at = ctx.now().getTime();
+  await withRetry(() => ctx.store.transaction((tx) => appendAudit(tx, ctx.auditKey, input, at)));
+}
+
+/**
+ * Values of the granted secrets a release needs: shared values from the store, per-instance
+ * values generated now (never stored), and secrets imported from another policy only while
+ * that policy's current version exports them to this one.
+ */
+async function secretValues(ctx: KbsContext, policyName: string, policy: Policy, names: Iterable<string>, grant: SessionGrant): Promise<Map<string, Buffer>> {
+  const out = new Map<string, Buffer>();
+  for (const name of names) {
+    const spec = policy.secrets[name];
+    if (!spec) throw new CocoonError('POLICY_DENIED', `secret ${name} is not declared`);
+    let value: Buffer | undefined;
+    if ('scope' in spec && spec.scope === 'instance') {
+      value =
+        spec.kind === 'random'
+          ? generateRandomSecret(spec)
+          : await generateStructured(spec, name, {
+              ctx,
+              policy: policyName,
+              sibling: (n) => readSecret(ctx, policyName, n),
+              identity: { workload: grant.workload, tee: grant.tee, insecure: grant.insecure, instance: true },
+            });
+    } else if (spec.kind === 'imported' && spec.from) {
+      const exporter = await currentPolicy(ctx, spec.from.policy);
+      if (!exporter || !(exporter.policy.exports[spec.from.secret] ?? []).includes(policyName)) {
+        throw new CocoonError('POLICY_DENIED', `policy ${spec.from.policy} does not export ${spec.from.secret} to ${policyName}`);
+      }
+      value = await readSecret(ctx, spec.from.policy, spec.from.secret);
+    } else {
+      value = await readSecret(ctx, policyName, name);
+    }
+    if (!value) throw new CocoonError('SECRET_MISSING', `secret ${policyName}/${name} has no value yet; import it with "cocoon secret put"`);
+    out.set(name, value);
+  }
+  return out;
+}
+
+function fieldOf(value: Buffer, name: string, field: SecretField | undefined): Buffer {
+  if (!field) return value;
+  const doc = parseStructured(value, name);
+  const v = doc[field];
+  if (typeof v !== 'string') throw new CocoonError('SECRET_MISSING', `secret ${name} has no ${field}`);
+  return Buffer.from(v, 'utf8');
 }
 
 /**
@@ -220,31 +336,66 @@ export async function releaseResource(ctx: KbsContext, grant: ResourceGrant, org
     const current = await currentPolicy(ctx, policyName);
     const workload = current?.policy.workloads[grant.workload];
     if (!current || !workload) throw new CocoonError('POLICY_DENIED', `workload ${grant.workload} is no longer in policy ${policyName}`);
-    const appraisal = evaluateAccept(workload, { tee: grant.tee, measurement: grant.measurement, debug: grant.debug, allowSim: ctx.allowSim });
+    const appraisal = evaluateAccept(workload, {
+      tee: grant.tee,
+      measurement: grant.measurement,
+      debug: grant.debug,
+      allowSim: ctx.allowSim,
+      ...(grant.claims ? { claims: grant.claims } : {}),
+      ...(grant.tcbStatus !== undefined ? { tcbStatus: grant.tcbStatus } : {}),
+      ...(grant.advisories ? { advisories: grant.advisories } : {}),
+    });
     if (!appraisal.allowed) throw new CocoonError('POLICY_DENIED', `the current policy no longer accepts this workload: ${appraisal.reason}`);
     const granted = grantedSecrets(current.policy, grant.workload);
     let plaintext: Buffer;
+    let serial: string | undefined;
     if (name === LAUNCH_PLAN_RESOURCE) {
-      const values = await requireSecrets(ctx, policyName, granted);
-      const plan = renderLaunchPlan(current.policy, grant.workload, grant.insecure, (s) => {
+      const values = await secretValues(ctx, policyName, current.policy, granted, grant);
+      const plan = renderLaunchPlan(current.policy, grant.workload, grant.insecure, (s, field) => {
         const v = values.get(s);
         if (!v) throw new CocoonError('POLICY_DENIED', `secret ${s} is not granted to ${grant.workload}`);
-        return v;
+        return fieldOf(v, s, field);
       });
       plaintext = Buffer.from(JSON.stringify(plan), 'utf8');
+    } else if (name === WORKLOAD_CERT_RESOURCE) {
+      if (!grant.csr) throw new CocoonError('POLICY_DENIED', 'no CSR was bound in the evidence (send runtime-data.csr when attesting)');
+      const { publicKeyDer } = await parseCsr(grant.csr);
+      const [org0, app0] = policyName.split('/') as [string, string];
+      const issued = await ctx.ca.issue(publicKeyDer, {
+        subject: `CN=${grant.workload}.${app0}.${org0}, O=Cocoon workload${grant.insecure ? ' (INSECURE simulated TEE)' : ''}`,
+        sans: [`${grant.workload}.${app0}.${org0}.cocoon`],
+        usage: 'both',
+        keyUsage: ['digitalSignature'],
+        validMs: WORKLOAD_CERT_VALID_MS,
+        identity: { v: 1, policy: policyName, version: current.record.version, workload: grant.workload, tee: grant.tee, insecure: grant.insecure },
+      });
+      serial = issued.serial;
+      plaintext = Buffer.from(JSON.stringify({ cert: issued.cert, chain: issued.chain, notAfter: issued.notAfter }), 'utf8');
     } else {
       if (!granted.has(name)) throw new CocoonError('POLICY_DENIED', `resource ${resource} is not granted to workload ${grant.workload}`);
-      plaintext = (await requireSecrets(ctx, policyName, [name])).get(name) as Buffer;
+      plaintext = (await secretValues(ctx, policyName, current.policy, [name], grant)).get(name) as Buffer;
     }
     const jwe = await encryptToTee(grant.teePubkey, plaintext);
     plaintext.fill(0);
     ctx.metrics.releases.inc({ status: 'released' });
     await recordEvent(ctx, { kind: 'release', status: 'affirming', tee: grant.tee, target, resource, sessionId: grant.sessionId, insecure: grant.insecure, detail: `released via ${grant.via}` });
+    await audit(ctx, {
+      actor: `tee:${grant.tee}`,
+      action: 'release',
+      policy: policyName,
+      detail: { status: 'released', resource, workload: grant.workload, via: grant.via, session: grant.sessionId, insecure: grant.insecure, ...(serial ? { certificateSerial: serial } : {}) },
+    });
     return jwe;
   } catch (err) {
     const e = asCocoonError(err);
     ctx.metrics.releases.inc({ status: 'refused' });
     await recordEvent(ctx, { kind: 'release', status: 'error', tee: grant.tee, target, resource, sessionId: grant.sessionId, insecure: grant.insecure, code: e.code, detail: e.message }).catch(() => undefined);
+    await audit(ctx, {
+      actor: `tee:${grant.tee}`,
+      action: 'release',
+      policy: policyName,
+      detail: { status: 'refused', code: e.code, reason: e.message.slice(0, 500), resource, workload: grant.workload, via: grant.via, session: grant.sessionId },
+    }).catch((auditErr: unknown) => ctx.log.error({ err: auditErr }, 'cannot append the audit entry of a refused release'));
     throw e;
   }
 }

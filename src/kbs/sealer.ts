@@ -16,7 +16,7 @@ export interface Sealer {
 }
 
 export const SEAL_KEY_FILE = 'seal.key';
-const DATA_KEY_META = 'data-key';
+export const DATA_KEY_META = 'data-key';
 const AAD = 'cocoon-kbs:data-key';
 
 /** Dev sealer: a 32-byte wrapping key in `<dataDir>/seal.key` (mode 0600). */

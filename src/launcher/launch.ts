@@ -35,9 +35,14 @@ export async function launch(config: LauncherConfig, log: LauncherLog): Promise<
   if (measurement !== payload.measurement) throw new CocoonError('MEASUREMENT_MISMATCH', 'payload measurement does not match its inputs');
   log.info(`workload ${payload.policy}#${payload.workload} measurement ${measurement.slice(0, 16)}…`);
 
-  const { attester, probed } = chooseAttester(config.tee, config.simDir);
+  const { attester, probed } = chooseAttester(config.tee, config.simDir, undefined, config.attester);
   if (attester.tee === 'sim') log.warn('INSECURE: simulated TEE — no hardware protection; for development only');
   else log.info(`TEE: ${attester.tee} (${probed.join('; ')})`);
+  if (attester.measure) {
+    const extended = await attester.measure({ measurement, policy: payload.policy, workload: payload.workload });
+    if (extended) log.info(`extended the workload measurement into ${extended}; the event log goes with the evidence`);
+    else log.warn(`${attester.tee}: no runtime measurement register available; the workload measurement is not bound by the evidence (see docs/tee-support.md)`);
+  }
 
   const [org, app] = payload.policy.split('/') as [string, string];
   const t1 = performance.now();

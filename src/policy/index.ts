@@ -5,3 +5,6 @@ export type { Appraisal, AppraisalInput } from './evaluate.js';
 export { parseTemplate, renderTemplate, renderTemplateText, templateSecrets } from './template.js';
 export * from './names.js';
 export * from './types.js';
+export { diffPolicies, formatPolicyDiff, policyView } from './diff.js';
+export type { PolicyChange } from './diff.js';
+export { POLICY_JSON_SCHEMA } from './schema.js';

@@ -7,6 +7,8 @@ export const MEASUREMENT_RE = /^[0-9a-f]{96}$/;
 
 /** Resource name the KBS answers with the rendered launch plan; no secret may use it. */
 export const LAUNCH_PLAN_RESOURCE = 'launch-plan';
+/** Resource name of the workload certificate for an attested CSR; no secret may use it either. */
+export const WORKLOAD_CERT_RESOURCE_NAME = 'workload-cert';
 /** The one secret name of kind `layer-key` (docs/internals.md §3: kbs:///<org>/<app>/layer-key). */
 export const LAYER_KEY_SECRET = 'layer-key';
 

@@ -5,7 +5,7 @@ import { Compile } from 'typebox/compile';
 import { canonicalJson } from '../crypto/canonical-json.js';
 import { TEE_KINDS, isTeeKind } from '../attestation/types.js';
 import { CocoonError } from '../errors.js';
-import { ENV_NAME_RE, LAUNCH_PLAN_RESOURCE, LAYER_KEY_SECRET, MEASUREMENT_RE, SECRET_NAME_RE, SEGMENT_RE, WORKLOAD_NAME_RE } from './names.js';
+import { ENV_NAME_RE, LAUNCH_PLAN_RESOURCE, LAYER_KEY_SECRET, WORKLOAD_CERT_RESOURCE_NAME, MEASUREMENT_RE, SECRET_NAME_RE, SEGMENT_RE, WORKLOAD_NAME_RE } from './names.js';
 import { TemplateError, parseTemplate, templateSecrets } from './template.js';
 import { POLICY_JSON_SCHEMA } from './schema.js';
 import { KEY_TYPES, KEY_USAGES, RANDOM_ENCODINGS, SECRET_FIELDS, isStructuredSecret } from './types.js';
@@ -45,12 +45,19 @@ export function parsePolicy(text: string, options: ParseOptions = {}): Policy {
   return policy;
 }
 
+/** JSON Schema errors of a policy value (docs/policy.schema.json); empty when it conforms. */
+export function policySchemaErrors(value: unknown): { instancePath: string; schemaPath: string; keyword: string; message: string }[] {
+  compiledSchema ??= Compile(POLICY_JSON_SCHEMA as never);
+  if (compiledSchema.Check(value)) return [];
+  return [...compiledSchema.Errors(value)].map((e) => ({ instancePath: e.instancePath, schemaPath: e.schemaPath, keyword: e.keyword, message: e.message }));
+}
+
 /** The published JSON Schema, applied to the document; the first (deepest) error gets the node's position. */
 function checkSchema(doc: Document, ctx: Ctx): void {
-  compiledSchema ??= Compile(POLICY_JSON_SCHEMA as never);
   const value: unknown = doc.toJS({ maxAliasCount: 0 });
-  if (compiledSchema.Check(value)) return;
-  const errors = [...compiledSchema.Errors(value)].filter((e) => !['oneOf', 'anyOf', 'if'].includes(e.keyword));
+  const all = policySchemaErrors(value);
+  if (all.length === 0) return;
+  const errors = all.filter((e) => !['oneOf', 'anyOf', 'if'].includes(e.keyword));
   errors.sort((a, b) => b.instancePath.split('/').length - a.instancePath.split('/').length);
   const e = errors[0];
   const segments = (e?.instancePath ?? '').split('/').slice(1).map((x) => x.replace(/~1/g, '/').replace(/~0/g, '~'));
@@ -193,7 +200,7 @@ class PolicyParser {
     for (const e of entries) {
       const path = `secrets.${e.key}`;
       if (!SECRET_NAME_RE.test(e.key)) this.ctx.fail(e.keyNode, 'invalid secret name', path);
-      if (e.key === LAUNCH_PLAN_RESOURCE) this.ctx.fail(e.keyNode, `"${LAUNCH_PLAN_RESOURCE}" is reserved`, path);
+      if (e.key === LAUNCH_PLAN_RESOURCE || e.key === WORKLOAD_CERT_RESOURCE_NAME) this.ctx.fail(e.keyNode, `"${e.key}" is reserved`, path);
       const smap = this.map(e.value, path);
       const kindEntry = this.fields(smap, path, ['kind', 'size', 'encoding', 'ownerReadable', 'scope', 'keyType', 'issuer', 'usage', 'subject', 'sans', 'validityDays', 'keyUsage', 'from'], ['kind']).get('kind') as Entry;
       const kind = this.string(kindEntry.value, `${path}.kind`);

@@ -48,7 +48,6 @@ const secret = {
   ],
 };
 
-const hexMap = (keyPattern: string, bytes: number) => ({ type: 'object', maxProperties: 32, propertyNames: { pattern: keyPattern }, additionalProperties: HEX(bytes) });
 
 const acceptRule = obj(
   {

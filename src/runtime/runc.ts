@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { CocoonError } from '../errors.js';
+import { existsSync } from 'node:fs';
+import { parseImageReference, requireOciLayout } from '../image/reference.js';
 import { readWrappedImage, unpackWrappedLayers, type WrappedImage } from '../image/wrapped.js';
 import { buildRuncSpec } from './spec.js';
 import { containerDir, listRecords, loadRecord, removeContainerDir, runcStateRoot, runtimeRoot, saveRecord, validateContainerName, type ContainerRecord } from './state.js';
@@ -51,8 +53,8 @@ export async function runWrapped(options: RunOptions): Promise<RunResult> {
   const runc = options.runc ?? 'runc';
   const name = validateContainerName(options.name ?? `cocoon-${randomBytes(4).toString('hex')}`);
   if (await loadRecord(root, name)) throw new CocoonError('CONFLICT', `a container named ${name} exists: cocoon stop ${name} first`);
-  const [layoutDir, ref] = splitImageRef(options.image);
-  const image = await readWrappedImage(layoutDir, ref);
+  const layout = requireOciLayout(parseImageReference(options.image, { isLocalPath: existsSync }), 'cocoon run');
+  const image = await readWrappedImage(layout.dir, layout.tag);
 
   const dir = containerDir(root, name);
   const bundle = join(dir, 'bundle');
@@ -157,23 +159,6 @@ async function cachedRootfs(root: string, image: WrappedImage, onProgress?: (m: 
     throw err;
   }
   return join(dir, 'rootfs');
-}
-
-/**
- * `oci:DIR[:REF]` as skopeo writes it (the reference is everything after the first colon that
- * follows the directory), or a plain directory path.
- */
-export function splitImageRef(image: string): [string, string | undefined] {
-  if (!image || image.length > 4096 || image.includes('\0')) throw new CocoonError('BAD_USAGE', 'invalid image reference');
-  if (!image.startsWith('oci:')) return [image, undefined];
-  const rest = image.slice('oci:'.length);
-  const colon = rest.indexOf(':');
-  const dir = colon < 0 ? rest : rest.slice(0, colon);
-  const ref = colon < 0 ? undefined : rest.slice(colon + 1);
-  if (!dir || (ref !== undefined && !/^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,255}$/.test(ref))) {
-    throw new CocoonError('BAD_USAGE', `invalid image reference "${image}" (expected oci:DIR[:REF] or a directory)`);
-  }
-  return [dir, ref];
 }
 
 export interface ContainerStatus extends ContainerRecord {

@@ -6,6 +6,8 @@
  * /proc, /dev (tmpfs + device nodes), /dev/pts, /dev/shm and /sys, so the application sees a
  * normal root after the launcher chroots into it. Host networking by default.
  */
+import { CocoonError } from '../errors.js';
+
 export interface RuncSpecInput {
   args: string[];
   env: string[];
@@ -18,6 +20,26 @@ export interface RuncSpecInput {
   hostNetwork: boolean;
   /** Root filesystem path (absolute, or relative to the bundle). Default "rootfs". */
   rootfs?: string;
+  /**
+   * Host character devices passed to the launcher (not to the application), e.g. the TPM
+   * resource manager `{ path: '/dev/tpmrm0', major, minor }` for `cocoon run --tee tpm`.
+   */
+  devices?: HostCharDevice[];
+}
+
+export interface HostCharDevice {
+  /** Absolute path inside the container (the launcher's /dev), e.g. /dev/tpmrm0. */
+  path: string;
+  major: number;
+  minor: number;
+}
+
+const PASSTHROUGH_RE = /^\/dev\/(?:tpmrm\d{1,3}|tpm\d{1,3}|tdx_guest|sev-guest)$/;
+
+function checkDevice(d: HostCharDevice): HostCharDevice {
+  if (!PASSTHROUGH_RE.test(d.path)) throw new CocoonError('BAD_USAGE', `device ${d.path} may not be passed through (TPM / TEE guest devices only)`);
+  if (!Number.isInteger(d.major) || !Number.isInteger(d.minor) || d.major < 0 || d.minor < 0 || d.major > 4095 || d.minor > 1048575) throw new CocoonError('BAD_USAGE', `device ${d.path}: bad major/minor`);
+  return d;
 }
 
 const APP_ROOT = '/cocoon/root';
@@ -69,6 +91,8 @@ export function buildRuncSpec(input: RuncSpecInput): Record<string, unknown> {
   const namespaces = [{ type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'mount' }];
   if (!input.hostNetwork) namespaces.push({ type: 'network' });
 
+  const passthrough = (input.devices ?? []).map(checkDevice);
+
   return {
     ociVersion: '1.0.2',
     process: {
@@ -85,13 +109,17 @@ export function buildRuncSpec(input: RuncSpecInput): Record<string, unknown> {
     mounts,
     linux: {
       namespaces,
-      devices: DEVICES.map(([name, major, minor]) => ({ path: `${APP_ROOT}/dev/${name}`, type: 'c', major, minor, fileMode: 0o666, uid: 0, gid: 0 })),
+      devices: [
+        ...DEVICES.map(([name, major, minor]) => ({ path: `${APP_ROOT}/dev/${name}`, type: 'c', major, minor, fileMode: 0o666, uid: 0, gid: 0 })),
+        ...passthrough.map((d) => ({ path: d.path, type: 'c', major: d.major, minor: d.minor, fileMode: 0o600, uid: 0, gid: 0 })),
+      ],
       resources: {
         devices: [
           { allow: false, access: 'rwm' },
           ...DEVICES.map(([, major, minor]) => ({ allow: true, type: 'c', major, minor, access: 'rwm' })),
           { allow: true, type: 'c', major: 136, access: 'rwm' },
           { allow: true, type: 'c', major: 5, minor: 2, access: 'rwm' },
+          ...passthrough.map((d) => ({ allow: true, type: 'c', major: d.major, minor: d.minor, access: 'rw' })),
         ],
       },
       maskedPaths: ['/proc/acpi', '/proc/kcore', '/proc/keys', '/proc/latency_stats', '/proc/timer_list', '/proc/timer_stats', '/proc/sched_debug', '/proc/scsi', '/sys/firmware'],

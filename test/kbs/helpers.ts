@@ -119,7 +119,7 @@ export async function ownerToken(kbs: TestKbs, o: TokenOverrides = {}): Promise<
     .sign(key.key);
 }
 
-export async function ownerRequest(kbs: TestKbs, method: 'GET' | 'PUT', url: string, payload?: unknown, o: TokenOverrides = {}) {
+export async function ownerRequest(kbs: TestKbs, method: 'GET' | 'PUT' | 'POST', url: string, payload?: unknown, o: TokenOverrides = {}) {
   return kbs.app.inject({ method, url, headers: { authorization: `Bearer ${await ownerToken(kbs, o)}` }, ...(payload !== undefined ? { payload: payload as Record<string, unknown> } : {}) });
 }
 
@@ -144,18 +144,18 @@ export function sessionCookieOf(res: { headers: Record<string, unknown> }): stri
 /** auth → attest by hand through inject(); returns what later steps need. */
 export async function rcarAttest(
   kbs: TestKbs,
-  opts: { measurement?: string; workload?: string; policy?: string; tamperReportData?: boolean; evidenceExtra?: Record<string, unknown> } = {},
+  opts: { measurement?: string; workload?: string; policy?: string; tamperReportData?: boolean; evidenceExtra?: Record<string, unknown>; csr?: string } = {},
 ) {
   const auth = await kbs.app.inject({ method: 'POST', url: '/kbs/v0/auth', payload: { version: '0.4.0', tee: 'sim', 'extra-params': {} } });
   if (auth.statusCode !== 200) return { auth, attest: auth, cookie: '', nonce: '', key: await teeKey() };
   const cookie = sessionCookieOf(auth);
   const nonce = (auth.json() as { nonce: string }).nonce;
   const key = await teeKey();
-  const rd = rcarReportData(nonce, key.jwk);
+  const rd = rcarReportData(nonce, key.jwk, opts.csr);
   if (opts.tamperReportData) rd[0] = (rd[0] as number) ^ 0xff;
   const body = {
     'init-data': { format: 'json', body: JSON.stringify({ policy: opts.policy ?? 'demo/redis', workload: opts.workload ?? 'redis' }) },
-    'runtime-data': { nonce, 'tee-pubkey': key.jwk },
+    'runtime-data': { nonce, 'tee-pubkey': key.jwk, ...(opts.csr !== undefined ? { csr: opts.csr } : {}) },
     'tee-evidence': { primary_evidence: fakeEvidence(rd, opts.measurement ?? MEASUREMENT, opts.evidenceExtra), additional_evidence: '' },
   };
   const attest = await kbs.app.inject({ method: 'POST', url: '/kbs/v0/attest', headers: { cookie }, payload: body });

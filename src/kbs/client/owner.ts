@@ -31,6 +31,41 @@ export interface PolicyRef {
   name: string;
   version: number;
   hash: string;
+  /** Present when the update waits for more owner approvals. */
+  pending?: { id: string; approvals: number; threshold: number };
+}
+
+export interface PendingUpdate {
+  id: string;
+  policy: string;
+  baseHash: string | null;
+  baseVersion: number;
+  threshold: number;
+  proposedBy: string;
+  createdAt: string;
+  status: string;
+  approvals: string[];
+  rejections: string[];
+  yaml: string;
+}
+
+export interface AuditEntry {
+  seq: number;
+  at: number;
+  actor: string;
+  action: string;
+  policy: string | null;
+  detail: string;
+  prev: string;
+  hash: string;
+  sig: string;
+}
+
+export interface CaCertificates {
+  root: string;
+  intermediate: string;
+  chain: string;
+  workloadIdentityOid: string;
 }
 
 export interface PolicyVersionInfo extends PolicyRef {
@@ -129,6 +164,42 @@ export class OwnerClient {
     return res.events;
   }
 
+  async diffPolicy(yaml: string, options: { file?: string } = {}): Promise<{ name: string; current: { version: number; hash: string } | null; changes: { op: string; path: string; from?: unknown; to?: unknown }[] }> {
+    const policy = parsePolicy(yaml, options.file ? { file: options.file } : {});
+    return (await this.call('POST', `/cocoon/v1/policies/${policy.name}/diff`, { yaml })) as Awaited<ReturnType<OwnerClient['diffPolicy']>>;
+  }
+
+  async listPending(name: string): Promise<PendingUpdate[]> {
+    return ((await this.call('GET', `/cocoon/v1/policies/${checkPolicyName(name)}/pending`)) as { pending: PendingUpdate[] }).pending;
+  }
+
+  async decide(name: string, id: string, decision: 'approve' | 'reject'): Promise<{ status: string; version?: number; hash?: string; pending?: PolicyRef['pending'] }> {
+    if (!/^[0-9a-f-]{36}$/.test(id)) throw new CocoonError('BAD_USAGE', `update id must be a UUID: ${id}`);
+    return (await this.call('POST', `/cocoon/v1/policies/${checkPolicyName(name)}/pending/${id}/${decision}`, {})) as { status: string };
+  }
+
+  /** One page of the audit chain in seq order, after `after`. */
+  async audit(options: { after?: number; limit?: number; policy?: string } = {}): Promise<{ publicKey: JWK; entries: AuditEntry[] }> {
+    const q = new URLSearchParams();
+    if (options.after !== undefined) q.set('after', String(options.after));
+    if (options.limit !== undefined) q.set('limit', String(options.limit));
+    if (options.policy !== undefined) q.set('policy', checkPolicyName(options.policy));
+    const qs = q.toString();
+    return (await this.call('GET', `/cocoon/v1/audit${qs ? `?${qs}` : ''}`)) as { publicKey: JWK; entries: AuditEntry[] };
+  }
+
+  async caCertificates(): Promise<CaCertificates> {
+    return (await this.call('GET', '/cocoon/v1/ca', undefined, false)) as CaCertificates;
+  }
+
+  async crl(): Promise<string> {
+    return (await this.call('GET', '/cocoon/v1/ca/crl', undefined, false, true)) as string;
+  }
+
+  async revoke(serial: string, reason?: string): Promise<{ serial: string; revoked: boolean }> {
+    return (await this.call('POST', '/cocoon/v1/ca/revoke', { serial, ...(reason ? { reason } : {}) })) as { serial: string; revoked: boolean };
+  }
+
   /** Mints a single-use owner token bound to this request's method and path. */
   async mintToken(method: string, path: string): Promise<string> {
     const { id } = await this.identity();
@@ -143,7 +214,7 @@ export class OwnerClient {
       .sign(this.key.key);
   }
 
-  private async call(method: 'GET' | 'PUT' | 'POST', path: string, body?: unknown, auth = true): Promise<unknown> {
+  private async call(method: 'GET' | 'PUT' | 'POST', path: string, body?: unknown, auth = true, text = false): Promise<unknown> {
     const headers: Record<string, string> = {};
     if (auth) headers.authorization = `Bearer ${await this.mintToken(method, path)}`;
     let res;
@@ -161,6 +232,7 @@ export class OwnerClient {
       throw err;
     }
     if (res.status !== 200) throw errorFromResponse(res, `${method} ${path}`);
+    if (text) return res.bytes.toString('utf8');
     return parseJsonBody(res, `${method} ${path}`);
   }
 }

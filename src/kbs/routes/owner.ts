@@ -6,7 +6,12 @@ import { MAX_POLICY_BYTES } from '../../policy/parse.js';
 import type { KbsContext } from '../context.js';
 import { INSECURE_NOTICE } from '../ear.js';
 import { verifyOwnerToken } from '../owner-auth.js';
-import { applyPolicy, currentPolicy } from '../policies.js';
+import { appendAudit, withRetry } from '../audit.js';
+import type { AuditInput } from '../audit.js';
+import { WORKLOAD_IDENTITY_OID } from '../certs.js';
+import { applyPolicy, approvePending, currentPolicy, isAdmin, pendingView, rejectPending, requirePolicyAccess } from '../policies.js';
+import { diffPolicies } from '../../policy/diff.js';
+import { parsePolicy } from '../../policy/parse.js';
 import { problemHandler } from '../problem.js';
 import { MAX_IMPORTED_SECRET, importSecret, readSecret } from '../secrets.js';
 import { PolicyParams, ResourceParams } from './common.js';
@@ -16,7 +21,7 @@ const B64 = '^[A-Za-z0-9+/]*={0,2}$';
 const security = [{ ownerToken: [] }];
 
 const Problem = Type.Object({ type: Type.String(), title: Type.String(), status: Type.Integer(), detail: Type.String(), code: Type.String(), details: Type.Optional(Type.Unknown()) });
-const errors = { 400: Problem, 401: Problem, 403: Problem, 404: Problem, 409: Problem, 413: Problem };
+const errors = { 400: Problem, 401: Problem, 403: Problem, 404: Problem, 409: Problem, 413: Problem, 429: Problem };
 
 const Identity = Type.Object({
   id: Type.String(),
@@ -26,7 +31,50 @@ const Identity = Type.Object({
   warning: Type.Optional(Type.String()),
 });
 const PolicyPut = Type.Object({ yaml: Type.String({ maxLength: MAX_POLICY_BYTES }), predecessor: Type.Optional(Type.String({ pattern: HASH })) }, { additionalProperties: false });
-const PolicyRef = Type.Object({ name: Type.String(), version: Type.Integer(), hash: Type.String() });
+const PendingRef = Type.Object({ id: Type.String(), approvals: Type.Integer(), threshold: Type.Integer() });
+const PolicyRef = Type.Object({ name: Type.String(), version: Type.Integer(), hash: Type.String(), pending: Type.Optional(PendingRef) });
+const Decision = Type.Object({ name: Type.String(), version: Type.Integer(), hash: Type.String(), status: Type.String(), pending: Type.Optional(PendingRef) });
+const PendingParams = Type.Object(
+  { org: Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' }), app: Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' }), id: Type.String({ pattern: '^[0-9a-f-]{36}$' }) },
+  { additionalProperties: false },
+);
+const PendingInfo = Type.Object({
+  id: Type.String(),
+  policy: Type.String(),
+  baseHash: Type.Union([Type.String(), Type.Null()]),
+  baseVersion: Type.Integer(),
+  threshold: Type.Integer(),
+  proposedBy: Type.String(),
+  createdAt: Type.String(),
+  status: Type.String(),
+  approvals: Type.Array(Type.String()),
+  rejections: Type.Array(Type.String()),
+  yaml: Type.String(),
+});
+const DiffBody = Type.Object({ yaml: Type.String({ maxLength: MAX_POLICY_BYTES }) }, { additionalProperties: false });
+const Change = Type.Object({ op: Type.String(), path: Type.String(), from: Type.Optional(Type.Unknown()), to: Type.Optional(Type.Unknown()) });
+const DiffResult = Type.Object({ name: Type.String(), current: Type.Union([Type.Object({ version: Type.Integer(), hash: Type.String() }), Type.Null()]), changes: Type.Array(Change) });
+const AuditEntry = Type.Object({
+  seq: Type.Integer(),
+  at: Type.Integer(),
+  actor: Type.String(),
+  action: Type.String(),
+  policy: Type.Union([Type.String(), Type.Null()]),
+  detail: Type.String(),
+  prev: Type.String(),
+  hash: Type.String(),
+  sig: Type.String(),
+});
+const AuditQuery = Type.Object(
+  {
+    after: Type.Optional(Type.String({ pattern: '^(0|[1-9][0-9]{0,15})$' })),
+    limit: Type.Optional(Type.String({ pattern: '^(1000|[1-9][0-9]{0,2})$' })),
+    policy: Type.Optional(Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}/[a-z0-9][a-z0-9._-]{0,62}$' })),
+  },
+  { additionalProperties: false },
+);
+const CaInfo = Type.Object({ root: Type.String(), intermediate: Type.String(), chain: Type.String(), workloadIdentityOid: Type.String() });
+const RevokeBody = Type.Object({ serial: Type.String({ pattern: '^[0-9a-fA-F]{2,64}$' }), reason: Type.Optional(Type.String({ maxLength: 64, pattern: '^[A-Za-z0-9 ._-]*$' })) }, { additionalProperties: false });
 const VersionInfo = Type.Object({
   name: Type.String(),
   version: Type.Integer(),
@@ -69,6 +117,26 @@ export function ownerRoutes(ctx: KbsContext) {
   return async function plugin(app: FastifyInstance): Promise<void> {
     const r = app.withTypeProvider<TypeBoxTypeProvider>();
     r.setErrorHandler(problemHandler('cocoon'));
+    const audit = (input: AuditInput) => {
+      const at = ctx.now().getTime();
+      return withRetry(() => ctx.store.transaction((tx) => appendAudit(tx, ctx.auditKey, input, at)));
+    };
+    /** The current version, if this owner may read it (403 before 404: no probing of names). */
+    const readable = async (owner: string | undefined, name: string) => {
+      const head = await currentPolicy(ctx, name);
+      await requirePolicyAccess(ctx, owner ?? '', name, head?.policy);
+      if (!head) throw new CocoonError('NOT_FOUND', `no policy ${name}`);
+      return head;
+    };
+    /** Global lists are for administrators; a policy's owners may list with ?policy=. */
+    const requireListAccess = async (owner: string, policy: string | undefined) => {
+      if (policy === undefined) {
+        if (!(await isAdmin(ctx, owner))) throw new CocoonError('FORBIDDEN', 'only KBS administrators may list everything; pass policy=org/app');
+        return;
+      }
+      const head = await currentPolicy(ctx, policy);
+      await requirePolicyAccess(ctx, owner, policy, head?.policy);
+    };
 
     r.get('/cocoon/v1/identity', { schema: { summary: 'KBS identity (unauthenticated)', response: { 200: Identity } } }, async () => ({
       id: ctx.identity.id,
@@ -80,11 +148,29 @@ export function ownerRoutes(ctx: KbsContext) {
 
     r.get('/cocoon/v1/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
+    r.get('/cocoon/v1/ca', { schema: { summary: 'Deployment CA certificates (public: clients pin the root)', response: { 200: CaInfo } } }, async () => ({
+      ...(await ctx.ca.chainPem()),
+      workloadIdentityOid: WORKLOAD_IDENTITY_OID,
+    }));
+
+    r.get('/cocoon/v1/ca/crl', { schema: { summary: 'CRL of the current intermediate (PEM)' } }, async (_request, reply) => {
+      void reply.type('application/x-pem-file').header('cache-control', 'max-age=60');
+      return ctx.ca.crlPem();
+    });
+
     await r.register(async (authed) => {
       const a = authed.withTypeProvider<TypeBoxTypeProvider>();
       a.addHook('onRequest', async (request) => {
         const owner = await verifyOwnerToken(ctx.store, request.headers.authorization, { audience: ctx.identity.id, now: ctx.now(), method: request.method, path: request.url });
         request.owner = owner;
+      });
+      // Every authenticated owner request is audited: mutations by their own entry (in the
+      // transaction of the change), reads and refusals here.
+      a.addHook('onResponse', async (request, reply) => {
+        if (!request.owner || (request.method !== 'GET' && reply.statusCode < 400) || request.audited) return;
+        await audit({ actor: request.owner, action: reply.statusCode < 400 ? 'owner.read' : 'owner.refused', detail: { method: request.method, path: request.url.slice(0, 300), status: reply.statusCode } }).catch((err: unknown) =>
+          request.log.error({ err }, 'cannot append the audit entry of an owner request'),
+        );
       });
 
       a.put('/cocoon/v1/policies/:org/:app', { schema: { summary: 'Apply a policy version', security, params: PolicyParams, body: PolicyPut, response: { 200: PolicyRef, ...errors } } }, async (request) => {
@@ -94,9 +180,64 @@ export function ownerRoutes(ctx: KbsContext) {
 
       a.get('/cocoon/v1/policies/:org/:app', { schema: { summary: 'Current policy version', security, params: PolicyParams, response: { 200: PolicyGet, ...errors } } }, async (request) => {
         const name = `${request.params.org}/${request.params.app}`;
-        const head = await ctx.store.getPolicyHead(name);
-        if (!head) throw new CocoonError('NOT_FOUND', `no policy ${name}`);
-        return { ...versionInfo(head), yaml: head.yaml };
+        const head = await readable(request.owner, name);
+        return { ...versionInfo(head.record), yaml: head.record.yaml };
+      });
+
+      a.post(
+        '/cocoon/v1/policies/:org/:app/diff',
+        { schema: { summary: 'What applying this YAML would change', security, params: PolicyParams, body: DiffBody, response: { 200: DiffResult, ...errors } } },
+        async (request) => {
+          const name = `${request.params.org}/${request.params.app}`;
+          const head = await currentPolicy(ctx, name);
+          await requirePolicyAccess(ctx, request.owner ?? '', name, head?.policy);
+          const next = parsePolicy(request.body.yaml, { file: `${name}.yaml` });
+          return { name, current: head ? { version: head.record.version, hash: head.record.hash } : null, changes: diffPolicies(head?.policy, next) };
+        },
+      );
+
+      a.get(
+        '/cocoon/v1/policies/:org/:app/pending',
+        { schema: { summary: 'Updates waiting for approvals', security, params: PolicyParams, response: { 200: Type.Object({ pending: Type.Array(PendingInfo) }), ...errors } } },
+        async (request) => {
+          const name = `${request.params.org}/${request.params.app}`;
+          await readable(request.owner, name);
+          const list = await ctx.store.listPending(name, 'pending');
+          return { pending: await Promise.all(list.map((p) => pendingView(ctx.store, p))) };
+        },
+      );
+
+      a.post(
+        '/cocoon/v1/policies/:org/:app/pending/:id/approve',
+        { schema: { summary: 'Approve a pending update (applied when the threshold is reached)', security, params: PendingParams, response: { 200: Decision, ...errors } } },
+        async (request) => approvePending(ctx, `${request.params.org}/${request.params.app}`, request.params.id, request.owner ?? ''),
+      );
+
+      a.post(
+        '/cocoon/v1/policies/:org/:app/pending/:id/reject',
+        { schema: { summary: 'Reject a pending update', security, params: PendingParams, response: { 200: Type.Object({ id: Type.String(), status: Type.String() }), ...errors } } },
+        async (request) => rejectPending(ctx, `${request.params.org}/${request.params.app}`, request.params.id, request.owner ?? ''),
+      );
+
+      a.get('/cocoon/v1/audit', { schema: { summary: 'Audit log entries in chain order (verify with the KBS public key)', security, querystring: AuditQuery, response: { 200: Type.Object({ publicKey: Type.Object({}, { additionalProperties: true }), entries: Type.Array(AuditEntry) }), ...errors } } }, async (request) => {
+        await requireListAccess(request.owner ?? '', request.query.policy);
+        const entries = await ctx.store.listAudit({ limit: Number(request.query.limit ?? 1000), ...(request.query.after ? { afterSeq: Number(request.query.after) } : {}), ...(request.query.policy ? { policy: request.query.policy } : {}) });
+        return { publicKey: ctx.identity.publicJwk as Record<string, unknown>, entries };
+      });
+
+      a.post('/cocoon/v1/ca/revoke', { schema: { summary: 'Revoke a certificate serial (listed in the CRL)', security, body: RevokeBody, response: { 200: Type.Object({ serial: Type.String(), revoked: Type.Boolean() }), ...errors } } }, async (request) => {
+        if (!(await isAdmin(ctx, request.owner ?? ''))) throw new CocoonError('FORBIDDEN', 'only KBS administrators may revoke certificates');
+        const serial = request.body.serial.toLowerCase();
+        const at = ctx.now().getTime();
+        const revoked = await withRetry(() =>
+          ctx.store.transaction(async (tx) => {
+            const fresh = await tx.revokeSerial(serial, at, request.body.reason ?? 'unspecified');
+            await appendAudit(tx, ctx.auditKey, { actor: request.owner ?? '', action: 'ca.revoke', detail: { serial, fresh } }, at);
+            return fresh;
+          }),
+        );
+        request.audited = true;
+        return { serial, revoked };
       });
 
       a.get(
@@ -104,6 +245,7 @@ export function ownerRoutes(ctx: KbsContext) {
         { schema: { summary: 'Policy versions, newest first', security, params: PolicyParams, querystring: HistoryQuery, response: { 200: History, ...errors } } },
         async (request) => {
           const name = `${request.params.org}/${request.params.app}`;
+          await readable(request.owner, name);
           const versions = await ctx.store.listPolicyVersions(name, Number(request.query.limit ?? 100));
           if (versions.length === 0) throw new CocoonError('NOT_FOUND', `no policy ${name}`);
           return { name, versions: versions.map(versionInfo) };
@@ -116,10 +258,13 @@ export function ownerRoutes(ctx: KbsContext) {
         async (request) => {
           const { org, app: appName, name } = request.params;
           const policyName = `${org}/${appName}`;
-          const spec = await declaredSecret(ctx, policyName, name);
+          const spec = await declaredSecret(ctx, policyName, name, request.owner ?? '');
+          if (spec.kind === 'imported' && spec.from) throw new CocoonError('FORBIDDEN', `secret ${name} comes from ${spec.from.policy}; it cannot be uploaded here`);
+          if (spec.kind !== 'imported' && spec.kind !== 'layer-key') throw new CocoonError('FORBIDDEN', `secret ${name} is generated by the KBS (kind ${spec.kind}) and cannot be imported`);
           const value = Buffer.from(request.body.value, 'base64');
           try {
-            const { updatedAt } = await importSecret(ctx, policyName, name, spec, value);
+            const { updatedAt } = await importSecret(ctx, policyName, name, spec, value, request.owner ?? '');
+            request.audited = true;
             request.log.info({ policy: policyName, secret: name, owner: request.owner }, 'secret imported');
             return { policy: policyName, name, kind: spec.kind, updatedAt: new Date(updatedAt).toISOString() };
           } finally {
@@ -134,11 +279,15 @@ export function ownerRoutes(ctx: KbsContext) {
         async (request, reply) => {
           const { org, app: appName, name } = request.params;
           const policyName = `${org}/${appName}`;
-          const spec = await declaredSecret(ctx, policyName, name);
+          const spec = await declaredSecret(ctx, policyName, name, request.owner ?? '');
           if (!spec.ownerReadable) throw new CocoonError('FORBIDDEN', `secret ${policyName}/${name} is not ownerReadable`);
+          if ('scope' in spec && spec.scope === 'instance') throw new CocoonError('FORBIDDEN', `secret ${policyName}/${name} is per-instance and never stored`);
+          if (spec.kind === 'imported' && spec.from) throw new CocoonError('FORBIDDEN', `secret ${policyName}/${name} belongs to ${spec.from.policy}`);
           const rec = await ctx.store.getSecret(policyName, name);
           const value = await readSecret(ctx, policyName, name);
           if (!rec || !value) throw new CocoonError('SECRET_MISSING', `secret ${policyName}/${name} has no value yet`);
+          await audit({ actor: request.owner ?? '', action: 'secret.read', policy: policyName, detail: { secret: name } });
+          request.audited = true;
           request.log.info({ policy: policyName, secret: name, owner: request.owner }, 'secret read by owner');
           void reply.header('cache-control', 'no-store');
           return { policy: policyName, name, kind: spec.kind, updatedAt: new Date(rec.updatedAt).toISOString(), value: value.toString('base64') };
@@ -146,6 +295,7 @@ export function ownerRoutes(ctx: KbsContext) {
       );
 
       a.get('/cocoon/v1/events', { schema: { summary: 'Attestation and release events, newest first', security, querystring: EventsQuery, response: { 200: Type.Object({ events: Type.Array(Event) }), ...errors } } }, async (request) => {
+        await requireListAccess(request.owner ?? '', request.query.policy);
         const events = await ctx.store.listEvents({ limit: Number(request.query.limit ?? 100), ...(request.query.policy ? { policy: request.query.policy } : {}) });
         return {
           events: events.map((e) => ({
@@ -167,8 +317,9 @@ export function ownerRoutes(ctx: KbsContext) {
   };
 }
 
-async function declaredSecret(ctx: KbsContext, policyName: string, name: string) {
+async function declaredSecret(ctx: KbsContext, policyName: string, name: string, owner: string) {
   const current = await currentPolicy(ctx, policyName);
+  await requirePolicyAccess(ctx, owner, policyName, current?.policy);
   if (!current) throw new CocoonError('NOT_FOUND', `no policy ${policyName}`);
   const spec = current.policy.secrets[name];
   if (!spec) throw new CocoonError('NOT_FOUND', `policy ${policyName} declares no secret ${name}`);
@@ -183,5 +334,7 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** Owner key id (thumbprint) of an authenticated owner API request. */
     owner?: string;
+    /** Set when the handler appended its own audit entry. */
+    audited?: boolean;
   }
 }

@@ -21,7 +21,12 @@ const AttestBody = Type.Object(
   {
     'init-data': Type.Optional(Type.Object({ format: Type.String({ maxLength: 16 }), body: Type.String({ maxLength: 65536 }) }, { additionalProperties: false })),
     'runtime-data': Type.Object(
-      { nonce: Type.String({ maxLength: 256 }), 'tee-pubkey': Type.Object({}, { additionalProperties: true, maxProperties: 16 }) },
+      {
+        nonce: Type.String({ maxLength: 256 }),
+        'tee-pubkey': Type.Object({}, { additionalProperties: true, maxProperties: 16 }),
+        // Cocoon extension: a PKCS#10 CSR (PEM or base64 DER) bound in report_data; see docs/kbs.md.
+        csr: Type.Optional(Type.String({ minLength: 1, maxLength: 8192 })),
+      },
       { additionalProperties: false },
     ),
     'tee-evidence': Type.Object(

@@ -160,6 +160,14 @@ export class KyselyStore implements Store {
     return stored;
   }
 
+  async putMeta(key: string, value: string): Promise<void> {
+    await this.db
+      .insertInto('kbs_meta')
+      .values({ key, value })
+      .onConflict((oc) => oc.column('key').doUpdateSet({ value }))
+      .execute();
+  }
+
   async upsertOwner(owner: OwnerRecord): Promise<void> {
     await this.db
       .insertInto('kbs_owners')

@@ -128,6 +128,8 @@ export interface Store {
   getMeta(key: string): Promise<string | undefined>;
   /** Inserts unless present; returns the stored value (the first writer wins across replicas). */
   putMetaIfAbsent(key: string, value: string): Promise<string>;
+  /** Inserts or replaces (recovery records, re-sealed data key). */
+  putMeta(key: string, value: string): Promise<void>;
 
   upsertOwner(owner: OwnerRecord): Promise<void>;
   getOwner(kid: string): Promise<OwnerRecord | undefined>;

@@ -1,0 +1,219 @@
+import type { Command } from 'commander';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import Table from 'cli-table3';
+import { action, createOutput } from './output.js';
+import { configDir, configPaths, resolveKbsUrl } from './config.js';
+import { CocoonError } from '../errors.js';
+import type { AuditEntry, OwnerClient } from '../kbs/client/owner.js';
+
+interface OwnerOptions {
+  kbs?: string;
+  ownerKey?: string;
+  configDir?: string;
+  json?: boolean;
+}
+
+function withOwnerOptions(cmd: Command): Command {
+  return cmd
+    .option('--kbs <url>', 'Key Broker Service URL (default: $COCOON_KBS_URL or the config file)')
+    .option('--owner-key <file>', 'owner private key (default: <config-dir>/owner.key.json)')
+    .option('--config-dir <dir>', 'config directory')
+    .option('--json', 'print JSON');
+}
+
+async function ownerClient(opts: OwnerOptions): Promise<OwnerClient> {
+  const dir = configDir(opts.configDir);
+  const { OwnerClient } = await import('../kbs/client/owner.js');
+  return OwnerClient.create({ kbsUrl: await resolveKbsUrl(opts.kbs, dir), ownerKeyFile: opts.ownerKey ?? configPaths(dir).ownerKey });
+}
+
+function limitOf(v: string): number {
+  if (!/^[1-9]\d{0,2}$|^1000$/.test(v)) throw new CocoonError('BAD_USAGE', '--limit must be 1–1000');
+  return Number(v);
+}
+
+const short = (s: string, n: number) => (s.length > n ? `${s.slice(0, n - 1)}…` : s);
+
+/** `cocoon audit …` and `cocoon ca …`: the KBS's tamper-evident log and its deployment CA. */
+export function registerKbsAdmin(program: Command): void {
+  const audit = program.command('audit').description('the KBS audit log: hash-chained entries signed by the KBS key (docs/audit.md)');
+
+  withOwnerOptions(
+    audit
+      .command('list')
+      .description('list audit entries in chain order')
+      .option('--policy <name>', 'only entries of this policy (what a policy owner may see)')
+      .option('--after <seq>', 'start after this sequence number', '0')
+      .option('--limit <n>', 'at most this many entries (1–1000)', '100'),
+  ).action(
+    action(async (opts: OwnerOptions & { policy?: string; after: string; limit: string }) => {
+      if (!/^\d{1,15}$/.test(opts.after)) throw new CocoonError('BAD_USAGE', '--after must be a sequence number');
+      const { entries } = await (await ownerClient(opts)).audit({ after: Number(opts.after), limit: limitOf(opts.limit), ...(opts.policy ? { policy: opts.policy } : {}) });
+      createOutput(opts).result(() => {
+        const table = new Table({ head: ['SEQ', 'TIME', 'ACTOR', 'ACTION', 'POLICY', 'DETAIL'], style: { head: [] } });
+        for (const e of entries) table.push([e.seq, new Date(e.at).toISOString(), short(e.actor, 18), e.action, e.policy ?? '', short(e.detail, 70)]);
+        process.stdout.write(table.toString() + '\n');
+      }, entries);
+    }),
+  );
+
+  withOwnerOptions(
+    audit
+      .command('verify')
+      .description('verify the whole chain (sequence, links, hashes, KBS signatures) and report the first broken link; exit 1 when broken')
+      .option('--data-dir <dir>', 'verify a local SQLite store offline (the KBS data dir) instead of asking the KBS')
+      .option('--postgres <url>', 'verify a PostgreSQL store offline (needs --data-dir for the KBS public key)'),
+  ).action(
+    action(async (opts: OwnerOptions & { dataDir?: string; postgres?: string }) => {
+      const { auditPublicKey, verifyAuditChain, verifyStoreAudit, AUDIT_GENESIS } = await import('../kbs/audit.js');
+      let verdict;
+      let source: string;
+      if (opts.dataDir || opts.postgres) {
+        if (!opts.dataDir) throw new CocoonError('BAD_USAGE', '--postgres needs --data-dir (where kbs-identity.jwk is)');
+        const { IDENTITY_FILE } = await import('../kbs/identity.js');
+        const file = join(opts.dataDir, IDENTITY_FILE);
+        const jwk = JSON.parse(await readFile(file, 'utf8').catch(() => {
+          throw new CocoonError('BAD_USAGE', `cannot read ${file}`);
+        })) as Record<string, string>;
+        const key = auditPublicKey({ kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y } as never);
+        const { openSqliteStore } = await import('../kbs/store/sqlite.js');
+        const { openPostgresStore } = await import('../kbs/store/postgres.js');
+        const store = opts.postgres ? await openPostgresStore(opts.postgres, { maxConnections: 2 }) : await openSqliteStore(opts.dataDir);
+        try {
+          verdict = await verifyStoreAudit(store, key);
+        } finally {
+          await store.close();
+        }
+        source = opts.postgres ? 'PostgreSQL store' : `${opts.dataDir}/kbs.sqlite`;
+      } else {
+        const client = await ownerClient(opts);
+        const identity = await client.identity();
+        const key = auditPublicKey(identity.publicKey);
+        let from = { seq: 0, hash: AUDIT_GENESIS };
+        let count = 0;
+        for (;;) {
+          const page: AuditEntry[] = (await client.audit({ after: from.seq, limit: 1000 })).entries;
+          const v = verifyAuditChain(page, key, from);
+          count += v.count;
+          verdict = { ...v, count };
+          if (!v.ok || page.length < 1000) break;
+          from = { seq: v.lastSeq, hash: v.lastHash };
+        }
+        source = `KBS ${identity.id}`;
+      }
+      const out = createOutput(opts);
+      if (verdict.ok) {
+        out.result(`audit chain OK: ${verdict.count} entries verified (${source}), head ${verdict.lastHash.slice(0, 16)}…`, verdict);
+        return 0;
+      }
+      const b = verdict.firstBroken;
+      out.result(`audit chain BROKEN at entry ${b?.seq ?? '?'} (${b?.reason ?? '?'}): ${b?.message ?? ''}\n${verdict.count} entries before it verify (${source})`, verdict);
+      return 1;
+    }),
+  );
+
+  const ca = program.command('ca').description('the deployment CA of the KBS: root (pin it), rotating intermediate, CRL');
+
+  withOwnerOptions(ca.command('show').description('print the root and current intermediate (subject, serial, validity, SHA-256 fingerprint)')).action(
+    action(async (opts: OwnerOptions) => {
+      const info = await (await ownerClient(opts)).caCertificates();
+      const { x509, certFingerprint } = await import('../crypto/x509.js');
+      const describe = (pem: string) => {
+        const c = new x509.X509Certificate(pem);
+        return { subject: c.subject, serial: c.serialNumber, notBefore: c.notBefore.toISOString(), notAfter: c.notAfter.toISOString(), sha256: certFingerprint(c) };
+      };
+      const data = { root: describe(info.root), intermediate: describe(info.intermediate), workloadIdentityOid: info.workloadIdentityOid };
+      createOutput(opts).result(
+        () => {
+          for (const [k, v] of Object.entries({ root: data.root, intermediate: data.intermediate })) {
+            process.stdout.write(`${k}:\n  subject   ${v.subject}\n  serial    ${v.serial}\n  valid     ${v.notBefore} … ${v.notAfter}\n  sha256    ${v.sha256}\n`);
+          }
+          process.stdout.write(`workload identity extension OID: ${data.workloadIdentityOid}\n`);
+        },
+        data,
+      );
+    }),
+  );
+
+  withOwnerOptions(
+    ca
+      .command('export')
+      .description('write the CA certificates (PEM) for clients to pin, or the current CRL')
+      .option('--what <which>', 'root | intermediate | chain | crl', 'root')
+      .option('--out <file>', 'write to this file instead of stdout'),
+  ).action(
+    action(async (opts: OwnerOptions & { what: string; out?: string }) => {
+      if (!['root', 'intermediate', 'chain', 'crl'].includes(opts.what)) throw new CocoonError('BAD_USAGE', '--what must be root, intermediate, chain or crl');
+      const client = await ownerClient(opts);
+      const pem = opts.what === 'crl' ? await client.crl() : (await client.caCertificates())[opts.what as 'root' | 'intermediate' | 'chain'];
+      if (opts.out) {
+        await writeFile(opts.out, pem, { mode: 0o644 });
+        createOutput(opts).result(`wrote ${opts.what} to ${opts.out}`, { what: opts.what, file: opts.out });
+      } else createOutput(opts).result(pem.trimEnd(), { what: opts.what, pem });
+    }),
+  );
+
+  const recover = program
+    .command('recover')
+    .description('recover the sealed data key from m-of-n owner shares (after losing the TPM or seal.key); run on the KBS host with the KBS stopped');
+
+  const storeOptions = (cmd: Command) =>
+    cmd
+      .requiredOption('--data-dir <dir>', 'the KBS data dir')
+      .option('--postgres <url>', 'the KBS store is this PostgreSQL database')
+      .option('--json', 'print JSON');
+
+  storeOptions(
+    recover
+      .command('share')
+      .description('decrypt this owner\'s recovery share with the owner private key and write it to a file (0600)')
+      .requiredOption('--owner-key <file>', 'owner private key (P-256 JWK)')
+      .requiredOption('--out <file>', 'share file to write (hand it to whoever runs `recover apply`)'),
+  ).action(
+    action(async (opts: { dataDir: string; postgres?: string; ownerKey: string; out: string; json?: boolean }) => {
+      const { decryptShare, loadRecovery, readOwnerPrivateJwk } = await import('../kbs/recovery.js');
+      const store = await openStore(opts);
+      try {
+        const share = await decryptShare(await loadRecovery(store), await readOwnerPrivateJwk(opts.ownerKey));
+        await writeFile(opts.out, JSON.stringify(share) + '\n', { mode: 0o600, flag: 'wx' });
+        createOutput(opts).result(`wrote recovery share ${share.x} to ${opts.out} (keep it secret; delete it after use)`, { x: share.x, kid: share.kid, file: opts.out });
+      } finally {
+        await store.close();
+      }
+    }),
+  );
+
+  storeOptions(
+    recover
+      .command('apply')
+      .description('combine at least m share files, check them against the store, and re-seal the data key with a new sealer')
+      .requiredOption('--share <file>', 'share file from `cocoon recover share`; repeat m times', (v: string, prev: string[]) => [...prev, v], [] as string[])
+      .option('--tpm <tcti>', 're-seal to this TPM (default: the file sealer, <data-dir>/seal.key)'),
+  ).action(
+    action(async (opts: { dataDir: string; postgres?: string; share: string[]; tpm?: string; json?: boolean }) => {
+      const { parseShareFile, recoverDataKey } = await import('../kbs/recovery.js');
+      const shares = [];
+      for (const f of opts.share) {
+        const text = await readFile(f, 'utf8').catch(() => {
+          throw new CocoonError('BAD_USAGE', `cannot read share ${f}`);
+        });
+        if (text.length > 4096) throw new CocoonError('INPUT_TOO_LARGE', `${f} is too large for a share file`);
+        shares.push(parseShareFile(text, f));
+      }
+      const sealer = opts.tpm ? new (await import('../kbs/tpm-sealer.js')).TpmSealer({ tcti: opts.tpm }) : await (await import('../kbs/sealer.js')).FileSealer.open(opts.dataDir);
+      const store = await openStore(opts);
+      try {
+        const r = await recoverDataKey(store, shares, sealer);
+        createOutput(opts).result(`data key recovered from ${r.used} share(s) (threshold ${r.threshold}) and re-sealed with the ${sealer.kind} sealer; start the KBS again`, { ...r, sealer: sealer.kind });
+      } finally {
+        await store.close();
+      }
+    }),
+  );
+}
+
+async function openStore(opts: { dataDir: string; postgres?: string }) {
+  if (opts.postgres) return (await import('../kbs/store/postgres.js')).openPostgresStore(opts.postgres, { maxConnections: 2 });
+  return (await import('../kbs/store/sqlite.js')).openSqliteStore(opts.dataDir);
+}

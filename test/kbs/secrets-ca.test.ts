@@ -1,0 +1,192 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { webcrypto } from 'node:crypto';
+import { flattenedDecrypt } from 'jose';
+import { x509 } from '../../src/crypto/x509.js';
+import { WORKLOAD_IDENTITY_OID, workloadIdentityOf } from '../../src/kbs/certs.js';
+import { parseLaunchPlan } from '../../src/kbs/launch-plan.js';
+import { MEASUREMENT, makeKbs, ownerRequest, rcarAttest } from './helpers.js';
+import type { TestKbs } from './helpers.js';
+
+const WEB = (extra = '') => `name: shop/web
+secrets:
+  layer-key: { kind: layer-key }
+  shared: { kind: random, size: 8, encoding: hex }
+  per-instance: { kind: random, size: 8, encoding: hex, scope: instance }
+  sign-p256: { kind: keypair, keyType: P-256 }
+  sign-ed: { kind: keypair, keyType: Ed25519 }
+  sign-rsa: { kind: keypair, keyType: RSA-2048 }
+  tls: { kind: x509, sans: [web.shop.local, 127.0.0.1], validityDays: 3 }
+  shop-ca: { kind: x509-ca, keyType: P-384, subject: "CN=shop CA" }
+  client: { kind: x509, issuer: shop-ca, usage: client, scope: instance }
+  vault-key: { kind: imported, from: shop/vault/api-key }
+${extra}workloads:
+  web:
+    maxActivations: 4
+    accept: [{ tee: [sim], measurement: "${MEASUREMENT}" }]
+    secrets: [shared, per-instance, sign-p256, sign-ed, sign-rsa, tls, client, vault-key]
+    env:
+      SHARED: "{{ secret.shared }}"
+      INSTANCE: "{{ secret.per-instance }}"
+      ED_PUB: "{{ secret.sign-ed.public | base64 }}"
+    files:
+      - { path: /run/tls/cert.pem, content: "{{ secret.tls.cert }}" }
+      - { path: /run/tls/chain.pem, content: "{{ secret.tls.chain }}" }
+      - { path: /run/tls/key.pem, content: "{{ secret.tls.key }}" }
+      - { path: /run/client.pem, content: "{{ secret.client.cert }}" }
+      - { path: /run/rsa.pem, content: "{{ secret.sign-rsa.key }}" }
+  nothing:
+    accept: [{ tee: [sim], measurement: "${'cd'.repeat(48)}" }]
+`;
+
+const VAULT = (exportTo: string) => `name: shop/vault
+${exportTo ? `exports:\n  api-key: [${exportTo}]\n` : ''}secrets:
+  api-key: { kind: imported }
+workloads:
+  v:
+    accept: [{ tee: [sim], measurement: "${'cd'.repeat(48)}" }]
+`;
+
+async function put(kbs: TestKbs, name: string, yaml: string): Promise<{ hash: string }> {
+  const head = await ownerRequest(kbs, 'GET', `/cocoon/v1/policies/${name}`);
+  const predecessor = head.statusCode === 200 ? (head.json() as { hash: string }).hash : undefined;
+  const res = await ownerRequest(kbs, 'PUT', `/cocoon/v1/policies/${name}`, { yaml, ...(predecessor ? { predecessor } : {}) });
+  assert.equal(res.statusCode, 200, res.body);
+  if (yaml.includes('kind: layer-key')) await ownerRequest(kbs, 'PUT', `/cocoon/v1/secrets/${name}/layer-key`, { value: Buffer.alloc(32, 1).toString('base64') });
+  return res.json() as { hash: string };
+}
+
+async function plan(kbs: TestKbs) {
+  const a = await rcarAttest(kbs, { policy: 'shop/web', workload: 'web' });
+  assert.equal(a.attest.statusCode, 200, a.attest.body);
+  const res = await kbs.app.inject({ method: 'GET', url: '/kbs/v0/resource/shop/web/launch-plan', headers: { cookie: a.cookie } });
+  return { res, a, plan: res.statusCode === 200 ? parseLaunchPlan((await flattenedDecrypt(res.json() as never, a.key.privateKey)).plaintext) : undefined };
+}
+
+test('secret kinds: keypairs, x509 from the deployment CA and from a policy CA, per-instance values, exports with consent, maxActivations', async () => {
+  const kbs = await makeKbs();
+  try {
+    await put(kbs, 'shop/vault', VAULT(''));
+    assert.equal((await ownerRequest(kbs, 'PUT', '/cocoon/v1/secrets/shop/vault/api-key', { value: Buffer.from('vault-secret').toString('base64') })).statusCode, 200);
+    const ca0 = (await kbs.app.inject({ method: 'GET', url: '/cocoon/v1/ca' })).json() as { root: string; intermediate: string; workloadIdentityOid: string };
+    await put(kbs, 'shop/web', WEB());
+    const ca1 = (await kbs.app.inject({ method: 'GET', url: '/cocoon/v1/ca' })).json() as { root: string; intermediate: string; chain: string };
+    assert.equal(ca1.root, ca0.root, 'the root is stable');
+    assert.notEqual(ca1.intermediate, ca0.intermediate, 'the intermediate rotates with every policy version');
+    assert.equal(ca0.workloadIdentityOid, WORKLOAD_IDENTITY_OID);
+
+    // not exported yet: the importing workload cannot start
+    const denied = await plan(kbs);
+    assert.equal(denied.res.statusCode, 401, denied.res.body);
+    assert.match(denied.res.body, /does not export api-key/);
+    // an owner cannot upload a secret that comes from another policy
+    assert.equal((await ownerRequest(kbs, 'PUT', '/cocoon/v1/secrets/shop/web/vault-key', { value: 'AAAA' })).statusCode, 403);
+    assert.equal((await ownerRequest(kbs, 'PUT', '/cocoon/v1/secrets/shop/web/tls', { value: 'AAAA' })).statusCode, 403);
+
+    await put(kbs, 'shop/vault', VAULT('shop/web'));
+    const first = await plan(kbs);
+    assert.equal(first.res.statusCode, 200, first.res.body);
+    const p1 = first.plan!;
+    const file = (path: string) => p1.files.find((f) => f.path === path)!.content.toString('utf8');
+    const cert = new x509.X509Certificate(file('/run/tls/cert.pem'));
+    const inter = new x509.X509Certificate(ca1.intermediate);
+    assert.equal(cert.issuer, inter.subject);
+    assert.ok(await cert.verify({ publicKey: inter.publicKey, signatureOnly: true }));
+    assert.ok(file('/run/tls/chain.pem').includes(ca1.root.trim().split('\n')[1]!));
+    const san = cert.getExtension(x509.SubjectAlternativeNameExtension)!;
+    assert.deepEqual(san.names.items.map((n) => n.value).sort(), ['127.0.0.1', 'web.shop.local']);
+    assert.deepEqual(workloadIdentityOf(cert), { v: 1, policy: 'shop/web', secret: 'tls' });
+    assert.ok(cert.notAfter.getTime() - Date.now() <= 3 * 86_400_000);
+    assert.match(file('/run/tls/key.pem'), /BEGIN PRIVATE KEY/);
+    assert.match(file('/run/rsa.pem'), /BEGIN PRIVATE KEY/);
+    const client = new x509.X509Certificate(file('/run/client.pem'));
+    assert.equal(client.issuer, 'CN=shop CA');
+    assert.ok(client.getExtension(x509.ExtendedKeyUsageExtension)!.usages.includes(x509.ExtendedKeyUsage.clientAuth));
+    assert.match(Buffer.from(p1.env.ED_PUB!, 'base64').toString(), /BEGIN PUBLIC KEY/);
+
+    const second = (await plan(kbs)).plan!;
+    assert.equal(second.env.SHARED, p1.env.SHARED, 'shared values are shared');
+    assert.notEqual(second.env.INSTANCE, p1.env.INSTANCE, 'per-instance values differ');
+    const imported = await kbs.app.inject({ method: 'GET', url: '/kbs/v0/resource/shop/web/vault-key', headers: { cookie: first.a.cookie } });
+    assert.equal(Buffer.from((await flattenedDecrypt(imported.json() as never, first.a.key.privateKey)).plaintext).toString(), 'vault-secret');
+
+    // consent withdrawn: released no more
+    await put(kbs, 'shop/vault', VAULT(''));
+    const again = await kbs.app.inject({ method: 'GET', url: '/kbs/v0/resource/shop/web/vault-key', headers: { cookie: first.a.cookie } });
+    assert.equal(again.statusCode, 401);
+    // maxActivations 4: attempts 1–4 counted (the first was refused at release, not at attest)
+    const fifth = await rcarAttest(kbs, { policy: 'shop/web', workload: 'web' });
+    assert.equal(fifth.attest.statusCode, 200, fifth.attest.body);
+    const sixth = await rcarAttest(kbs, { policy: 'shop/web', workload: 'web' });
+    assert.equal(sixth.attest.statusCode, 401);
+    assert.match(sixth.attest.body, /maxActivations/);
+  } finally {
+    await kbs.cleanup();
+  }
+});
+
+async function makeCsr(): Promise<{ pem: string; keys: webcrypto.CryptoKeyPair }> {
+  const alg = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' };
+  const keys = (await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+  const csr = await x509.Pkcs10CertificateRequestGenerator.create({ name: 'CN=workload', keys, signingAlgorithm: alg });
+  return { pem: csr.toString('pem'), keys };
+}
+
+test('deployment CA: a certificate for a CSR bound in the evidence, with the workload extension; CRL; refusals', async () => {
+  const kbs = await makeKbs();
+  try {
+    await put(kbs, 'shop/web', WEB().replace('  vault-key: { kind: imported, from: shop/vault/api-key }\n', '').replace(', vault-key]', ']'));
+    const { pem, keys } = await makeCsr();
+    const a = await rcarAttest(kbs, { policy: 'shop/web', workload: 'web', csr: pem });
+    assert.equal(a.attest.statusCode, 200, a.attest.body);
+    const res = await kbs.app.inject({ method: 'GET', url: '/kbs/v0/resource/shop/web/workload-cert', headers: { cookie: a.cookie } });
+    assert.equal(res.statusCode, 200, res.body);
+    const issued = JSON.parse(Buffer.from((await flattenedDecrypt(res.json() as never, a.key.privateKey)).plaintext).toString()) as { cert: string; chain: string };
+    const cert = new x509.X509Certificate(issued.cert);
+    const spki = Buffer.from(await webcrypto.subtle.exportKey('spki', keys.publicKey));
+    assert.deepEqual(Buffer.from(cert.publicKey.rawData), spki, 'the certificate carries the CSR key');
+    assert.deepEqual(workloadIdentityOf(cert), { v: 1, policy: 'shop/web', version: 1, workload: 'web', tee: 'sim', insecure: true });
+    assert.match(cert.subject, /INSECURE/);
+    assert.ok(cert.notAfter.getTime() - Date.now() <= 24 * 3_600_000 + 60_000);
+    const ca = (await kbs.app.inject({ method: 'GET', url: '/cocoon/v1/ca' })).json() as { root: string; intermediate: string };
+    const chain = await new x509.X509ChainBuilder({ certificates: [new x509.X509Certificate(ca.intermediate), new x509.X509Certificate(ca.root)] }).build(cert);
+    assert.equal(chain.length, 3);
+    assert.equal(chain[2]?.subject, new x509.X509Certificate(ca.root).subject);
+    assert.equal(new x509.X509Certificate(ca.root).publicKey.algorithm.name, 'ECDSA');
+
+    // the bearer token path issues too
+    const token = (a.attest.json() as { token: string }).token;
+    const viaToken = await kbs.app.inject({ method: 'GET', url: '/kbs/v0/resource/shop/web/workload-cert', headers: { authorization: `Bearer ${token}` } });
+    assert.equal(viaToken.statusCode, 200, viaToken.body);
+
+    // revocation shows up in the CRL
+    const rev = await ownerRequest(kbs, 'POST', '/cocoon/v1/ca/revoke', { serial: cert.serialNumber });
+    assert.equal(rev.statusCode, 200, rev.body);
+    const crl = new x509.X509Crl((await kbs.app.inject({ method: 'GET', url: '/cocoon/v1/ca/crl' })).body);
+    assert.ok(crl.findRevoked(cert));
+
+    // no CSR in the evidence → no certificate
+    const plain = await rcarAttest(kbs, { policy: 'shop/web', workload: 'web' });
+    assert.equal((await kbs.app.inject({ method: 'GET', url: '/kbs/v0/resource/shop/web/workload-cert', headers: { cookie: plain.cookie } })).statusCode, 401);
+    // a CSR sent but not bound into report_data
+    const auth = await rcarAttest(kbs, { policy: 'shop/web', workload: 'web' });
+    void auth;
+    const other = await makeCsr();
+    const unbound = await rcarAttest(kbs, { policy: 'shop/web', workload: 'web', csr: pem });
+    assert.equal(unbound.attest.statusCode, 200);
+    const body = unbound.body as Record<string, Record<string, unknown>>;
+    const swapped = { ...body, 'runtime-data': { ...body['runtime-data'], csr: other.pem } };
+    const fresh = await kbs.app.inject({ method: 'POST', url: '/kbs/v0/auth', payload: { version: '0.4.0', tee: 'sim' } });
+    const cookie = String(fresh.headers['set-cookie']).split(';')[0]!;
+    const nonce = (fresh.json() as { nonce: string }).nonce;
+    (swapped['runtime-data'] as Record<string, unknown>).nonce = nonce;
+    const mismatch = await kbs.app.inject({ method: 'POST', url: '/kbs/v0/attest', headers: { cookie }, payload: swapped });
+    assert.equal(mismatch.statusCode, 401);
+    assert.equal((mismatch.json() as { code: string }).code, 'REPORT_DATA_MISMATCH');
+    const garbage = await rcarAttest(kbs, { policy: 'shop/web', workload: 'web', csr: 'bm90IGEgY3Ny' });
+    assert.equal(garbage.attest.statusCode, 400);
+    assert.equal((garbage.attest.json() as { code: string }).code, 'INPUT_MALFORMED');
+  } finally {
+    await kbs.cleanup();
+  }
+});
