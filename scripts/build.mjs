@@ -7,6 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdirSync, rmSync, writeFileSync, readFileSync, existsSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { buildWeb } from './build-web.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = join(root, 'dist');
@@ -28,6 +29,9 @@ await build({
   sourcemap: 'linked',
   logLevel: 'warning',
 });
+
+// The dashboard served at /ui/ (preact + htm; pre-compressed .br/.gz next to each file).
+await buildWeb(join(root, 'src/web'), join(dist, 'web'));
 
 // The launcher is self-contained: every dependency bundled, no node_modules in the image.
 await build({
@@ -63,4 +67,4 @@ chmodSync(join(launcherRoot, 'launcher.mjs'), 0o644);
 
 const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
 writeFileSync(join(dist, 'build.json'), JSON.stringify({ version: pkg.version, node: process.version, launcherBytes: statSync(join(launcherRoot, 'launcher.mjs')).size }, null, 2) + '\n');
-console.log(`built dist/cli.mjs and dist/launcher-rootfs (node ${process.version})`);
+console.log(`built dist/cli.mjs, dist/web and dist/launcher-rootfs (node ${process.version})`);

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 npx tsc --noEmit -p tsconfig.json
+npx tsc --noEmit -p src/web/tsconfig.json
 npx eslint --max-warnings=0 src test bench scripts
 node scripts/build.mjs >/dev/null
 mapfile -t files < <(find test -name '*.test.ts' | sort)

@@ -53,15 +53,21 @@ export async function ensureAk(c: TpmClient, handle: number): Promise<Buffer> {
     if (!(err instanceof TpmResponseError && err.isHandleError)) throw err;
   }
   const created = await c.createPrimary(RH_ENDORSEMENT, akTemplate());
+  let evictError: unknown;
   try {
     await c.evictControl(created.handle, handle);
   } catch (err) {
     // another launcher may have persisted it meanwhile (TPM_RC_NV_DEFINED): use that one
     if (!(err instanceof TpmResponseError)) throw err;
+    evictError = err;
   } finally {
     await c.flushContext(created.handle).catch(() => undefined);
   }
-  return checkAk(await c.readPublic(handle), handle);
+  try {
+    return checkAk(await c.readPublic(handle), handle);
+  } catch (err) {
+    throw evictError ?? err;
+  }
 }
 
 function checkAk(tpmtPublic: Buffer, handle: number): Buffer {

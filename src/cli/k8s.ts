@@ -137,7 +137,7 @@ export function registerK8s(program: Command): void {
           const out = createOutput({ json: Boolean(opts.json) });
           const { parseManifests, toYaml } = await import('../k8s/manifest.js');
           const { transformManifests } = await import('../k8s/transform.js');
-          const { validateAll } = await import('../k8s/validate.js');
+          const { validateAnyKind } = await import('../k8s/validate.js');
           const input = parseManifests(await readInput(opts.file, 'manifest file'), opts.file === '-' ? 'stdin' : opts.file);
           const result = transformManifests(input, {
             image: opts.image,
@@ -155,8 +155,9 @@ export function registerK8s(program: Command): void {
             ...(opts.rootSize !== undefined ? { rootSize: opts.rootSize } : {}),
             ...(opts.select !== undefined ? { select: opts.select } : {}),
           });
-          validateAll(result.objects, { allowUnknown: true });
+          const { unchecked } = await validateAnyKind(result.objects);
           for (const w of result.warnings) out.warn(w);
+          for (const u of unchecked) out.warn(`${u}: not a built-in kind, passed through without schema validation`);
           const snippetYaml = result.policySnippet
             ? `# Policy snippet for ${opts.policy}, workload ${opts.workload}: merge into your policy (docs/policy.md).\n# Values from ConfigMaps/Secrets are kind: imported — set each with \`cocoon secret put ${opts.policy}/<name> --file <file>\`.\n${stringify(result.policySnippet, { lineWidth: 0 })}`
             : '';
@@ -236,6 +237,19 @@ export function registerK8s(program: Command): void {
           process.once('SIGTERM', stop);
         });
         await hook.close();
+      }),
+    );
+
+  k8s
+    .command('install-keys')
+    .description('init container of the KBS pods: copy kbs-identity.jwk and seal.key from the keys Secret into the data directory (mode 0600)')
+    .requiredOption('--from <dir>', 'where the keys Secret is mounted')
+    .requiredOption('--to <dir>', 'the KBS data directory')
+    .action(
+      action(async (opts: { from: string; to: string }) => {
+        const { installKeys } = await import('../k8s/keys.js');
+        const written = await installKeys(opts.from, opts.to);
+        process.stderr.write(`installed ${written.join(', ')}\n`);
       }),
     );
 

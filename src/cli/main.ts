@@ -12,6 +12,7 @@ import { registerKbsAdmin } from './kbs-admin.js';
 import { registerImage } from './image.js';
 import { registerKeyprovider } from './keyprovider.js';
 import { registerK8s } from './k8s.js';
+import { registerUi } from './ui.js';
 
 // `cocoon … | head` must end quietly, not with an EPIPE stack trace.
 process.stdout.on('error', (err: NodeJS.ErrnoException) => {
@@ -42,6 +43,7 @@ registerKbsAdmin(program);
 registerImage(program);
 registerKeyprovider(program);
 registerK8s(program);
+registerUi(program);
 
 try {
   await program.parseAsync(process.argv);

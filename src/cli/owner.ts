@@ -112,6 +112,17 @@ export function registerPolicy(program: Command): void {
     }),
   );
 
+  withOwnerOptions(policy.command('workloads').description('list the workloads of a policy with their activation counts').argument('<name>', 'policy name org/app')).action(
+    action(async (name: string, opts: OwnerOptions) => {
+      const list = await (await ownerClient(opts)).workloads(name);
+      createOutput(opts).result(() => {
+        const table = new Table({ head: ['WORKLOAD', 'ACTIVATIONS', 'MAX', 'TEE KINDS', 'SECRETS'], style: { head: [] } });
+        for (const w of list) table.push([w.name, w.activations, w.maxActivations ?? '-', w.tees.join(','), w.secrets.join(',')]);
+        process.stdout.write(table.toString() + '\n');
+      }, list);
+    }),
+  );
+
   withOwnerOptions(policy.command('pending').description('list updates of a policy waiting for owner approvals').argument('<name>', 'policy name org/app')).action(
     action(async (name: string, opts: OwnerOptions) => {
       const list = await (await ownerClient(opts)).listPending(name);

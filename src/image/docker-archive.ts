@@ -260,6 +260,7 @@ export class DockerArchiveSink implements ImageSink {
   private staging: string | undefined;
   private readonly staged = new Map<string, Staged>();
   private manifest: { config: string; layers: string[] } | undefined;
+  private counter = 0;
 
   constructor(
     private readonly file: string,
@@ -282,7 +283,7 @@ export class DockerArchiveSink implements ImageSink {
   async putBlob(stream: Readable, info: BlobInfo): Promise<PutBlobResult> {
     const dir = await this.stagingDir();
     const isConfig = info.mediaType === MediaType.config || info.mediaType === MediaType.dockerConfig;
-    const tmp = join(dir, `blob-${this.staged.size}`);
+    const tmp = join(dir, `blob-${this.counter++}`);
     if (isConfig) {
       const tap = new HashTap();
       await pipeline(stream, tap, createWriteStream(tmp, { flags: 'wx' }));

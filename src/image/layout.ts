@@ -140,7 +140,8 @@ export function selectPlatformManifest(index: ImageIndex, platform: Platform | u
   const hits = candidates.filter((m) => platformMatches(m.platform, want));
   if (hits.length >= 1 && hits[0]) return hits[0];
   if (candidates.length === 1 && candidates[0] && candidates[0].platform === undefined) return candidates[0];
-  throw new CocoonError('NOT_FOUND', `${where}: no manifest for platform ${want.os}/${want.architecture}${want.variant ? `/${want.variant}` : ''} (has ${candidates.map((m) => (m.platform ? `${m.platform.os}/${m.platform.architecture}${m.platform.variant ? `/${m.platform.variant}` : ''}` : '?')).join(', ') || 'none'})`);
+  // no explicit platform and none for this host: the caller has to choose (BAD_USAGE); an explicit one that is absent is NOT_FOUND
+  throw new CocoonError(platform === undefined ? 'BAD_USAGE' : 'NOT_FOUND', `${where}: no manifest for platform ${want.os}/${want.architecture}${want.variant ? `/${want.variant}` : ''} (has ${candidates.map((m) => (m.platform ? `${m.platform.os}/${m.platform.architecture}${m.platform.variant ? `/${m.platform.variant}` : ''}` : '?')).join(', ') || 'none'})${platform === undefined ? '; choose one with --platform' : ''}`);
 }
 
 function selectFromIndex(index: ImageIndex, ref: string | undefined, where: string, platform?: Platform): Descriptor {

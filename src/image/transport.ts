@@ -3,7 +3,7 @@ import { Readable } from 'node:stream';
 import { CocoonError, isCocoonError } from '../errors.js';
 import { ociDigest } from '../crypto/hash.js';
 import { DockerArchiveSink, DockerArchiveSource } from './docker-archive.js';
-import { LayoutWriter, blobPath, openBlobStream, readBlob, readIndex, selectPlatformManifest } from './layout.js';
+import { LayoutWriter, blobPath, openBlobStream, platformMatches, readBlob, readIndex, selectPlatformManifest } from './layout.js';
 import { ANNOTATION_REF_NAME, LIMITS, MediaType, parseImageConfig, parseIndex, parseManifest, type Descriptor, type ImageConfig, type ImageManifest, type Platform } from './oci.js';
 import { formatImageReference, type DockerReference, type ImageReference } from './reference.js';
 import { ProgressTap, RegistryClient, type RegistryOptions } from './registry.js';
@@ -65,6 +65,14 @@ export interface TransportOptions {
   registry?: RegistryOptions;
 }
 
+/** An explicitly requested platform must match the image's config (single-platform images). */
+function checkConfigPlatform(config: ImageConfig, want: Platform | undefined, name: string): ImageConfig {
+  if (want && !platformMatches({ os: config.os, architecture: config.architecture, ...(config.variant ? { variant: config.variant } : {}) }, want)) {
+    throw new CocoonError('NOT_FOUND', `${name} is ${config.os}/${config.architecture}, not ${want.os}/${want.architecture}${want.variant ? `/${want.variant}` : ''}`);
+  }
+  return config;
+}
+
 // ---- OCI layout ---------------------------------------------------------------------------------
 
 export class LayoutSource implements ImageSource {
@@ -84,7 +92,9 @@ export class LayoutSource implements ImageSource {
       candidates = candidates.filter((m) => m.annotations?.[ANNOTATION_REF_NAME] === this.tag);
       if (candidates.length === 0) throw new CocoonError('NOT_FOUND', `${this.name}: no manifest named ${JSON.stringify(this.tag)}`);
     }
-    let desc = candidates.length === 1 && candidates[0] ? candidates[0] : selectPlatformManifest({ schemaVersion: 2, manifests: candidates }, this.platform, `${this.dir}/index.json`);
+    const only = candidates.length === 1 ? candidates[0] : undefined;
+    const onlyFits = only !== undefined && (this.platform === undefined || only.platform === undefined || platformMatches(only.platform, this.platform));
+    let desc = only && onlyFits ? only : selectPlatformManifest({ schemaVersion: 2, manifests: candidates }, this.platform, `${this.dir}/index.json`);
     if (desc.mediaType === MediaType.index || desc.mediaType === MediaType.dockerManifestList) {
       const nested = parseIndex(await readBlob(this.dir, desc, LIMITS.indexBytes));
       desc = selectPlatformManifest(nested, this.platform, `index ${desc.digest}`);
@@ -93,7 +103,8 @@ export class LayoutSource implements ImageSource {
     const manifestBytes = await readBlob(this.dir, desc, LIMITS.manifestBytes);
     const manifest = parseManifest(manifestBytes);
     const configBytes = await readBlob(this.dir, manifest.config, LIMITS.configBytes);
-    return { manifestBytes, manifestMediaType: desc.mediaType, manifestDigest: desc.digest, manifest, configBytes, config: parseImageConfig(configBytes) };
+    const config = checkConfigPlatform(parseImageConfig(configBytes), this.platform, this.name);
+    return { manifestBytes, manifestMediaType: desc.mediaType, manifestDigest: desc.digest, manifest, configBytes, config };
   }
 
   async openBlob(desc: Descriptor): Promise<Readable> {
@@ -181,7 +192,8 @@ export class RegistrySource implements ImageSource {
     if (mt !== MediaType.manifest && mt !== MediaType.dockerManifest) throw new CocoonError('IMAGE_INVALID', `${this.name}: unsupported manifest media type ${mt}`);
     const manifest = parseManifest(m.bytes);
     const configBytes = await readStream(await this.client.openBlob(manifest.config), LIMITS.configBytes);
-    return { manifestBytes: m.bytes, manifestMediaType: mt, manifestDigest: m.digest, manifest, configBytes, config: parseImageConfig(configBytes) };
+    const config = checkConfigPlatform(parseImageConfig(configBytes), this.platform, this.name);
+    return { manifestBytes: m.bytes, manifestMediaType: mt, manifestDigest: m.digest, manifest, configBytes, config };
   }
 
   openBlob(desc: Descriptor): Promise<Readable> {
@@ -295,8 +307,6 @@ export interface TransformedLayer {
   stream: Readable;
   /** Called after the sink stored the stream; gives the new descriptor (mediaType, annotations…). */
   finish(stored: PutBlobResult): Promise<Descriptor>;
-  /** When the output is known in advance (decryption), the sink may skip it if present. */
-  expected?: { digest: string; size: number; mediaType: string; annotations?: Record<string, string> };
 }
 
 export interface LayerContext {
@@ -314,6 +324,8 @@ export interface CopyOptions {
   progress?: Progress;
   /** Convert the manifest to OCI media types when anything changes (default true). */
   toOci?: boolean;
+  /** Layers in flight at once (default 3). */
+  concurrency?: number;
 }
 
 export interface CopyResult {
@@ -347,40 +359,50 @@ export async function copyImage(src: ImageSource, dst: ImageSink, opts: CopyOpti
   const progress = opts.progress;
   const layersOut: Array<Descriptor & { skipped?: boolean }> = [];
   try {
-    for (const [i, layer] of img.manifest.layers.entries()) {
-      const id = `layer ${i + 1}/${img.manifest.layers.length}`;
+    const count = img.manifest.layers.length;
+    const copyLayer = async (i: number, layer: Descriptor): Promise<Descriptor & { skipped?: boolean }> => {
+      const id = `layer ${i + 1}/${count}`;
       const label = `${id} ${layer.digest.slice(7, 19)}`;
       const open = async (): Promise<Readable> => {
         const s = await src.openBlob(layer);
         return progress ? chain(s, new ProgressTap((n) => progress.advance(id, n))) : s;
       };
-      const t = opts.transform ? await opts.transform(layer, { index: i, count: img.manifest.layers.length, diffID: img.config.rootfs.diff_ids[i] }, open) : undefined;
+      const t = opts.transform ? await opts.transform(layer, { index: i, count, diffID: img.config.rootfs.diff_ids[i] }, open) : undefined;
       if (!t) {
-        if (await dst.hasBlob(layer, src.registryRepo)) {
-          progress?.start(id, label, layer.size);
-          progress?.done(id, 'exists');
-          layersOut.push({ ...layer, skipped: true });
-          continue;
-        }
         progress?.start(id, label, layer.size);
+        if (await dst.hasBlob(layer, src.registryRepo)) {
+          progress?.done(id, 'exists');
+          return { ...layer, skipped: true };
+        }
         const r = await dst.putBlob(await open(), { mediaType: layer.mediaType, expected: { digest: layer.digest, size: layer.size } });
         progress?.done(id, 'copied');
-        layersOut.push(r.mediaType ? { mediaType: r.mediaType, digest: r.digest, size: r.size } : { ...layer });
-        continue;
-      }
-      if (t.expected && (await dst.hasBlob({ mediaType: t.expected.mediaType, digest: t.expected.digest, size: t.expected.size }))) {
-        t.stream.destroy();
-        progress?.start(id, label, layer.size);
-        progress?.done(id, 'exists');
-        layersOut.push({ mediaType: t.expected.mediaType, digest: t.expected.digest, size: t.expected.size, ...(t.expected.annotations ? { annotations: t.expected.annotations } : {}), skipped: true });
-        continue;
+        return r.mediaType ? { mediaType: r.mediaType, digest: r.digest, size: r.size } : { ...layer };
       }
       progress?.start(id, label, layer.size);
-      const stored = await dst.putBlob(t.stream, { mediaType: t.expected?.mediaType ?? layer.mediaType, ...(t.expected ? { expected: { digest: t.expected.digest, size: t.expected.size } } : {}) });
+      const stored = await dst.putBlob(t.stream, { mediaType: layer.mediaType });
       const d = await t.finish(stored);
       progress?.done(id, 'done');
-      layersOut.push(stored.mediaType ? { ...d, mediaType: stored.mediaType, digest: stored.digest, size: stored.size } : d);
-    }
+      return stored.mediaType ? { ...d, mediaType: stored.mediaType, digest: stored.digest, size: stored.size } : d;
+    };
+    // layers move concurrently (like skopeo), results keep their order
+    const results: Array<Descriptor & { skipped?: boolean }> = new Array<Descriptor>(count);
+    let next = 0;
+    let failed = false;
+    const worker = async (): Promise<void> => {
+      while (!failed && next < count) {
+        const i = next++;
+        try {
+          results[i] = await copyLayer(i, img.manifest.layers[i] as Descriptor);
+        } catch (err) {
+          failed = true;
+          throw err;
+        }
+      }
+    };
+    const settled = await Promise.allSettled(Array.from({ length: Math.min(Math.max(1, opts.concurrency ?? 3), Math.max(count, 1)) }, worker));
+    const firstError = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (firstError) throw firstError.reason;
+    layersOut.push(...results);
     const plainLayers = layersOut.map(({ skipped: _s, ...d }) => d);
     const unchanged = plainLayers.length === img.manifest.layers.length && plainLayers.every((d, i) => sameDescriptor(d, img.manifest.layers[i] as Descriptor));
 

@@ -19,6 +19,7 @@ export const KBS_PORT = 8080;
 export const KBS_DATA_DIR = '/var/lib/cocoon/kbs';
 export const KBS_CONFIG_DIR = '/etc/cocoon/kbs';
 export const KBS_UID = 65532;
+export const KBS_KEYS_MOUNT = '/etc/cocoon/kbs-keys';
 
 export interface KbsValues {
   fullnameOverride: string;
@@ -206,17 +207,32 @@ export function renderKbs(options: KbsRenderOptions = {}): KbsRender {
     { name: 'data', mountPath: KBS_DATA_DIR },
     { name: 'tmp', mountPath: '/tmp' },
   ];
-  if (keysSecret) {
-    volumeMounts.push({ name: 'keys', mountPath: `${KBS_DATA_DIR}/kbs-identity.jwk`, subPath: 'kbs-identity.jwk', readOnly: true });
-    volumeMounts.push({ name: 'keys', mountPath: `${KBS_DATA_DIR}/seal.key`, subPath: 'seal.key', readOnly: true });
-  }
   if (hasConfig) volumeMounts.push({ name: 'config', mountPath: KBS_CONFIG_DIR, readOnly: true });
 
   const volumes: Array<Record<string, unknown>> = [];
   if (postgres) volumes.push({ name: 'data', emptyDir: { medium: 'Memory', sizeLimit: '16Mi' } });
   volumes.push({ name: 'tmp', emptyDir: { sizeLimit: '64Mi' } });
-  if (keysSecret) volumes.push({ name: 'keys', secret: { secretName: keysSecret, defaultMode: 0o440 } }); // group-readable: fsGroup 65532
+  // Secret files are root-owned and group-readable (fsGroup), which the KBS refuses for key
+  // files; an init container copies them into the data directory as 0600 files of the KBS user.
+  if (keysSecret) volumes.push({ name: 'keys', secret: { secretName: keysSecret, defaultMode: 0o440, items: [{ key: 'kbs-identity.jwk', path: 'kbs-identity.jwk' }, { key: 'seal.key', path: 'seal.key' }] } });
   if (hasConfig) volumes.push({ name: 'config', configMap: { name } });
+
+  const containerSecurity = { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } };
+  const initContainers: Array<Record<string, unknown>> = [];
+  if (keysSecret) {
+    initContainers.push({
+      name: 'install-keys',
+      image: imageRef(v),
+      imagePullPolicy: v.image.pullPolicy,
+      args: ['k8s', 'install-keys', '--from', KBS_KEYS_MOUNT, '--to', KBS_DATA_DIR],
+      resources: { requests: { cpu: '10m', memory: '64Mi' }, limits: { memory: '128Mi' } },
+      securityContext: containerSecurity,
+      volumeMounts: [
+        { name: 'keys', mountPath: KBS_KEYS_MOUNT, readOnly: true },
+        { name: 'data', mountPath: KBS_DATA_DIR },
+      ],
+    });
+  }
 
   const container: Record<string, unknown> = {
     name: 'kbs',
@@ -229,7 +245,7 @@ export function renderKbs(options: KbsRenderOptions = {}): KbsRender {
     livenessProbe: { httpGet: { path: '/healthz', port: 'http' }, periodSeconds: 10, timeoutSeconds: 3, failureThreshold: 3 },
     readinessProbe: { httpGet: { path: '/readyz', port: 'http' }, periodSeconds: 5, timeoutSeconds: 3, failureThreshold: 3 },
     resources: v.resources,
-    securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } },
+    securityContext: containerSecurity,
     volumeMounts,
   };
 
@@ -238,6 +254,7 @@ export function renderKbs(options: KbsRenderOptions = {}): KbsRender {
     automountServiceAccountToken: false,
     ...(v.imagePullSecrets.length ? { imagePullSecrets: v.imagePullSecrets.map((n) => ({ name: n })) } : {}),
     securityContext: { runAsNonRoot: true, runAsUser: KBS_UID, runAsGroup: KBS_UID, fsGroup: KBS_UID, seccompProfile: { type: 'RuntimeDefault' } },
+    ...(initContainers.length ? { initContainers } : {}),
     containers: [container],
     volumes,
     ...(Object.keys(v.nodeSelector).length ? { nodeSelector: v.nodeSelector } : {}),

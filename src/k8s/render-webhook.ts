@@ -6,6 +6,7 @@
  *  - with cert-manager: a self-signed Issuer and a Certificate; cert-manager's CA injector
  *    fills caBundle from the annotation cert-manager.io/inject-ca-from.
  */
+import { createHash } from 'node:crypto';
 import { stringify } from 'yaml';
 import { CocoonError } from '../errors.js';
 import type { K8sObject } from './manifest.js';
@@ -48,7 +49,8 @@ export function renderMutatingWebhookConfiguration(options: { service: string; n
         reinvocationPolicy: 'IfNeeded',
         timeoutSeconds: 10,
         namespaceSelector: { matchLabels: { [NAMESPACE_LABEL]: NAMESPACE_LABEL_VALUE } },
-        rules: [{ operations: ['CREATE'], apiGroups: [''], apiVersions: ['v1'], resources: ['pods'], scope: 'Namespaced' }],
+        // UPDATE too: a pod's image is mutable, and a Cocoon pod may only switch to a wrapped image.
+        rules: [{ operations: ['CREATE', 'UPDATE'], apiGroups: [''], apiVersions: ['v1'], resources: ['pods'], scope: 'Namespaced' }],
         clientConfig,
       },
     ],
@@ -94,11 +96,12 @@ export function renderWebhook(options: WebhookRenderOptions): K8sObject[] {
         replicas,
         selector: { matchLabels: selector },
         template: {
-          metadata: { labels: l },
+          // A changed webhook.yaml rolls the pods (the webhook reads it at start).
+          metadata: { labels: l, annotations: { 'cocoon.dev/config-sha256': createHash('sha256').update(options.configYaml).digest('hex') } },
           spec: {
             serviceAccountName: name,
             automountServiceAccountToken: false,
-            securityContext: { runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, seccompProfile: { type: 'RuntimeDefault' } },
+            securityContext: { runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, fsGroup: 65532, seccompProfile: { type: 'RuntimeDefault' } },
             containers: [
               {
                 name: 'webhook',
@@ -116,7 +119,7 @@ export function renderWebhook(options: WebhookRenderOptions): K8sObject[] {
               },
             ],
             volumes: [
-              { name: 'tls', secret: { secretName: tlsSecret } },
+              { name: 'tls', secret: { secretName: tlsSecret, defaultMode: 0o440 } },
               { name: 'config', configMap: { name } },
             ],
           },

@@ -117,6 +117,7 @@ export function checkTransformOptions(o: TransformOptions): void {
   if (!isPolicyName(o.policy)) throw new CocoonError('BAD_USAGE', `policy "${o.policy}" must be org/app (lower-case letters, digits, . _ -)`);
   if (!WORKLOAD_NAME_RE.test(o.workload)) throw new CocoonError('BAD_USAGE', `workload "${o.workload}" must match ${WORKLOAD_NAME_RE.source}`);
   if (!/^[A-Za-z0-9][A-Za-z0-9._\-/:@]{0,510}$/.test(o.image) || !/^[a-z0-9]/.test(o.image)) throw new CocoonError('BAD_USAGE', `image "${o.image}" is not an image reference`);
+  if (o.kbsUrl.length > 2048) throw new CocoonError('BAD_USAGE', 'KBS URL longer than 2048 characters');
   let url: URL;
   try {
     url = new URL(o.kbsUrl);
@@ -318,7 +319,16 @@ function convertEnv(container: Json, ctx: PodContext): void {
   if (ctx.mode === 'render') delete container.envFrom;
   const tee = teeFor(ctx.options);
   setEnv(kept, 'COCOON_KBS_URL', ctx.options.kbsUrl);
-  if (tee) setEnv(kept, 'COCOON_TEE', tee);
+  if (tee) {
+    setEnv(kept, 'COCOON_TEE', tee);
+  } else {
+    // The launcher detects the TEE; a stale COCOON_TEE (say, sim) must not survive.
+    const idx = kept.findIndex((e) => e.name === 'COCOON_TEE');
+    if (idx >= 0) {
+      ctx.warnings.push(`${ctx.where}: container ${cname}: COCOON_TEE removed; the launcher detects the TEE`);
+      kept.splice(idx, 1);
+    }
+  }
   container.env = kept;
 }
 

@@ -132,3 +132,52 @@ export function validateObject(obj: K8sObject, options: { allowUnknown?: boolean
 export function validateAll(objects: readonly K8sObject[], options: { allowUnknown?: boolean } = {}): void {
   for (const obj of objects) validateObject(obj, options);
 }
+
+const dynamicModels = new Map<string, ModelCtor | null>();
+
+async function loadModel(apiVersion: string, kind: string): Promise<ModelCtor | null> {
+  const key = `${apiVersion}/${kind}`;
+  if (dynamicModels.has(key)) return dynamicModels.get(key) ?? null;
+  let model: ModelCtor | null = null;
+  // Strict shapes only: the parts become a module path.
+  if (/^([a-z0-9][a-z0-9.-]{0,252}\/)?v[0-9]+((alpha|beta)[0-9]+)?$/.test(apiVersion) && /^[A-Z][A-Za-z0-9]{0,62}$/.test(kind)) {
+    try {
+      const mod = (await import(`kubernetes-models/${apiVersion}/${kind}`)) as Record<string, unknown>;
+      const ctor = mod[kind];
+      if (typeof ctor === 'function') model = ctor as ModelCtor;
+    } catch {
+      model = null; // not a built-in kind (a CRD): only metadata is checked
+    }
+  }
+  dynamicModels.set(key, model);
+  return model;
+}
+
+/**
+ * Validates objects of any built-in kind (loaded from kubernetes-models on demand); objects of
+ * unknown kinds (CRDs) get the metadata check only and are returned so callers can say so.
+ */
+export async function validateAnyKind(objects: readonly K8sObject[]): Promise<{ unchecked: string[] }> {
+  const unchecked: string[] = [];
+  for (const obj of objects) {
+    const key = `${obj.apiVersion}/${obj.kind}`;
+    if (MODELS[key] || VALIDATED_KINDS.includes(key)) {
+      validateObject(obj);
+      continue;
+    }
+    const Model = await loadModel(obj.apiVersion, obj.kind);
+    checkMetadata(obj);
+    if (!Model) {
+      unchecked.push(`${key} ${describe(obj)}`);
+      continue;
+    }
+    try {
+      new Model(obj as never).validate();
+    } catch (err) {
+      const errors = (err as { errors?: Array<{ instancePath?: string; message?: string }> }).errors;
+      const detail = errors?.length ? errors.slice(0, 5).map((e) => `${e.instancePath || '/'} ${e.message ?? 'invalid'}`).join('; ') : (err as Error).message;
+      throw new CocoonError('MANIFEST_INVALID', `${key} ${describe(obj)} does not match the Kubernetes schema: ${detail}`, { cause: err });
+    }
+  }
+  return { unchecked };
+}

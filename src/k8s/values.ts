@@ -50,7 +50,12 @@ export function parseValuesYaml(text: string, source = 'values'): Record<string,
   const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true });
   const first = doc.errors[0];
   if (first) throw new CocoonError('BAD_USAGE', `${source}: ${first.message.split('\n')[0] ?? 'YAML error'}`);
-  const value: unknown = doc.toJS({ maxAliasCount: 0 });
+  let value: unknown;
+  try {
+    value = doc.toJS({ maxAliasCount: 0 });
+  } catch (err) {
+    throw new CocoonError('BAD_USAGE', `${source}: ${(err as Error).message}`, { cause: err });
+  }
   if (value === null || value === undefined) return {};
   if (!isRecord(value)) throw new CocoonError('BAD_USAGE', `${source}: expected a mapping of values`);
   return value;

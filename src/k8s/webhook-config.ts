@@ -53,7 +53,12 @@ export function parseWebhookConfig(text: string, source = 'webhook config'): Web
   const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true });
   const first = doc.errors[0];
   if (first) throw new CocoonError('BAD_USAGE', `${source}: ${first.message.split('\n')[0] ?? 'YAML error'}`);
-  const raw: unknown = doc.toJS({ maxAliasCount: 0 });
+  let raw: unknown;
+  try {
+    raw = doc.toJS({ maxAliasCount: 0 });
+  } catch (err) {
+    throw new CocoonError('BAD_USAGE', `${source}: ${(err as Error).message}`, { cause: err });
+  }
   if (!isRecord(raw)) throw new CocoonError('BAD_USAGE', `${source}: expected a mapping`);
   onlyKeys(raw, ['kbsUrl', 'target', 'rootSize', 'images', 'maxBodyBytes'], '');
   const kbsUrl = str(raw, 'kbsUrl', '', true) as string;

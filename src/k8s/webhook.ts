@@ -61,6 +61,7 @@ interface ParsedRequest {
   operation: string;
   namespace: string | undefined;
   object: Record<string, unknown> | undefined;
+  oldObject: Record<string, unknown> | undefined;
 }
 
 /** Strictly reads an AdmissionReview v1 request; INPUT_MALFORMED otherwise. */
@@ -77,6 +78,7 @@ export function parseAdmissionReview(body: unknown): ParsedRequest {
   if (typeof req.operation !== 'string' || !['CREATE', 'UPDATE', 'DELETE', 'CONNECT'].includes(req.operation)) throw bad('request.operation must be CREATE, UPDATE, DELETE or CONNECT');
   if (req.namespace !== undefined && typeof req.namespace !== 'string') throw bad('request.namespace must be a string');
   if (req.object !== undefined && req.object !== null && !isRecord(req.object)) throw bad('request.object must be an object');
+  if (req.oldObject !== undefined && req.oldObject !== null && !isRecord(req.oldObject)) throw bad('request.oldObject must be an object');
   if (depth(body, MAX_DEPTH) > MAX_DEPTH) throw bad(`nested deeper than ${MAX_DEPTH} levels`);
   return {
     uid: req.uid,
@@ -84,6 +86,7 @@ export function parseAdmissionReview(body: unknown): ParsedRequest {
     operation: req.operation,
     namespace: req.namespace as string | undefined,
     object: isRecord(req.object) ? req.object : undefined,
+    oldObject: isRecord(req.oldObject) ? req.oldObject : undefined,
   };
 }
 
@@ -107,7 +110,9 @@ function annotationsOf(pod: Record<string, unknown>): Record<string, unknown> {
 /** The admission decision for one parsed request. */
 export function admit(req: ParsedRequest, config: WebhookConfig): AdmissionResponse {
   const { uid } = req;
-  if (req.kind.group !== '' || req.kind.version !== 'v1' || req.kind.kind !== 'Pod' || req.operation !== 'CREATE') return allow(uid);
+  if (req.kind.group !== '' || req.kind.version !== 'v1' || req.kind.kind !== 'Pod') return allow(uid);
+  if (req.operation === 'UPDATE') return admitUpdate(req, config);
+  if (req.operation !== 'CREATE') return allow(uid);
   const pod = req.object;
   if (!pod) throw new CocoonError('INPUT_MALFORMED', 'AdmissionReview: request.object is missing for a Pod CREATE');
   const ann = annotationsOf(pod);
@@ -163,6 +168,28 @@ export function admit(req: ParsedRequest, config: WebhookConfig): AdmissionRespo
   return { ...allow(uid, result.warnings), patchType: 'JSONPatch', patch: Buffer.from(JSON.stringify(patch)).toString('base64') };
 }
 
+/**
+ * Pod UPDATE (image is one of the few mutable fields): a Cocoon pod — by its new or its old
+ * annotations, so removing them does not help — may only switch to another listed wrapped
+ * image. Nothing is patched on UPDATE.
+ */
+function admitUpdate(req: ParsedRequest, config: WebhookConfig): AdmissionResponse {
+  const { uid } = req;
+  const pod = req.object;
+  if (!pod) throw new CocoonError('INPUT_MALFORMED', 'AdmissionReview: request.object is missing for a Pod UPDATE');
+  const ann = { ...(req.oldObject ? annotationsOf(req.oldObject) : {}), ...annotationsOf(pod) };
+  if (ann[ANNOTATION.workload] === undefined && ann[ANNOTATION.policy] === undefined) return allow(uid);
+  const wrapped = new Set(config.images.map((m) => m.wrapped));
+  const spec = isRecord(pod.spec) ? pod.spec : {};
+  const containers = Array.isArray(spec.containers) ? spec.containers.filter(isRecord) : [];
+  const named = typeof ann[ANNOTATION.container] === 'string' ? containers.filter((c) => c.name === ann[ANNOTATION.container]) : containers;
+  const cocoon = named.length === 1 ? named : containers.filter((c) => wrapped.has(String(c.image)));
+  if (cocoon.length !== 1 || !wrapped.has(String(cocoon[0]?.image))) {
+    return deny(uid, `this pod runs under a Cocoon policy; an update may only set a wrapped image listed in the webhook configuration (containers: ${containers.map((c) => `${String(c.name)}=${String(c.image)}`).join(', ')})`);
+  }
+  return allow(uid);
+}
+
 /** Body (already JSON-parsed) → AdmissionReview response; throws INPUT_MALFORMED for a bad request. */
 export function reviewAdmission(body: unknown, config: WebhookConfig): AdmissionReviewOut {
   const req = parseAdmissionReview(body);
@@ -192,7 +219,8 @@ function errorBody(code: string, message: string) {
 export function buildWebhookApp(options: WebhookServerOptions): FastifyInstance {
   const { config } = options;
   const loggerOpt = options.logger === undefined ? false : options.logger;
-  const common = { bodyLimit: config.maxBodyBytes, logger: loggerOpt, return503OnClosing: true };
+  // requestTimeout bounds slow clients; the API server itself gives up after the webhook's timeoutSeconds (10 s).
+  const common = { bodyLimit: config.maxBodyBytes, logger: loggerOpt, return503OnClosing: true, requestTimeout: 15_000, connectionTimeout: 30_000 };
   const app = (options.tls
     ? Fastify({ ...common, https: { cert: options.tls.cert, key: options.tls.key, minVersion: TLS_MIN_VERSION } })
     : Fastify(common)) as unknown as FastifyInstance;

@@ -120,6 +120,7 @@ export async function buildKbsApp(options: KbsOptions): Promise<FastifyInstance>
     await app.register(healthRoutes(ctx));
     await app.register(rcarRoutes(ctx));
     await app.register(ownerRoutes(ctx));
+    await app.register((await import('./routes/ui.js')).uiRoutes(ctx));
 
     const purge = setInterval(() => {
       store.purgeExpired(now().getTime()).catch((err: unknown) => app.log.error({ err }, 'purging expired sessions failed'));

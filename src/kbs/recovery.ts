@@ -75,6 +75,7 @@ export async function readOwnerPrivateJwk(file: string): Promise<JWK> {
 
 /** Decrypts the share addressed to this owner. */
 export async function decryptShare(record: RecoveryRecord, ownerPrivate: JWK): Promise<ShareFile> {
+  if (ownerPrivate.kty !== 'EC' || ownerPrivate.crv !== 'P-256' || typeof ownerPrivate.d !== 'string') throw new CocoonError('FORBIDDEN', 'only private P-256 owner keys hold recovery shares');
   const pub: JWK = { kty: 'EC', crv: 'P-256', x: ownerPrivate.x, y: ownerPrivate.y };
   const kid = await calculateJwkThumbprint(pub, 'sha256');
   const entry = record.shares.find((s) => s.kid === kid);

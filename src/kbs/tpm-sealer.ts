@@ -74,8 +74,14 @@ export class TpmSealer implements Sealer {
     }
   }
 
-  private primary(dir: string): Promise<Buffer> {
-    return run(this.tool('tpm2_createprimary'), ['-Q', '-C', 'o', '-g', 'sha256', '-G', 'ecc256', '-c', join(dir, 'primary.ctx')], this.env);
+  /** tpm2-tools leave transient objects loaded; the TPM has only a few slots (3 in swtpm). */
+  private flush(): Promise<Buffer> {
+    return run(this.tool('tpm2_flushcontext'), ['-t'], this.env);
+  }
+
+  private async primary(dir: string): Promise<void> {
+    await run(this.tool('tpm2_createprimary'), ['-Q', '-C', 'o', '-g', 'sha256', '-G', 'ecc256', '-c', join(dir, 'primary.ctx')], this.env);
+    await this.flush();
   }
 
   async seal(dataKey: Uint8Array): Promise<string> {
@@ -96,6 +102,7 @@ export class TpmSealer implements Sealer {
       await writeFile(join(dir, 'seal.priv'), Buffer.from(m[2] as string, 'base64'));
       await this.primary(dir);
       await run(this.tool('tpm2_load'), ['-Q', '-C', join(dir, 'primary.ctx'), '-u', join(dir, 'seal.pub'), '-r', join(dir, 'seal.priv'), '-c', join(dir, 'seal.ctx')], this.env);
+      await this.flush();
       await run(this.tool('tpm2_unseal'), ['-c', join(dir, 'seal.ctx'), '-o', join(dir, 'out.bin')], this.env);
       const value = await readFile(join(dir, 'out.bin'));
       return new Uint8Array(value);

@@ -7,6 +7,7 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawnSync } from 'node:child_process';
 import { createHash, createPublicKey, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { TpmClient, ALG, TpmResponseError } from '../../src/attester/tpm/client.js';
@@ -61,6 +62,25 @@ test('TPM client: TPM errors and malformed responses are bounded TPM_COMMAND_FAI
   assert.equal(n, 3);
   await assert.rejects(TpmClient.connect(parseTcti('swtpm:host=127.0.0.1,port=1')), (e) => isCocoonError(e, 'TEE_NOT_FOUND'));
   await assert.rejects(TpmClient.connect(parseTcti('device:/dev/tpmrm99')), (e) => isCocoonError(e, 'TEE_NOT_FOUND'));
+});
+
+test('swtpm TCP transport: silent, oversized and truncated peers fail within bounds', async () => {
+  for (const [name, onData] of [
+    ['silent', () => undefined],
+    ['oversized', (sock: Socket) => sock.write(response(0, Buffer.alloc(20 * 1024)))],
+    ['hangs up', (sock: Socket) => sock.end(response(0).subarray(0, 6))],
+  ] as const) {
+    const server = createServer((sock) => sock.on('data', () => onData(sock)));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const port = (server.address() as { port: number }).port;
+    const c = await TpmClient.connect(parseTcti(`swtpm:host=127.0.0.1,port=${port}`), 300);
+    const t0 = Date.now();
+    await assert.rejects(c.readPublic(0x81010002), (e) => isCocoonError(e, 'TPM_COMMAND_FAILED'), name);
+    assert.ok(Date.now() - t0 < 5000, name);
+    await assert.rejects(c.readPublic(0x81010002), (e) => isCocoonError(e, 'TPM_COMMAND_FAILED'), `${name}: connection unusable afterwards`);
+    await c.close();
+    server.close();
+  }
 });
 
 describe('real TPM 2.0 (swtpm)', { skip: swtpmMissing }, () => {
@@ -183,6 +203,16 @@ describe('real TPM 2.0 (swtpm)', { skip: swtpmMissing }, () => {
     assert.equal(mismatch.verified, false);
     assert.equal(mismatch.errors[0]?.code, 'EVENT_LOG_MISMATCH');
     assert.throws(() => parseTrustedAks(['not a key']), (e) => isCocoonError(e, 'BAD_USAGE'));
+    // qualifying data = SHA-256(report data) (TPMs whose TPM2B_DATA is < 64 bytes) is accepted; other values are not
+    const all = Array.from({ length: 24 }, (_, i) => i);
+    for (const [q, want] of [[createHash('sha256').update(rd).digest(), true], [randomBytes(32), false]] as const) {
+      const quoted = await withClient(async (c) => ({ q: await c.quote(DEFAULT_AK_HANDLE, q, ALG.SHA256, [0, 23]), pcrs: await c.pcrRead(ALG.SHA256, all) }));
+      const short = { ak_public: ev.ak_public, tpm_quote: { message: quoted.q.message.toString('base64'), signature: quoted.q.signature.toString('base64'), pcrs: all.map((i) => quoted.pcrs.get(i)!.toString('hex')) } };
+      const r = await trusted('tpm', short, { at, reportData: rd });
+      assert.equal(r.verified, want, JSON.stringify(r.errors));
+      if (want) assert.equal(r.claims.report_data, rd.toString('hex'));
+      else assert.equal(r.errors[0]?.code, 'NONCE_INVALID');
+    }
   });
 
   test('a non-resettable PCR that was already extended is refused before attesting', async () => {

@@ -37,7 +37,7 @@ export interface Registry {
  * Starts Debian's docker-registry (distribution v2) on a free loopback port with its config
  * and storage in `dir`; with `auth`, htpasswd basic authentication (bcrypt line from htpasswd -B).
  */
-export async function startRegistry(dir: string, auth?: { user: string; password: string }): Promise<Registry> {
+export async function startRegistry(dir: string, auth?: { user: string; password: string }, tls?: { cert: string; key: string }): Promise<Registry> {
   await mkdir(join(dir, 'data'), { recursive: true });
   const port = await freePort();
   let authYaml = '';
@@ -46,7 +46,8 @@ export async function startRegistry(dir: string, auth?: { user: string; password
     await writeFile(join(dir, 'htpasswd'), stdout.trim() + '\n');
     authYaml = `auth:\n  htpasswd:\n    realm: cocoon-test\n    path: ${join(dir, 'htpasswd')}\n`;
   }
-  const config = `version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: ${join(dir, 'data')}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:${port}\n${authYaml}`;
+  const tlsYaml = tls ? `  tls:\n    certificate: ${tls.cert}\n    key: ${tls.key}\n` : '';
+  const config = `version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: ${join(dir, 'data')}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:${port}\n${tlsYaml}${authYaml}`;
   await writeFile(join(dir, 'config.yml'), config);
   const child: ChildProcess = spawn('docker-registry', ['serve', join(dir, 'config.yml')], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
@@ -56,10 +57,15 @@ export async function startRegistry(dir: string, auth?: { user: string; password
   const host = `127.0.0.1:${port}`;
   const deadline = Date.now() + 10_000;
   for (;;) {
-    const ok = await fetch(`http://${host}/v2/`).then(
-      (r) => r.status === 200 || r.status === 401,
-      () => false,
-    );
+    const ok = tls
+      ? await run('openssl', ['s_client', '-connect', host, '-brief'], { timeout: 2000 }).then(
+          () => true,
+          (e: { stderr?: string }) => /CONNECTION ESTABLISHED|Verification/i.test(e.stderr ?? ''),
+        )
+      : await fetch(`http://${host}/v2/`).then(
+          (r) => r.status === 200 || r.status === 401,
+          () => false,
+        );
     if (ok) break;
     if (Date.now() > deadline || child.exitCode !== null) {
       child.kill('SIGKILL');
@@ -121,4 +127,20 @@ export async function treeOf(dir: string): Promise<Record<string, string>> {
   }
   await walk(dir);
   return out;
+}
+
+/** A CA and a server certificate for 127.0.0.1 (openssl), for TLS registry tests. */
+export async function makeTlsFiles(dir: string): Promise<{ ca: string; cert: string; key: string }> {
+  await mkdir(dir, { recursive: true });
+  const ca = join(dir, 'ca.pem');
+  const caKey = join(dir, 'ca.key');
+  const key = join(dir, 'server.key');
+  const csr = join(dir, 'server.csr');
+  const cert = join(dir, 'server.pem');
+  const ext = join(dir, 'ext.cnf');
+  await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', caKey, '-out', ca, '-days', '2', '-subj', '/CN=cocoon test CA']);
+  await run('openssl', ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', csr, '-subj', '/CN=127.0.0.1']);
+  await writeFile(ext, 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
+  await run('openssl', ['x509', '-req', '-in', csr, '-CA', ca, '-CAkey', caKey, '-CAcreateserial', '-out', cert, '-days', '2', '-extfile', ext]);
+  return { ca, cert, key };
 }

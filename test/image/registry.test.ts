@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import http from 'node:http';
 import { join } from 'node:path';
-import { writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, writeFile } from 'node:fs/promises';
 import { wrapImage } from '../../src/image/wrap.js';
 import { LayoutSink, LayoutSource, RegistrySink, RegistrySource, copyImage, openSource } from '../../src/image/transport.js';
 import { parseDockerReference, parseImageReference } from '../../src/image/reference.js';
@@ -13,7 +13,7 @@ import { unpackImage, inspectImage } from '../../src/image/operations.js';
 import { parseChallenge, RegistryClient } from '../../src/image/registry.js';
 import { readLayout } from '../../src/image/layout.js';
 import { makeAppTree, makeLauncherDir, tarOf, tempDir, writeSourceImage } from './helpers.js';
-import { cocoon, freePort, has, run, startRegistry, treeOf } from './peers.js';
+import { cocoon, freePort, has, makeTlsFiles, run, startRegistry, treeOf } from './peers.js';
 
 const names = { policy: 'shop/app', workload: 'app' };
 
@@ -229,4 +229,63 @@ test('registry client: refusals without a peer', async () => {
   await assert.rejects(d.getManifest('bad tag'), { code: 'BAD_USAGE' });
   d.close();
   await assert.rejects(RegistryClient.open(parseDockerReference('example.com/a/b'), { caFiles: ['/nonexistent/ca.pem'] }), { code: 'NOT_FOUND' });
+});
+
+test('registry over HTTPS with a private CA: --ca / --cert-dir trust it, otherwise REGISTRY_TLS_FAILED', async (t) => {
+  if (!(await has('docker-registry', ['--version']))) return t.skip('SKIPPED: docker-registry is not installed');
+  const f = await fixture(t);
+  const tls = await makeTlsFiles(join(f.base, 'tls'));
+  const reg = await startRegistry(join(f.base, 'reg'), undefined, { cert: tls.cert, key: tls.key });
+  t.after(() => reg.stop());
+  const ref = parseDockerReference(`${reg.host}/shop/app:1`);
+  await assert.rejects(async () => copyImage(new LayoutSource(f.source, 'app:1', undefined), await RegistrySink.open(ref, { registry: { attempts: 1 } })), { code: 'REGISTRY_TLS_FAILED' });
+  const r = await copyImage(new LayoutSource(f.source, 'app:1', undefined), await RegistrySink.open(ref, { registry: { caFiles: [tls.ca] } }));
+  const certDir = join(f.base, 'certs.d');
+  await mkdir(certDir);
+  await copyFile(tls.ca, join(certDir, 'ca.crt'));
+  const c = await cocoon(['image', 'inspect', `docker://${reg.host}/shop/app:1`, '--cert-dir', certDir, '--json']);
+  assert.equal(c.code, 0, c.stdout);
+  assert.equal((JSON.parse(c.stdout) as { manifestDigest: string }).manifestDigest, r.manifestDigest);
+  const bad = await cocoon(['image', 'inspect', `docker://${reg.host}/shop/app:1`, '--json', '--timeout', '5']);
+  assert.equal((JSON.parse(bad.stdout) as { error: { code: string } }).error.code, 'REGISTRY_TLS_FAILED');
+});
+
+test('registry multi-platform index: the host platform by default, --platform picks, an absent one is NOT_FOUND', async (t) => {
+  if (!(await has('docker-registry', ['--version']))) return t.skip('SKIPPED: docker-registry is not installed');
+  const f = await fixture(t);
+  const reg = await startRegistry(join(f.base, 'reg'));
+  t.after(() => reg.stop());
+  const opts = { registry: { insecure: true } };
+  // the amd64 image, and an "arm64" variant of it (another config), both pushed by digest, then an index
+  const amd = await copyImage(new LayoutSource(f.source, 'app:1', undefined), await RegistrySink.open(parseDockerReference(`${reg.host}/shop/multi:amd64`), opts));
+  const src = await readLayout(f.source, 'app:1');
+  const { LayoutWriter } = await import('../../src/image/layout.js');
+  const w = await LayoutWriter.open(f.source);
+  const armCfg = await w.putBytes(Buffer.from(JSON.stringify({ ...src.config, architecture: 'arm64', variant: 'v8' })), 'application/vnd.oci.image.config.v1+json');
+  const armManifest = await w.putBytes(Buffer.from(JSON.stringify({ ...src.manifest, config: armCfg })), 'application/vnd.oci.image.manifest.v1+json', { 'org.opencontainers.image.ref.name': 'arm' });
+  await w.writeIndex([armManifest]);
+  const arm = await copyImage(new LayoutSource(f.source, 'arm', undefined), await RegistrySink.open(parseDockerReference(`${reg.host}/shop/multi:arm64`), opts));
+  const index = {
+    schemaVersion: 2,
+    mediaType: 'application/vnd.oci.image.index.v1+json',
+    manifests: [
+      { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: arm.manifestDigest, size: armManifest.size, platform: { os: 'linux', architecture: 'arm64', variant: 'v8' } },
+      { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: amd.manifestDigest, size: src.manifestDescriptor.size, platform: { os: 'linux', architecture: 'amd64' } },
+    ],
+  };
+  const client = await RegistryClient.open(parseDockerReference(`${reg.host}/shop/multi:latest`), { insecure: true });
+  await client.putManifest('latest', Buffer.from(JSON.stringify(index)), 'application/vnd.oci.image.index.v1+json');
+  client.close();
+  const pick = async (platform?: { os: string; architecture: string; variant?: string }) => {
+    const s = await RegistrySource.open(parseDockerReference(`${reg.host}/shop/multi:latest`), { ...opts, ...(platform ? { platform } : {}) });
+    try {
+      return (await s.resolve()).manifestDigest;
+    } finally {
+      await s.close();
+    }
+  };
+  if (process.arch === 'x64') assert.equal(await pick(), amd.manifestDigest);
+  assert.equal(await pick({ os: 'linux', architecture: 'arm64' }), arm.manifestDigest);
+  assert.equal(await pick({ os: 'linux', architecture: 'amd64' }), amd.manifestDigest);
+  await assert.rejects(pick({ os: 'linux', architecture: 's390x' }), { code: 'NOT_FOUND' });
 });

@@ -109,6 +109,26 @@ describe('Helm chart ≡ cocoon k8s render kbs', () => {
     assert.throws(() => t.render('x.yaml', root), /unsupported function lookup/);
   });
 
+  it('values.schema.json (what helm checks values against) accepts every scenario and refuses what the renderer refuses', async () => {
+    const { Compile } = await import('typebox/compile');
+    const schema = JSON.parse(await readFile(join(CHART, 'values.schema.json'), 'utf8')) as unknown;
+    const check = Compile(schema as never);
+    for (const s of SCENARIOS) assert.ok(check.Check(deepMerge(structuredClone(defaults), s.values)), s.name);
+    const bad: Array<Record<string, unknown>> = [
+      { replica: 2 },
+      { image: { pullPolicy: 'Sometimes' } },
+      { store: { type: 'mysql' } },
+      { resources: { limits: { memory: 'lots' } } },
+      { replicas: 0 },
+      { service: { port: '8080' } },
+      { serviceMonitor: { interval: 'often' } },
+    ];
+    for (const values of bad) {
+      assert.equal(check.Check(deepMerge(structuredClone(defaults), values)), false, JSON.stringify(values));
+      assert.throws(() => renderKbs({ values }), /values:/, JSON.stringify(values));
+    }
+  });
+
   it('the chart refuses what the renderer refuses', () => {
     assert.throws(() => helmTemplate('cocoon', 'cocoon', { replicas: 3 }), /SQLite allows one replica/);
     assert.throws(() => helmTemplate('cocoon', 'cocoon', { store: { type: 'postgres' } }), /existingSecret/);

@@ -6,6 +6,7 @@ import { parse } from 'yaml';
 import { APP_VERSION, DEFAULT_KBS_VALUES, renderKbs, resolveKbsValues, parseImageRef } from '../../src/k8s/render-kbs.js';
 import { parseManifests, toYaml, type K8sObject } from '../../src/k8s/manifest.js';
 import { validateAll, validateObject } from '../../src/k8s/validate.js';
+import { parseValuesYaml } from '../../src/k8s/values.js';
 import { isCocoonError } from '../../src/errors.js';
 import { assertGolden, CHART } from './helpers.js';
 
@@ -79,6 +80,14 @@ describe('cocoon k8s render kbs', () => {
     ];
     for (const [values, re] of cases) {
       assert.throws(() => renderKbs({ values }), (err: unknown) => isCocoonError(err, 'BAD_USAGE') && re.test((err as Error).message), String(re));
+    }
+  });
+
+  it('values files are read strictly', () => {
+    assert.deepEqual(parseValuesYaml('', 'v.yaml'), {});
+    assert.deepEqual(parseValuesYaml('replicas: 2\n', 'v.yaml'), { replicas: 2 });
+    for (const [text, re] of [['a: 1\na: 2\n', /v\.yaml/], ['- 1\n', /mapping of values/], ['a: &x 1\nb: *x\n', /Alias/]] as const) {
+      assert.throws(() => parseValuesYaml(text, 'v.yaml'), (e: unknown) => isCocoonError(e, 'BAD_USAGE') && re.test((e as Error).message), String(re));
     }
   });
 

@@ -84,6 +84,14 @@ describe('workload transformation', () => {
     const other = transformManifests(await app(), { ...BASE, target: 'kata-cc', runtimeClass: 'my-kata' });
     const otherEnv = env(podOf(other.objects.find((o) => o.kind === 'Deployment') as K8sObject));
     assert.equal(otherEnv.COCOON_TEE, undefined, 'unknown runtime class: detect, never sim');
+    // A COCOON_TEE=sim left in the input does not survive a non-sim target.
+    const simmed = await app();
+    const dep = simmed.find((o) => o.kind === 'Deployment') as K8sObject;
+    (podOf(dep).spec.containers[0]?.env as Array<Record<string, unknown>>).push({ name: 'COCOON_TEE', value: 'sim' });
+    for (const opts of [{ runtimeClass: 'my-kata' }, { runtimeClass: 'kata-qemu-snp' }]) {
+      const r = transformManifests(simmed, { ...BASE, target: 'kata-cc', ...opts });
+      assert.notEqual(env(podOf(r.objects.find((o) => o.kind === 'Deployment') as K8sObject)).COCOON_TEE, 'sim');
+    }
     assert.throws(() => transformManifests([], { ...BASE, target: 'kata-cc' }), (e: unknown) => isCocoonError(e, 'BAD_USAGE') && /runtime-class/.test((e as Error).message));
     await assertGolden('workload-kata-cc.yaml', toYaml(snp.objects));
   });
@@ -177,5 +185,19 @@ describe('workload transformation', () => {
     assert.throws(() => parseManifests('x'.repeat(100), 'big', { maxBytes: 10 }), (e: unknown) => isCocoonError(e, 'INPUT_TOO_LARGE'));
     const bomb = `apiVersion: v1\nkind: X\na: &a [1, 2]\nb: [${Array.from({ length: 60 }, () => '*a').join(', ')}]\n`;
     assert.throws(() => parseManifests(bomb), (e: unknown) => isCocoonError(e, 'INPUT_MALFORMED'));
+  });
+});
+
+describe('validation of passed-through objects', () => {
+  it('any built-in kind is validated on demand; CRDs are reported as unchecked', async () => {
+    const { validateAnyKind } = await import('../../src/k8s/validate.js');
+    const ingress = { apiVersion: 'networking.k8s.io/v1', kind: 'Ingress', metadata: { name: 'web' }, spec: { rules: [{ host: 'shop.example', http: { paths: [{ path: '/', pathType: 'Prefix', backend: { service: { name: 'web', port: { number: 80 } } } }] } }] } };
+    const hpa = { apiVersion: 'autoscaling/v2', kind: 'HorizontalPodAutoscaler', metadata: { name: 'web' }, spec: { scaleTargetRef: { apiVersion: 'apps/v1', kind: 'Deployment', name: 'web' }, maxReplicas: 5 } };
+    const crd = { apiVersion: 'example.com/v1', kind: 'Widget', metadata: { name: 'w' }, spec: {} };
+    assert.deepEqual((await validateAnyKind([ingress, hpa, crd])).unchecked, ['example.com/v1/Widget Widget/w']);
+    const bad = { ...hpa, spec: { ...hpa.spec, maxReplicas: 'five' } };
+    await assert.rejects(validateAnyKind([bad]), (e: unknown) => isCocoonError(e, 'MANIFEST_INVALID') && /maxReplicas/.test((e as Error).message));
+    // Odd apiVersions never become module paths: they are reported, not imported.
+    assert.equal((await validateAnyKind([{ apiVersion: '../../x', kind: 'Pod', metadata: { name: 'p' } }])).unchecked.length, 1);
   });
 });

@@ -91,11 +91,39 @@ describe('admission webhook (AdmissionReview v1 fixtures)', () => {
     for (const mutate of [
       (r: Review) => (r.request.object.metadata.annotations = {}),
       (r: Review) => (r.request.kind = { group: 'apps', version: 'v1', kind: 'Deployment' }),
-      (r: Review) => (r.request.operation = 'UPDATE'),
+      (r: Review) => (r.request.operation = 'DELETE'),
     ]) {
       const out = reviewAdmission(review(mutate), config);
       assert.deepEqual(out.response, { uid: base.request.uid, allowed: true });
     }
+  });
+
+  it('UPDATE: a Cocoon pod may only switch to a listed wrapped image, even with its annotations removed', () => {
+    const created = applyPatch(base.request.object, patchOf(reviewAdmission(review(), config))) as Review['request']['object'];
+    const update = (mutate: (pod: Review['request']['object']) => void) =>
+      reviewAdmission(
+        review((r) => {
+          r.request.operation = 'UPDATE';
+          (r.request as Record<string, unknown>).oldObject = structuredClone(created);
+          const next = structuredClone(created);
+          mutate(next);
+          r.request.object = next;
+        }),
+        config,
+      ).response;
+    assert.deepEqual(update(() => undefined), { uid: base.request.uid, allowed: true });
+    assert.equal(update((p) => ((p.spec.containers[0] as Record<string, unknown>).image = `registry.example/shop/web-cc@sha256:${'c'.repeat(64)}`)).allowed, true);
+    const swapped = update((p) => ((p.spec.containers[0] as Record<string, unknown>).image = 'docker.io/library/redis:7'));
+    assert.equal(swapped.allowed, false);
+    assert.match(swapped.status?.message ?? '', /may only set a wrapped image/);
+    const sneaky = update((p) => {
+      p.metadata.annotations = {};
+      (p.spec.containers[0] as Record<string, unknown>).image = 'evil/redis:latest';
+    });
+    assert.equal(sneaky.allowed, false);
+    // An ordinary pod's update is none of the webhook's business.
+    const plain = reviewAdmission(review((r) => ((r.request.operation = 'UPDATE'), (r.request.object.metadata.annotations = {}))), config);
+    assert.equal(plain.response.allowed, true);
   });
 
   it('refuses an unwrapped image under a Cocoon policy, with a clear message', () => {
@@ -181,6 +209,8 @@ describe('admission webhook (AdmissionReview v1 fixtures)', () => {
       [configText.replace('  runtimeClass: kata-qemu-snp\n', ''), /runtime-class/],
       [configText + 'maxBodyBytes: 10\n', /maxBodyBytes/],
       [configText.replace('docker.io/library/nginx:1.25', 'docker.io/library/redis:7'), /mapped twice/],
+      [configText.replace('rootSize: 1Gi', 'rootSize: &r 1Gi\nalias: *r'), /Alias/],
+      ['- not a mapping\n', /expected a mapping/],
     ];
     for (const [text, re] of cases) {
       assert.throws(() => parseWebhookConfig(text), (e: unknown) => isCocoonError(e, 'BAD_USAGE') && re.test((e as Error).message), String(re));

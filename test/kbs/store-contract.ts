@@ -50,5 +50,48 @@ export async function storeContract(store: Store): Promise<void> {
     assert.deepEqual((await store.listEvents({ limit: 10, policy: 'demo/app' })).map((e) => e.id), ['e3', 'e1']);
     assert.equal(await store.putMetaIfAbsent('k', 'first'), 'first');
     assert.equal(await store.putMetaIfAbsent('k', 'second'), 'first');
+    await store.putMeta('k', 'third');
+    assert.equal(await store.getMeta('k'), 'third');
+
+    // governance rows: one decision per owner; compare-and-set of the status
+    await store.createPending({ id: 'p1', policy: 'demo/app', baseHash: 'h3', baseVersion: 3, yaml: 'y', threshold: 2, proposedBy: 'o1', createdAt: 5, status: 'pending', decidedAt: null });
+    assert.equal(await store.addApproval({ pendingId: 'p1', owner: 'o1', decision: 'approve', at: 5 }), true);
+    assert.equal(await store.addApproval({ pendingId: 'p1', owner: 'o1', decision: 'reject', at: 6 }), false);
+    assert.deepEqual((await store.listApprovals('p1')).map((a) => a.decision), ['approve']);
+    assert.deepEqual((await store.listPending('demo/app', 'pending')).map((p) => p.id), ['p1']);
+    const cas = await Promise.all([store.setPendingStatus('p1', 'pending', 'applied', 7), store.setPendingStatus('p1', 'pending', 'rejected', 7)]);
+    assert.equal(cas.filter(Boolean).length, 1);
+
+    // audit: seq is the primary key, so two writers cannot both append entry n
+    const entry = (seq: number) => ({ seq, at: seq, actor: 'a', action: 'x', policy: null, detail: '{}', prev: 'p', hash: `h${seq}`, sig: 's' });
+    await store.insertAudit(entry(1));
+    await assert.rejects(store.insertAudit(entry(1)));
+    await store.transaction(async (tx) => {
+      await tx.insertAudit(entry(2));
+    });
+    await assert.rejects(
+      store.transaction(async (tx) => {
+        await tx.insertAudit(entry(3));
+        throw new Error('rollback');
+      }),
+    );
+    assert.equal((await store.lastAudit())?.seq, 2, 'a failed transaction leaves no entry');
+    assert.deepEqual((await store.listAudit({ afterSeq: 1, limit: 10 })).map((e) => e.seq), [2]);
+
+    // CA rows and revocations
+    const ca = { id: 'root', kind: 'root' as const, serial: '01', cert: 'c', sealedKey: 'k', createdAt: 1, notAfter: 2 };
+    assert.equal((await store.putCaIfAbsent(ca)).serial, '01');
+    assert.equal((await store.putCaIfAbsent({ ...ca, serial: '02' })).serial, '01');
+    await store.insertCa({ ...ca, id: 'i1', kind: 'intermediate', createdAt: 3 });
+    await store.insertCa({ ...ca, id: 'i2', kind: 'intermediate', createdAt: 4 });
+    assert.equal((await store.latestCa('intermediate'))?.id, 'i2');
+    assert.equal(await store.revokeSerial('ab', 1, 'x'), true);
+    assert.equal(await store.revokeSerial('ab', 2, 'x'), false);
+    assert.deepEqual((await store.listRevoked()).map((r) => r.serial), ['ab']);
+
+    // activations: atomic counting against a maximum, also under concurrency
+    const counts = await Promise.all(Array.from({ length: 6 }, () => store.countActivation('demo/app', 'w', 4)));
+    assert.equal(counts.filter((c) => c !== false).length, 4);
+    assert.equal(await store.countActivation('demo/app', 'other', undefined), 1);
     await store.ping();
 }

@@ -102,7 +102,10 @@ class SocketTransport implements TpmTransport {
     this.pending = Buffer.alloc(0);
     this.socket.write(command);
     return new Promise<Buffer>((resolve, reject) => {
-      const timer = setTimeout(() => done(new CocoonError('TPM_COMMAND_FAILED', `${this.where}: no response within ${this.timeoutMs} ms`)), this.timeoutMs);
+      const timer = setTimeout(() => {
+        // a late response would be taken for the next command's: this connection is done
+        this.fail(new CocoonError('TPM_COMMAND_FAILED', `${this.where}: no response within ${this.timeoutMs} ms`));
+      }, this.timeoutMs);
       const done = (err?: Error): void => {
         if (!err) {
           let size: number | undefined;

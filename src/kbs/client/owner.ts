@@ -169,6 +169,10 @@ export class OwnerClient {
     return (await this.call('POST', `/cocoon/v1/policies/${policy.name}/diff`, { yaml })) as Awaited<ReturnType<OwnerClient['diffPolicy']>>;
   }
 
+  async workloads(name: string): Promise<{ name: string; activations: number; maxActivations: number | null; tees: string[]; secrets: string[] }[]> {
+    return ((await this.call('GET', `/cocoon/v1/policies/${checkPolicyName(name)}/workloads`)) as { workloads: Awaited<ReturnType<OwnerClient['workloads']>> }).workloads;
+  }
+
   async listPending(name: string): Promise<PendingUpdate[]> {
     return ((await this.call('GET', `/cocoon/v1/policies/${checkPolicyName(name)}/pending`)) as { pending: PendingUpdate[] }).pending;
   }

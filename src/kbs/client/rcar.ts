@@ -20,6 +20,8 @@ export interface AttestAndFetchOptions {
   initData: { policy: string; workload: string };
   /** `org/app/name` resources to fetch, e.g. `demo/redis/launch-plan`. */
   resources: string[];
+  /** PKCS#10 CSR (PEM or base64 DER) to bind into report_data; then `<org>/<app>/workload-cert` issues a certificate for it. */
+  csr?: string;
   retry?: RetryOptions;
   /** Per HTTP request. Default 15 s. */
   timeoutMs?: number;
@@ -91,7 +93,7 @@ async function exchange(base: string, options: AttestAndFetchOptions, teePubkey:
   if (!cookie) throw new CocoonError('INPUT_MALFORMED', `KBS auth: no ${SESSION_COOKIE} cookie`);
   const headers = { cookie: `${SESSION_COOKIE}=${cookie}` };
 
-  const reportData = rcarReportData(challenge.nonce, teePubkey);
+  const reportData = rcarReportData(challenge.nonce, teePubkey, options.csr);
   const evidence = await options.evidenceProvider(reportData);
   const attestRes = await httpRequest(`${base}/kbs/v0/attest`, {
     ...common,
@@ -99,7 +101,7 @@ async function exchange(base: string, options: AttestAndFetchOptions, teePubkey:
     headers,
     body: {
       'init-data': { format: 'json', body: JSON.stringify(options.initData) },
-      'runtime-data': { nonce: challenge.nonce, 'tee-pubkey': teePubkey },
+      'runtime-data': { nonce: challenge.nonce, 'tee-pubkey': teePubkey, ...(options.csr !== undefined ? { csr: options.csr } : {}) },
       'tee-evidence': { primary_evidence: evidence, additional_evidence: '' },
     },
   });

@@ -197,6 +197,32 @@ export function ownerRoutes(ctx: KbsContext) {
       );
 
       a.get(
+        '/cocoon/v1/policies/:org/:app/workloads',
+        {
+          schema: {
+            summary: 'Workloads of the current version with their activation counts',
+            security,
+            params: PolicyParams,
+            response: { 200: Type.Object({ workloads: Type.Array(Type.Object({ name: Type.String(), activations: Type.Integer(), maxActivations: Type.Union([Type.Integer(), Type.Null()]), tees: Type.Array(Type.String()), secrets: Type.Array(Type.String()) })) }), ...errors },
+          },
+        },
+        async (request) => {
+          const name = `${request.params.org}/${request.params.app}`;
+          const head = await readable(request.owner, name);
+          const counts = await ctx.store.listActivations(name);
+          return {
+            workloads: Object.entries(head.policy.workloads).map(([w, spec]) => ({
+              name: w,
+              activations: counts[w] ?? 0,
+              maxActivations: spec.maxActivations ?? null,
+              tees: [...new Set(spec.accept.flatMap((r) => r.tee))],
+              secrets: spec.secrets,
+            })),
+          };
+        },
+      );
+
+      a.get(
         '/cocoon/v1/policies/:org/:app/pending',
         { schema: { summary: 'Updates waiting for approvals', security, params: PolicyParams, response: { 200: Type.Object({ pending: Type.Array(PendingInfo) }), ...errors } } },
         async (request) => {

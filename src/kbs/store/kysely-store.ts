@@ -130,6 +130,11 @@ export class KyselyStore implements Store {
     return rows.map((r) => ({ serial: r.serial, at: num(r.at), reason: r.reason }));
   }
 
+  async listActivations(policy: string): Promise<Record<string, number>> {
+    const rows = await this.db.selectFrom('kbs_activations').select(['workload', 'count']).where('policy', '=', policy).limit(1000).execute();
+    return Object.fromEntries(rows.map((r) => [r.workload, num(r.count)]));
+  }
+
   async countActivation(policy: string, workload: string, max: number | undefined): Promise<number | false> {
     if (max !== undefined && max < 1) return false;
     const row = await this.db

@@ -187,6 +187,7 @@ export interface Store {
 
   /** Counts one activation unless `max` is reached; returns the new count or false. */
   countActivation(policy: string, workload: string, max: number | undefined): Promise<number | false>;
+  listActivations(policy: string): Promise<Record<string, number>>;
 
   ping(): Promise<void>;
   close(): Promise<void>;

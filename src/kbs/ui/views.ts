@@ -154,7 +154,16 @@ export async function eventClaims(ctx: KbsContext, sessionId: string | null): Pr
   };
 }
 
-export function workloadsView(policies: CurrentPolicy[], events: EventRecord[]) {
+/** Successful activations per policy and workload (when this KBS's store counts them). */
+export async function activationCounts(ctx: KbsContext, policies: CurrentPolicy[]): Promise<Map<string, Record<string, number>>> {
+  const out = new Map<string, Record<string, number>>();
+  const store = ctx.store as Partial<Pick<KbsContext['store'], 'listActivations'>>;
+  if (typeof store.listActivations !== 'function') return out;
+  for (const p of policies) out.set(p.record.name, await store.listActivations.call(ctx.store, p.record.name));
+  return out;
+}
+
+export function workloadsView(policies: CurrentPolicy[], events: EventRecord[], activations = new Map<string, Record<string, number>>()) {
   return policies.flatMap((p) =>
     Object.entries(p.policy.workloads).map(([name, w]) => {
       const mine = events.filter((e) => e.policy === p.record.name && e.workload === name && e.kind === 'attest');
@@ -166,6 +175,7 @@ export function workloadsView(policies: CurrentPolicy[], events: EventRecord[]) 
         name,
         accept: w.accept,
         maxActivations: w.maxActivations ?? null,
+        activations: activations.get(p.record.name)?.[name] ?? null,
         secrets: grantsOf(p, name),
         lastAttestation: last ? toUiEvent(last) : null,
         lastAccepted: lastOk ? toUiEvent(lastOk) : null,

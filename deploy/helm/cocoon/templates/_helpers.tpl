@@ -78,6 +78,37 @@ spec:
     fsGroup: 65532
     seccompProfile:
       type: RuntimeDefault
+  {{- if $keys }}
+  initContainers:
+    - name: install-keys
+      image: {{ include "cocoon.image" . }}
+      imagePullPolicy: {{ .Values.image.pullPolicy }}
+      args:
+        - k8s
+        - install-keys
+        - --from
+        - /etc/cocoon/kbs-keys
+        - --to
+        - /var/lib/cocoon/kbs
+      resources:
+        requests:
+          cpu: 10m
+          memory: 64Mi
+        limits:
+          memory: 128Mi
+      securityContext:
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities:
+          drop:
+            - ALL
+      volumeMounts:
+        - name: keys
+          mountPath: /etc/cocoon/kbs-keys
+          readOnly: true
+        - name: data
+          mountPath: /var/lib/cocoon/kbs
+  {{- end }}
   containers:
     - name: kbs
       image: {{ include "cocoon.image" . }}
@@ -148,16 +179,6 @@ spec:
           mountPath: /var/lib/cocoon/kbs
         - name: tmp
           mountPath: /tmp
-        {{- if $keys }}
-        - name: keys
-          mountPath: /var/lib/cocoon/kbs/kbs-identity.jwk
-          subPath: kbs-identity.jwk
-          readOnly: true
-        - name: keys
-          mountPath: /var/lib/cocoon/kbs/seal.key
-          subPath: seal.key
-          readOnly: true
-        {{- end }}
         {{- if $config }}
         - name: config
           mountPath: /etc/cocoon/kbs
@@ -178,6 +199,11 @@ spec:
       secret:
         secretName: {{ $keys }}
         defaultMode: 288
+        items:
+          - key: kbs-identity.jwk
+            path: kbs-identity.jwk
+          - key: seal.key
+            path: seal.key
     {{- end }}
     {{- if $config }}
     - name: config

@@ -1,0 +1,234 @@
+/**
+ * Full RCAR round trips per second (auth + attest with `sim` evidence + one JWE resource)
+ * against a real `cocoon serve` process (test/kbs/fixtures/serve-main.ts: the CLI's serve
+ * command, bundled with esbuild like dist/cli.mjs) over loopback, with SQLite and with PostgreSQL (a throwaway Debian PostgreSQL 15
+ * cluster, skipped when absent). The client is this process (keep-alive fetch, N concurrent
+ * loops; each round trip makes a fresh ECDH key, signs sim evidence with P-384 and decrypts
+ * the JWE — what a launcher does). Baseline, measured in the same run and printed as a ratio:
+ * a bare fastify server answering the same three requests (POST, POST, GET) with constant
+ * JSON, driven by the same client loops — the cost of HTTP and Node alone.
+ *
+ *   npx tsx bench/rcar.ts [--seconds N] [--concurrency C] [--json] [--no-postgres]
+ */
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { createPrivateKey, createSign } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { build } from 'esbuild';
+import pg from 'pg';
+import { createSimPlatform } from '../src/attester/sim-platform.js';
+import { SIM_PLATFORM_FILES } from '../src/attester/sim.js';
+import { canonicalJson } from '../src/crypto/canonical-json.js';
+import { verifySimEvidence } from '../src/attestation/sim/index.js';
+import { attestAndFetch } from '../src/kbs/client/rcar.js';
+import { OwnerClient } from '../src/kbs/client/owner.js';
+import { ownerSigningKey } from '../src/kbs/owner-key.js';
+import { exportJWK, generateKeyPair } from 'jose';
+import { startTempPostgres } from '../test/kbs/pg-harness.js';
+
+const arg = (name: string, dflt: number) => (process.argv.includes(name) ? Number(process.argv[process.argv.indexOf(name) + 1]) : dflt);
+const seconds = arg('--seconds', 5);
+const concurrency = arg('--concurrency', 16);
+const asJson = process.argv.includes('--json');
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const SERVE_TS = path.join(root, 'test', 'kbs', 'fixtures', 'serve-main.ts');
+// The server runs bundled, as the product does (dist/cli.mjs), not under tsx's loader hooks.
+const SERVE = path.join(root, 'node_modules', '.cache', 'cocoon-bench', 'serve.mjs');
+const MEASUREMENT = 'ab'.repeat(48);
+
+if (process.argv.includes('--hello-server')) {
+  // Baseline server (child process): the same three requests, constant answers.
+  const { default: Fastify } = await import('fastify');
+  const app = Fastify({ logger: false });
+  app.post('/kbs/v0/auth', async (_req, reply) => {
+    void reply.header('set-cookie', 'kbs-session-id=hello; Path=/kbs/v0; HttpOnly');
+    return { nonce: 'aGVsbG8=', 'extra-params': '' };
+  });
+  app.post('/kbs/v0/attest', async () => ({ token: 'x.y.z' }));
+  app.get('/kbs/v0/resource/*', async () => ({ protected: 'e30', encrypted_key: '', iv: '', ciphertext: '', tag: '' }));
+  await app.listen({ host: '127.0.0.1', port: Number(process.argv[process.argv.indexOf('--hello-server') + 1]) });
+  process.stdout.write('ready\n');
+  await new Promise(() => undefined);
+}
+
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  const port = (srv.address() as { port: number }).port;
+  await new Promise<void>((resolve) => srv.close(() => resolve()));
+  return port;
+}
+
+async function waitReady(url: string, child: ChildProcess): Promise<void> {
+  let err = '';
+  child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+  for (let i = 0; i < 300; i++) {
+    if (child.exitCode !== null) throw new Error(`server exited: ${err}`);
+    try {
+      const r = await fetch(`${url}/readyz`).catch(() => fetch(`${url}/kbs/v0/resource/x`));
+      if (r.status < 500) return;
+    } catch {
+      // not yet
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`server not ready: ${err}`);
+}
+
+interface Result {
+  name: string;
+  /** CPU time per round trip, ms: this client process / the server process. */
+  clientCpuMs?: number;
+  serverCpuMs?: number;
+  roundTrips: number;
+  perSecond: number;
+  p50ms: number;
+  p99ms: number;
+  errors: number;
+}
+
+/** utime + stime of a process, ms (Linux /proc). */
+function procCpuMs(pid: number | undefined): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+    return ((Number(f[11]) + Number(f[12])) * 1000) / 100;
+  } catch {
+    return NaN;
+  }
+}
+
+/** Runs `one` in `concurrency` loops for `seconds` (after a 1 s warm-up). */
+async function drive(name: string, one: () => Promise<void>, server?: ChildProcess): Promise<Result> {
+  const warmUntil = performance.now() + 1000;
+  const loops = Array.from({ length: concurrency }, async () => {
+    while (performance.now() < warmUntil) await one().catch(() => undefined);
+  });
+  await Promise.all(loops);
+  const lat: number[] = [];
+  let errors = 0;
+  const cpu0 = process.cpuUsage();
+  const srv0 = procCpuMs(server?.pid);
+  const start = performance.now();
+  const end = start + seconds * 1000;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (performance.now() < end) {
+        const t0 = performance.now();
+        try {
+          await one();
+          lat.push(performance.now() - t0);
+        } catch {
+          errors++;
+        }
+      }
+    }),
+  );
+  const elapsed = (performance.now() - start) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  const srv = procCpuMs(server?.pid) - srv0;
+  lat.sort((a, b) => a - b);
+  const q = (p: number) => lat[Math.min(lat.length - 1, Math.floor(p * lat.length))] ?? NaN;
+  return { name, roundTrips: lat.length, perSecond: lat.length / elapsed, p50ms: q(0.5), p99ms: q(0.99), errors, clientCpuMs: (cpu.user + cpu.system) / 1000 / lat.length, serverCpuMs: srv / lat.length };
+}
+
+await build({ entryPoints: [SERVE_TS], outfile: SERVE, bundle: true, platform: 'node', format: 'esm', target: 'node20', packages: 'external', logLevel: 'warning' });
+const dir = mkdtempSync(path.join(tmpdir(), 'cocoon-bench-rcar-'));
+const children: ChildProcess[] = [];
+let simVerifyCpuMs = NaN;
+const results: Result[] = [];
+try {
+  const { rootPem, platformDir } = await createSimPlatform(path.join(dir, 'sim'));
+  writeFileSync(path.join(dir, 'root.pem'), rootPem);
+  const platformKey = createPrivateKey(readFileSync(path.join(platformDir, SIM_PLATFORM_FILES.key), 'utf8'));
+  const platformCert = readFileSync(path.join(platformDir, SIM_PLATFORM_FILES.cert), 'utf8');
+  /** Sim evidence as src/attester/sim.ts makes it, with the platform key kept in memory. */
+  const evidence = (rd: Uint8Array) => {
+    const report = Buffer.from(canonicalJson({ v: 1, tee: 'sim', measurement: MEASUREMENT, report_data: Buffer.from(rd).toString('hex'), debug: false, platform: 'cocoon-sim' }));
+    const signature = createSign('sha384').update(report).sign({ key: platformKey, dsaEncoding: 'ieee-p1363' });
+    return Promise.resolve({ report: report.toString('base64'), signature: signature.toString('base64'), certs: [platformCert] });
+  };
+  // What the evidence alone costs the server: sim verification (P-384 report signature,
+  // platform certificate parse + chain) on this machine, in this run.
+  const sample = await evidence(Buffer.alloc(64, 1));
+  for (let i = 0; i < 20; i++) await verifySimEvidence(sample, { roots: [rootPem] }, { at: new Date(), reportData: Buffer.alloc(64, 1) });
+  const v0 = process.cpuUsage();
+  for (let i = 0; i < 200; i++) await verifySimEvidence(sample, { roots: [rootPem] }, { at: new Date(), reportData: Buffer.alloc(64, 1) });
+  const vc = process.cpuUsage(v0);
+  simVerifyCpuMs = (vc.user + vc.system) / 1000 / 200;
+  const owner = await ownerSigningKey(await exportJWK((await generateKeyPair('ES256', { extractable: true })).privateKey));
+  writeFileSync(path.join(dir, 'owner.pub.jwk'), JSON.stringify(owner.publicJwk));
+
+  // baseline
+  const helloPort = await freePort();
+  const hello = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), '--hello-server', String(helloPort)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  children.push(hello);
+  const helloUrl = `http://127.0.0.1:${helloPort}`;
+  await waitReady(helloUrl, hello);
+  const baseline = await drive('baseline: bare fastify, same 3 requests', async () => {
+    const a = await fetch(`${helloUrl}/kbs/v0/auth`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"version":"0.4.0","tee":"sim"}' });
+    await a.json();
+    const b = await fetch(`${helloUrl}/kbs/v0/attest`, { method: 'POST', headers: { 'content-type': 'application/json', cookie: 'kbs-session-id=hello' }, body: '{}' });
+    await b.json();
+    const c = await fetch(`${helloUrl}/kbs/v0/resource/demo/app/x`, { headers: { cookie: 'kbs-session-id=hello' } });
+    await c.json();
+  }, hello);
+  results.push(baseline);
+  hello.kill('SIGTERM');
+
+  const pgi = process.argv.includes('--no-postgres') ? 'skipped (--no-postgres)' : await startTempPostgres();
+  const stores: [string, string[]][] = [['SQLite', []]];
+  if (typeof pgi !== 'string') {
+    const admin = new pg.Client({ connectionString: pgi.url });
+    await admin.connect();
+    await admin.query('CREATE DATABASE bench');
+    await admin.end();
+    stores.push(['PostgreSQL', ['--postgres', pgi.url.replace(/\/postgres$/, '/bench')]]);
+  } else if (!asJson) process.stderr.write(`PostgreSQL: ${pgi}\n`);
+  try {
+    for (const [label, extra] of stores) {
+      const port = await freePort();
+      const data = path.join(dir, `data-${label}`);
+      const kbs = spawn(
+        process.execPath,
+        [SERVE, 'serve', '--data-dir', data, '--listen', `127.0.0.1:${port}`, '--owner', path.join(dir, 'owner.pub.jwk'), '--allow-sim', '--sim-root', path.join(dir, 'root.pem'), '--rate-limit', '0', '--log-level', 'error', ...extra],
+        { stdio: ['ignore', 'ignore', 'pipe'] },
+      );
+      children.push(kbs);
+      const url = `http://127.0.0.1:${port}`;
+      await waitReady(url, kbs);
+      const client = await OwnerClient.create({ kbsUrl: url, ownerKey: owner });
+      await client.applyPolicy(
+        `name: bench/app\nsecrets:\n  pw: { kind: random, size: 32, encoding: hex }\nworkloads:\n  w:\n    accept: [{ tee: [sim], measurement: "${MEASUREMENT}" }]\n    secrets: [pw]\n`,
+      );
+      results.push(
+        await drive(`RCAR round trip, ${label}`, async () => {
+          const r = await attestAndFetch({ kbsUrl: url, tee: 'sim', initData: { policy: 'bench/app', workload: 'w' }, resources: ['bench/app/pw'], evidenceProvider: evidence, retry: { attempts: 1, baseDelayMs: 1, maxDelayMs: 1 } });
+          if (r.resources['bench/app/pw']?.length !== 64) throw new Error('bad resource');
+        }, kbs),
+      );
+      kbs.kill('SIGTERM');
+      await new Promise((r) => kbs.once('exit', r));
+    }
+  } finally {
+    if (typeof pgi !== 'string') await pgi.stop();
+  }
+} finally {
+  for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+}
+
+const base = results[0] as Result;
+const rows = results.map((r) => ({ ...r, ratio: r.perSecond / base.perSecond }));
+const context = { node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model ?? '?', load: loadavg().map((l) => l.toFixed(1)).join(' '), seconds, concurrency, simVerifyCpuMs };
+if (asJson) {
+  process.stdout.write(JSON.stringify({ context, results: rows }, null, 2) + '\n');
+} else {
+  process.stdout.write(`Node ${context.node}, ${context.cpus} × ${context.cpu}, load ${context.load}; ${seconds} s per run, ${concurrency} concurrent clients\n\n`);
+  process.stdout.write('| run | round trips/s | p50 ms | p99 ms | errors | CPU ms/round trip client / server | ratio to baseline |\n|---|---:|---:|---:|---:|---:|---:|\n');
+  for (const r of rows) process.stdout.write(`| ${r.name} | ${r.perSecond.toFixed(0)} | ${r.p50ms.toFixed(1)} | ${r.p99ms.toFixed(1)} | ${r.errors} | ${(r.clientCpuMs ?? NaN).toFixed(2)} / ${(r.serverCpuMs ?? NaN).toFixed(2)} | ${r.ratio.toFixed(2)} |\n`);
+  process.stdout.write(`\nsim evidence verification alone: ${simVerifyCpuMs.toFixed(2)} ms CPU per evidence (part of the server column)\n`);
+}

@@ -1,0 +1,99 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { readdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { wrapImage } from '../../src/image/wrap.js';
+import { readLayout } from '../../src/image/layout.js';
+import { makeAppTree, makeLauncherDir, rawTar, tarOf, tempDir, writeSourceImage } from './helpers.js';
+import { cocoon, treeOf } from './peers.js';
+
+const names = { policy: 'demo/app', workload: 'app' };
+
+test('wrap reuses the cached launcher layer (verified by digest) and rebuilds a corrupted entry', async (t) => {
+  const base = await tempDir(t, 'cocoon-cache-');
+  const app = join(base, 'app');
+  await makeAppTree(app);
+  await writeSourceImage(join(base, 'src'), { layers: [{ kind: 'gzip', tar: await tarOf(app) }] });
+  const launcher = join(base, 'launcher');
+  await makeLauncherDir(launcher);
+  const kek = randomBytes(32);
+  const cache = join(base, 'cache');
+  const messages: string[] = [];
+  const w = (dest: string) => wrapImage({ source: { layoutDir: join(base, 'src') }, dest: { layoutDir: join(base, dest) }, launcherDir: launcher, kek, ...names, launcherCacheDir: cache, onProgress: (m) => messages.push(m) });
+  const a = await w('a');
+  const entries = await readdir(join(cache, 'launcher-layers'));
+  assert.equal(entries.filter((e) => e.endsWith('.tar.gz')).length, 1);
+  const b = await w('b');
+  assert.equal(b.manifestDigest, a.manifestDigest);
+  assert.ok(messages.includes('launcher layer reused from cache'));
+  // corrupt the cached blob: the wrap notices, rebuilds, and the output is unchanged
+  const blob = entries.find((e) => e.endsWith('.tar.gz')) ?? '';
+  await writeFile(join(cache, 'launcher-layers', blob), 'garbage');
+  const c = await w('c');
+  assert.equal(c.manifestDigest, a.manifestDigest);
+  assert.ok(messages.some((m) => /did not verify/.test(m)));
+  const d = await w('d');
+  assert.equal(d.manifestDigest, a.manifestDigest);
+  // no cache at all gives the same bytes
+  const e = await wrapImage({ source: { layoutDir: join(base, 'src') }, dest: { layoutDir: join(base, 'e') }, launcherDir: launcher, kek, ...names, launcherCacheDir: false });
+  assert.equal(e.manifestDigest, a.manifestDigest);
+  // the wrapped config keeps the original semantics and describes the wrap
+  const img = await readLayout(join(base, 'a'));
+  const labels = img.config.config?.Labels ?? {};
+  assert.equal(labels['dev.cocoon.kbs-resource'], 'demo/app/layer-key');
+  assert.equal(labels['dev.cocoon.source-digest'], (await readLayout(join(base, 'src'))).manifestDigest);
+  assert.equal(labels.app, 'demo');
+  assert.deepEqual(img.config.config?.ExposedPorts, { '8080/tcp': {} });
+});
+
+test('cocoon image unpack / inspect / copy: trees, refusals, exit codes', async (t) => {
+  const base = await tempDir(t, 'cocoon-cli-');
+  const app = join(base, 'app');
+  await makeAppTree(app);
+  await writeSourceImage(join(base, 'src'), { ref: 'app:1', layers: [{ kind: 'gzip', tar: await tarOf(app) }] });
+  let r = await cocoon(['image', 'unpack', `oci:${join(base, 'src')}:app:1`, join(base, 'root'), '--json']);
+  assert.equal(r.code, 0, r.stdout);
+  assert.deepEqual(await treeOf(join(base, 'root')), await treeOf(app));
+  r = await cocoon(['image', 'unpack', `oci:${join(base, 'src')}:app:1`, join(base, 'root'), '--json']);
+  assert.equal((JSON.parse(r.stdout) as { error: { code: string } }).error.code, 'BAD_USAGE', 'target not empty');
+
+  // malicious layers are refused by the safe unpacker
+  const evil = [
+    ['traversal', [{ name: '../escape', content: 'x' }], 'PATH_TRAVERSAL'],
+    ['symlink-escape', [{ name: 'l', type: 'symlink', linkname: '../../..' }, { name: 'l/etc/passwd', content: 'x' }], 'PATH_TRAVERSAL'],
+  ] as const;
+  for (const [name, entries, code] of evil) {
+    await writeSourceImage(join(base, name), { layers: [{ kind: 'gzip', tar: await rawTar([...entries]) }] });
+    r = await cocoon(['image', 'unpack', join(base, name), join(base, `${name}-root`), '--json']);
+    assert.equal(r.code, 1, r.stdout);
+    assert.equal((JSON.parse(r.stdout) as { error: { code: string } }).error.code, code, name);
+  }
+
+  r = await cocoon(['image', 'inspect', join(base, 'src'), '--json']);
+  assert.equal(r.code, 0, r.stdout);
+  const j = JSON.parse(r.stdout) as { config: { Cmd: string[]; ExposedPorts: string[] }; labels: Record<string, string>; layers: unknown[]; wrapped?: unknown };
+  assert.deepEqual(j.config.Cmd, ['/usr/bin/app']);
+  assert.deepEqual(j.config.ExposedPorts, ['8080/tcp']);
+  assert.equal(j.labels.app, 'demo');
+  assert.equal(j.wrapped, undefined);
+
+  r = await cocoon(['image', 'copy', `oci:${join(base, 'src')}:app:1`, `docker-archive:${join(base, 'a.tar')}:app:1`, '--json']);
+  assert.equal(r.code, 0, r.stdout);
+  r = await cocoon(['image', 'copy', join(base, 'a.tar'), `oci:${join(base, 'back')}:x`, '--json']);
+  assert.equal(r.code, 0, r.stdout);
+  assert.deepEqual((await readLayout(join(base, 'back'), 'x')).config.rootfs.diff_ids, (await readLayout(join(base, 'src'))).config.rootfs.diff_ids);
+
+  for (const [args, code] of [
+    [['image', 'inspect', 'Not A Ref', '--json'], 'BAD_USAGE'],
+    [['image', 'inspect', join(base, 'nope'), '--json'], 'IMAGE_INVALID'],
+    [['image', 'copy', join(base, 'src'), 'docker://127.0.0.1:1/a/b:c', '--json', '--timeout', '2'], 'REGISTRY_UNREACHABLE'],
+    [['image', 'inspect', join(base, 'src'), '--platform', 'linux', '--json'], 'BAD_USAGE'],
+    [['image', 'inspect', join(base, 'src'), '--platform', 'linux/arm64', '--json'], 'NOT_FOUND'],
+    [['run', 'docker://registry.example/app:1', '--kbs', 'http://127.0.0.1:1', '--json'], 'BAD_USAGE'],
+  ] as const) {
+    r = await cocoon([...args]);
+    assert.notEqual(r.code, 0, args.join(' '));
+    assert.equal((JSON.parse(r.stdout) as { error: { code: string } }).error.code, code, args.join(' '));
+  }
+});

@@ -1,0 +1,47 @@
+import { test } from 'node:test';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { buildKbsApp } from '../../src/kbs/app.js';
+import { openPostgresStore } from '../../src/kbs/store/postgres.js';
+import { fakeVerifier, makeOwnerKey } from './helpers.js';
+import type { TestKbs } from './helpers.js';
+import { startTempPostgres } from './pg-harness.js';
+import { auditScenario, deploymentCaScenario, governanceScenario, nonOwnerScenario, secretKindsScenario } from './scenarios.js';
+
+const scenarios = { governanceScenario, nonOwnerScenario, auditScenario, secretKindsScenario, deploymentCaScenario };
+
+test('PostgreSQL: the broker scenarios of the SQLite suite, each on its own database', async (t) => {
+  const pgInstance = await startTempPostgres();
+  if (typeof pgInstance === 'string') {
+    t.skip(pgInstance);
+    return;
+  }
+  try {
+    for (const [name, scenario] of Object.entries(scenarios)) {
+      await t.test(name, async () => {
+        const db = name.toLowerCase();
+        const admin = new pg.Client({ connectionString: pgInstance.url });
+        await admin.connect();
+        await admin.query(`CREATE DATABASE ${db}`);
+        await admin.end();
+        const store = await openPostgresStore(pgInstance.url.replace(/\/postgres$/, `/${db}`));
+        const dir = mkdtempSync(join(tmpdir(), 'cocoon-kbs-pgs-'));
+        const owner = await makeOwnerKey();
+        const app = await buildKbsApp({ dataDir: dir, store, verifier: fakeVerifier, allowSim: true, owners: [owner.publicJwk], logger: false });
+        const kbsId = (await app.inject({ method: 'GET', url: '/cocoon/v1/identity' })).json<{ id: string }>().id;
+        const kbs: TestKbs = { app, dir, owner, kbsId, cleanup: async () => undefined };
+        try {
+          await scenario(kbs);
+        } finally {
+          await app.close();
+          await store.close();
+          rmSync(dir, { recursive: true, force: true });
+        }
+      });
+    }
+  } finally {
+    await pgInstance.stop();
+  }
+});
