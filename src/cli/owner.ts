@@ -49,7 +49,7 @@ export function registerPolicy(program: Command): void {
 
   policy
     .command('check')
-    .description('validate a policy file offline (errors name file:line:column)')
+    .description('validate a policy file offline against docs/policy.schema.json and its references (errors name file:line:column)')
     .argument('<file>', 'policy YAML')
     .option('--json', 'print JSON')
     .action(
@@ -57,11 +57,15 @@ export function registerPolicy(program: Command): void {
         const yaml = (await readBounded(file, MAX_POLICY_FILE, 'policy')).toString('utf8');
         const { parsePolicy } = await import('../policy/parse.js');
         const parsed = parsePolicy(yaml, { file });
-        createOutput(opts).result(`${file}: policy ${parsed.name} is valid (${Object.keys(parsed.workloads).length} workload(s), ${Object.keys(parsed.secrets).length} secret(s))`, {
+        const governance = parsed.owners.length ? `, ${parsed.owners.length} owner(s), updates need ${parsed.approvals.threshold}` : '';
+        createOutput(opts).result(`${file}: policy ${parsed.name} is valid (${Object.keys(parsed.workloads).length} workload(s), ${Object.keys(parsed.secrets).length} secret(s)${governance})`, {
           valid: true,
           name: parsed.name,
           workloads: Object.keys(parsed.workloads),
           secrets: Object.keys(parsed.secrets),
+          owners: parsed.owners.map((o) => ({ name: o.name, kid: o.kid })),
+          approvals: parsed.approvals,
+          ...(parsed.predecessor ? { predecessor: parsed.predecessor } : {}),
         });
       }),
     );

@@ -36,7 +36,7 @@ export function registerRuntime(program: Command): void {
           const { parseTcti, tctiToString } = await import('../attester/tpm/tcti.js');
           opts.tpmTcti = tctiToString(parseTcti(opts.tpmTcti));
         }
-        if (opts.tee === 'tpm' && (opts.tpmTcti === undefined || opts.tpmTcti.startsWith('device:'))) out.warn('--tee tpm: TPM devices are not passed into the container yet; use --tpm-tcti swtpm:host=…,port=… (see docs/tee-support.md)');
+        const tpmDevice = opts.tee === 'tpm' && (opts.tpmTcti === undefined || opts.tpmTcti.startsWith('device:')) ? (opts.tpmTcti ?? 'device:/dev/tpmrm0').slice('device:'.length) : undefined;
         if (opts.tee === 'sim') out.warn('INSECURE: simulated TEE — the workload has no hardware protection (development only)');
         const { runWrapped } = await import('../runtime/runc.js');
         const result = await runWrapped({
@@ -48,6 +48,7 @@ export function registerRuntime(program: Command): void {
           detach: Boolean(opts.detach),
           memoryRootSize: opts.memoryRootSize,
           hostNetwork: opts.hostNetwork,
+          ...(tpmDevice ? { devices: [tpmDevice] } : {}),
           launcherEnv: { COCOON_KBS_RETRIES: opts.kbsRetries, ...(opts.tpmTcti ? { COCOON_TPM_TCTI: opts.tpmTcti } : {}) },
           onProgress: (m) => out.step(m),
         });

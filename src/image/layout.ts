@@ -136,6 +136,9 @@ export function platformMatches(p: Platform | undefined, want: Platform): boolea
 export function selectPlatformManifest(index: ImageIndex, platform: Platform | undefined, where: string): Descriptor {
   const candidates = index.manifests.filter((m) => !(m.platform?.architecture === 'unknown' && m.platform.os === 'unknown'));
   if (candidates.length === 1 && platform === undefined && candidates[0]) return candidates[0];
+  if (platform === undefined && candidates.length > 1 && candidates.every((m) => m.platform === undefined)) {
+    throw new CocoonError('BAD_USAGE', `${where}: ${candidates.length} manifests and none names a platform: name one by its tag (oci:DIR:TAG)`);
+  }
   const want = platform ?? hostPlatform();
   const hits = candidates.filter((m) => platformMatches(m.platform, want));
   if (hits.length >= 1 && hits[0]) return hits[0];

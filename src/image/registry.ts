@@ -170,6 +170,8 @@ class NetErrorMap extends Transform {
 export class RegistryClient {
   readonly host: string;
   readonly base: string;
+  /** Host of `base` as URL normalises it (default ports dropped). */
+  private readonly baseHost: string;
   private readonly http: HttpClient;
   private readonly auth = new Map<string, string>();
   private credentials: RegistryCredentials | undefined;
@@ -182,6 +184,7 @@ export class RegistryClient {
   ) {
     this.host = host;
     this.base = `${opts.insecure ? 'http' : 'https'}://${host}`;
+    this.baseHost = new URL(this.base).host;
     this.http = http;
     this.credentials = opts.credentials;
   }
@@ -267,7 +270,8 @@ export class RegistryClient {
     const url = typeof pathOrUrl === 'string' ? this.url(pathOrUrl) : pathOrUrl;
     for (let attempt = 0; ; attempt++) {
       const auth = this.auth.get(this.scopeKey(actions)) ?? (actions === 'pull' ? this.auth.get(this.scopeKey('pull,push')) : undefined);
-      const headers = { ...(o.headers ?? {}), ...(auth ? { authorization: auth } : {}) };
+      // credentials go to the registry itself only, not to another host an upload Location names
+      const headers = { ...(o.headers ?? {}), ...(auth && url.host === this.baseHost ? { authorization: auth } : {}) };
       const res = await this.http.request({ method, url, headers, ...(o.body !== undefined ? { body: o.body } : {}), ...(o.idempotent ? { idempotent: true } : {}) });
       if (res.status === 401 && attempt === 0 && (o.body === undefined || Buffer.isBuffer(o.body))) {
         await this.authenticate(res, actions);

@@ -1,5 +1,6 @@
 import { createHash, type Hash } from 'node:crypto';
-import { Transform, pipeline, type Readable, type TransformCallback } from 'node:stream';
+import { PassThrough, Transform, pipeline, type Readable, type TransformCallback } from 'node:stream';
+import { pipeline as pipelineP } from 'node:stream/promises';
 import { CocoonError } from '../errors.js';
 
 /** Pass-through that hashes (SHA-256) and counts what flows by. */
@@ -64,4 +65,46 @@ export function chain(first: Readable, ...rest: Transform[]): Readable {
   if (rest.length === 0) return first;
   const run = pipeline as unknown as (...args: unknown[]) => Readable;
   return run(first, ...rest, () => undefined);
+}
+
+/**
+ * Pass-through that also feeds every chunk into a side pipeline (`stages`), honouring the side's
+ * backpressure. The main stream ends only after the side finished; an error on the side fails
+ * the main stream. Lets one read of a blob serve two consumers (e.g. encrypt + compute diffID).
+ */
+export class Tee extends Transform {
+  private readonly side = new PassThrough();
+  private readonly sideDone: Promise<void>;
+  private sideError: Error | undefined;
+
+  constructor(stages: Array<Transform | NodeJS.WritableStream>) {
+    super();
+    this.sideDone = (pipelineP as unknown as (...s: unknown[]) => Promise<void>)(this.side, ...stages);
+    this.sideDone.catch((err: Error) => {
+      this.sideError = err;
+      this.destroy(err);
+    });
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    if (this.sideError) {
+      cb(this.sideError);
+      return;
+    }
+    if (this.side.write(chunk)) cb(null, chunk);
+    else this.side.once('drain', () => cb(this.sideError ?? null, chunk));
+  }
+
+  override _flush(cb: TransformCallback): void {
+    this.side.end();
+    this.sideDone.then(
+      () => cb(),
+      (err: Error) => cb(err),
+    );
+  }
+
+  override _destroy(err: Error | null, cb: (error?: Error | null) => void): void {
+    if (!this.side.destroyed) this.side.destroy(err ?? undefined);
+    cb(err);
+  }
 }

@@ -11,7 +11,7 @@ import { LayoutWriter, atomicWrite, blobPath, openBlobStream, readLayout, sink, 
 import { isLauncherExcluded, launcherDigest as computeLauncherDigest, workloadMeasurement, type LaunchConfig } from './measure.js';
 import { ANNOTATION_REF_NAME, MediaType, digestHex, isDigest, layerFormat, type ContainerConfig, type Descriptor, type ImageConfig, type ImageManifest, type Platform } from './oci.js';
 import { KekWrapper, LayerEncryptStream, deriveLayerKey, encryptedMediaType, encryptionAnnotations, kbsKid, CIPHER_AES_CTR_HMAC, type KeyWrapper } from './ocicrypt.js';
-import { HashTap, chain } from './streams.js';
+import { HashTap, Tee, chain } from './streams.js';
 import { deterministicGzip, packTar, resolveMtime, tarDirectory, type TarEntry } from './tar.js';
 import {
   LAUNCHER_ENTRYPOINT,
@@ -137,20 +137,18 @@ async function run(what: string, streams: Array<Readable | Transform | NodeJS.Wr
   }
 }
 
-/** diffID of a source layer (decompressing only to hash). */
-async function sourceDiffID(src: ResolvedImage, desc: Descriptor): Promise<string> {
-  const fmt = layerFormat(desc.mediaType);
-  const tap = new HashTap();
-  await run(`layer ${desc.digest}`, [openBlobStream(src.layoutDir, desc), ...decompressStages(fmt.compression), tap, sink()]);
-  return tap.digest;
-}
-
 interface EncryptedTemp {
   layer: WrappedLayer;
   file: string;
 }
 
-async function encryptLayer(src: ResolvedImage, desc: Descriptor, diffID: string, writer: LayoutWriter, kek: Buffer, wrappers: KeyWrapper[]): Promise<EncryptedTemp> {
+/**
+ * Encrypts one source layer in a single read: the blob is teed into a decompress-and-hash branch
+ * that computes its diffID while it is encrypted. Keys are derived from the config's (claimed)
+ * diffID; if the computed one differs the layer is refused (DIGEST_MISMATCH) and its temp file
+ * removed, so the result is the same as verifying first.
+ */
+async function encryptLayer(src: ResolvedImage, desc: Descriptor, index: number, diffID: string, writer: LayoutWriter, kek: Buffer, wrappers: KeyWrapper[]): Promise<EncryptedTemp> {
   const fmt = layerFormat(desc.mediaType);
   if (fmt.encrypted) throw new CocoonError('IMAGE_INVALID', `layer ${desc.digest} is already encrypted`);
   // An uncompressed source layer is gzipped first (deterministically), so its plaintext blob is a function of the source.
@@ -159,16 +157,21 @@ async function encryptLayer(src: ResolvedImage, desc: Descriptor, diffID: string
   const plainTap = new HashTap();
   const enc = new LayerEncryptStream(symkey, nonce);
   const cipherTap = new HashTap();
+  const diffTap = new HashTap();
   const file = writer.tempPath();
   try {
     await run(`layer ${desc.digest}`, [
       openBlobStream(src.layoutDir, desc),
+      new Tee([...decompressStages(fmt.compression), diffTap, sink()]),
       ...(fmt.compression === 'none' ? [deterministicGzip()] : []),
       plainTap,
       enc,
       cipherTap,
       createWriteStream(file, { flags: 'wx' }),
     ]);
+    if (diffTap.digest !== diffID) {
+      throw new CocoonError('DIGEST_MISMATCH', `layer ${index} (${desc.digest}): diffID ${diffTap.digest} differs from the config's ${diffID}`);
+    }
     const annotations = await encryptionAnnotations(wrappers, { symkey, nonce, digest: plainTap.digest }, { cipher: CIPHER_AES_CTR_HMAC, hmac: enc.hmac });
     return { file, layer: { mediaType: encryptedMediaType(plainMediaType), digest: cipherTap.digest, size: cipherTap.bytes, diffID, annotations } };
   } catch (err) {
@@ -271,11 +274,9 @@ export async function wrapImage(opts: WrapOptions): Promise<WrapResult> {
   try {
     for (const [i, desc] of src.manifest.layers.entries()) {
       if (layerFormat(desc.mediaType).encrypted) throw new CocoonError('IMAGE_INVALID', `layer ${i} (${desc.digest}) is already encrypted`);
-      const diffID = await sourceDiffID(src, desc);
-      if (diffID !== diffIdsClaimed[i]) {
-        throw new CocoonError('DIGEST_MISMATCH', `layer ${i} (${desc.digest}): diffID ${diffID} differs from the config's ${diffIdsClaimed[i] ?? ''}`);
-      }
-      temps.push(await encryptLayer(src, desc, diffID, writer, opts.kek, wrappers));
+      const claimed = diffIdsClaimed[i];
+      if (claimed === undefined) throw new CocoonError('IMAGE_INVALID', `layer ${i}: no diffID in the config`);
+      temps.push(await encryptLayer(src, desc, i, claimed, writer, opts.kek, wrappers));
     }
     const layers = temps.map((t) => t.layer);
     const config = launchConfigOf(src.config);

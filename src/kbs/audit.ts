@@ -29,6 +29,7 @@ export function auditEntryHash(e: Pick<AuditRecord, 'seq' | 'at' | 'actor' | 'ac
  * the insert fail with a unique violation; `withRetry` reruns the whole transaction.
  */
 export async function appendAudit(store: Store, key: KeyObject, input: AuditInput, at: number): Promise<AuditRecord> {
+  await store.lockAuditChain();
   const last = await store.lastAudit();
   let detail = canonicalJson(input.detail ?? {});
   if (detail.length > MAX_DETAIL) detail = canonicalJson({ truncated: true, prefix: detail.slice(0, 1024) });

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { x509 } from '../crypto/x509.js';
 import { CocoonError } from '../errors.js';
-import { createRootCa, createSubCa, generateKeyPairPem, importSigningKey, issueLeaf, signingAlgorithmOf } from './certs.js';
+import { createRootCa, createSubCa, generateKeyPairPem, importSigningKey, issueLeaf, pem, signingAlgorithmOf } from './certs.js';
 import type { Issuer, LeafParams } from './certs.js';
 import { openValue, sealValue } from './secret-box.js';
 import type { CaRecord, Store } from './store/types.js';
@@ -105,7 +105,8 @@ export class DeploymentCa {
       entries: revoked.map((r) => ({ serialNumber: r.serial, revocationDate: new Date(r.at), reason: x509.X509CrlReason.unspecified })),
       extensions: [await x509.AuthorityKeyIdentifierExtension.create(inter.cert)],
     });
-    return crl.toString('pem');
+    // RFC 7468 label (what openssl expects); @peculiar/x509 writes "CRL".
+    return pem('X509 CRL', new Uint8Array(crl.rawData));
   }
 }
 

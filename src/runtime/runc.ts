@@ -7,7 +7,7 @@ import { CocoonError } from '../errors.js';
 import { existsSync } from 'node:fs';
 import { parseImageReference, requireOciLayout } from '../image/reference.js';
 import { readWrappedImage, unpackWrappedLayers, type WrappedImage } from '../image/wrapped.js';
-import { buildRuncSpec } from './spec.js';
+import { buildRuncSpec, type HostCharDevice } from './spec.js';
 import { containerDir, listRecords, loadRecord, removeContainerDir, runcStateRoot, runtimeRoot, saveRecord, validateContainerName, type ContainerRecord } from './state.js';
 
 const execFileAsync = promisify(execFile);
@@ -24,6 +24,8 @@ export interface RunOptions {
   hostNetwork: boolean;
   /** Extra launcher settings (COCOON_KBS_RETRIES, …). */
   launcherEnv?: Record<string, string>;
+  /** Host character devices for the launcher, e.g. /dev/tpmrm0 for `--tee tpm`. */
+  devices?: string[];
   runtimeDir?: string;
   runc?: string;
   onProgress?: (message: string) => void;
@@ -88,6 +90,7 @@ export async function runWrapped(options: RunOptions): Promise<RunResult> {
       memoryRootSize: options.memoryRootSize,
       hostNetwork: options.hostNetwork,
       rootfs,
+      devices: await Promise.all((options.devices ?? []).map(hostCharDevice)),
       ...(options.simPlatformDir ? { simPlatformDir: options.simPlatformDir } : {}),
     });
     await writeFile(join(bundle, 'config.json'), JSON.stringify(spec, null, 2));
@@ -136,6 +139,16 @@ export async function runWrapped(options: RunOptions): Promise<RunResult> {
   await runcCommand(runc, root, ['delete', '--force', name]).catch(() => undefined);
   await removeContainerDir(root, name);
   return { name, exitCode, record };
+}
+
+/** Major/minor of a host character device (Linux dev_t encoding). */
+export async function hostCharDevice(path: string): Promise<HostCharDevice> {
+  const info = await stat(path).catch(() => undefined);
+  if (!info?.isCharacterDevice()) throw new CocoonError('RUNTIME_FAILED', `${path} is not a character device on this host`);
+  const rdev = BigInt(info.rdev);
+  const major = Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
+  const minor = Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
+  return { path, major, minor };
 }
 
 /**

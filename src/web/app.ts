@@ -281,7 +281,8 @@ function EventsView({ live, tick }: { live: UiEvent[]; tick: number }): VNode {
       </select></label>
     </form>
     <${Problem} text=${list.error} />
-    <div class=${selected ? 'split' : ''}>
+    ${!list.data && list.loading ? html`<p class="muted">Loading…</p>` : null}
+    <div class=${selected ? 'split' : ''} hidden=${!list.data}>
       <div class="table-wrap"><table aria-describedby="events-note">
         <thead><tr><th scope="col">Time</th><th scope="col">Result</th><th scope="col">Workload</th><th scope="col" class="hide-narrow">TEE</th><th scope="col" class="hide-narrow">Kind</th><th scope="col" class="hide-narrow">Reason</th><th scope="col"><span class="sr-only">Details</span></th></tr></thead>
         <tbody>${rows.map(
@@ -304,10 +305,17 @@ function EventsView({ live, tick }: { live: UiEvent[]; tick: number }): VNode {
 
 function AuditView({ session }: { session: Session }): VNode {
   const [before, setBefore] = useState<number | null>(null);
-  const a = useApi<{ available: boolean; entries: AuditEntry[]; verdict: AuditVerdict; note?: string }>(`/ui/api/audit?limit=100${before ? `&before=${before}` : ''}`);
+  const [policy, setPolicy] = useState('');
+  const policies = useApi<{ policies: PolicySummary[] }>('/ui/api/policies');
+  const a = useApi<{ available: boolean; entries: AuditEntry[]; verdict: AuditVerdict; note?: string }>(`/ui/api/audit?limit=100${before && !policy ? `&before=${before}` : ''}${policy ? `&policy=${policy}` : ''}`);
   const v = a.data?.verdict;
   return html`<section aria-labelledby="h-audit">
     <h1 id="h-audit">Audit log</h1>
+    <form class="filters" onSubmit=${(ev: Event) => ev.preventDefault()}>
+      <label>Policy <select value=${policy} onChange=${(ev: Event) => (setBefore(null), setPolicy((ev.target as HTMLSelectElement).value))}>
+        <option value="">${session.admin ? 'all entries' : 'choose a policy'}</option>${(policies.data?.policies ?? []).map((p) => html`<option value=${p.name}>${p.name}</option>`)}
+      </select></label>
+    </form>
     <${Problem} text=${a.error} />
     ${v
       ? v.ok
@@ -327,7 +335,7 @@ function AuditView({ session }: { session: Session }): VNode {
           )}</tbody></table></div>
           <div class="actions">
             ${before ? html`<button type="button" onClick=${() => setBefore(null)}>Newest</button>` : null}
-            ${(a.data.entries[a.data.entries.length - 1]?.seq ?? 1) > 1 ? html`<button type="button" onClick=${() => setBefore(a.data?.entries[a.data.entries.length - 1]?.seq ?? null)}>Older</button>` : null}
+            ${!policy && (a.data.entries[a.data.entries.length - 1]?.seq ?? 1) > 1 ? html`<button type="button" onClick=${() => setBefore(a.data?.entries[a.data.entries.length - 1]?.seq ?? null)}>Older</button>` : null}
           </div>`
       : null}
     <p class="muted">Signed in as ${session.admin ? 'a KBS administrator' : 'a policy owner'}.</p>

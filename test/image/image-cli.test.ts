@@ -97,3 +97,21 @@ test('cocoon image unpack / inspect / copy: trees, refusals, exit codes', async 
     assert.equal((JSON.parse(r.stdout) as { error: { code: string } }).error.code, code, args.join(' '));
   }
 });
+
+test('wrap: a corrupt gzip layer fails inside the single read (IMAGE_INVALID) and leaves no temp files', async (t) => {
+  const base = await tempDir(t, 'cocoon-corrupt-');
+  const launcher = join(base, 'launcher');
+  await makeLauncherDir(launcher);
+  const { LayoutWriter } = await import('../../src/image/layout.js');
+  const w = await LayoutWriter.open(join(base, 'src'));
+  const junk = randomBytes(200_000);
+  junk[0] = 0x1f;
+  junk[1] = 0x8b;
+  const layer = await w.putBytes(junk, 'application/vnd.oci.image.layer.v1.tar+gzip');
+  const cfg = await w.putBytes(Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [`sha256:${'1'.repeat(64)}`] } })), 'application/vnd.oci.image.config.v1+json');
+  const md = await w.putBytes(Buffer.from(JSON.stringify({ schemaVersion: 2, config: cfg, layers: [layer] })), 'application/vnd.oci.image.manifest.v1+json');
+  await w.writeIndex([md]);
+  await assert.rejects(wrapImage({ source: { layoutDir: join(base, 'src') }, dest: { layoutDir: join(base, 'out') }, launcherDir: launcher, kek: randomBytes(32), ...names, launcherCacheDir: false }), { code: 'IMAGE_INVALID' });
+  const left = await readdir(join(base, 'out', 'blobs', 'sha256')).catch(() => []);
+  assert.deepEqual(left.filter((n) => n.startsWith('.tmp-')), []);
+});

@@ -16,7 +16,7 @@ const WRITER_TS = join(import.meta.dirname, 'fixtures', 'crash-writer.ts');
 // Bundled once so that each restart costs ~0.3 s instead of tsx's compile of the whole tree;
 // written below node_modules so that its external packages resolve.
 const WRITER = join(import.meta.dirname, '..', '..', 'node_modules', '.cache', 'cocoon-kbs-tests', 'crash-writer.mjs');
-const BUDGET_MS = Number(process.env.COCOON_CRASH_BUDGET_MS ?? 55_000);
+const BUDGET_MS = Number(process.env.COCOON_CRASH_BUDGET_MS ?? 50_000);
 const MAX_KILLS = 100;
 
 test(`crash consistency: SIGKILL a SQLite KBS at random points of policy/secret writes (up to ${MAX_KILLS} kills or ${BUDGET_MS / 1000} s)`, async (t) => {

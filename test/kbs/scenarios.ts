@@ -1,5 +1,9 @@
 /** Broker scenarios run against SQLite (governance.test.ts) and PostgreSQL (postgres-suite.test.ts). */
+import { spawnSync } from 'node:child_process';
 import { webcrypto } from 'node:crypto';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { flattenedDecrypt } from 'jose';
 import { x509 } from '../../src/crypto/x509.js';
 import { WORKLOAD_IDENTITY_OID, workloadIdentityOf } from '../../src/kbs/certs.js';
@@ -305,8 +309,26 @@ export async function deploymentCaScenario(kbs: TestKbs): Promise<void> {
     // revocation shows up in the CRL
     const rev = await ownerRequest(kbs, 'POST', '/cocoon/v1/ca/revoke', { serial: cert.serialNumber });
     assert.equal(rev.statusCode, 200, rev.body);
-    const crl = new x509.X509Crl((await kbs.app.inject({ method: 'GET', url: '/cocoon/v1/ca/crl' })).body);
+    const crlPem = (await kbs.app.inject({ method: 'GET', url: '/cocoon/v1/ca/crl' })).body;
+    const crl = new x509.X509Crl(crlPem);
     assert.ok(crl.findRevoked(cert));
+    // an independent implementation agrees: OpenSSL verifies the chain, and with the CRL refuses the leaf
+    if (existsSync('/usr/bin/openssl')) {
+      const tmp = mkdtempSync(join(tmpdir(), 'cocoon-ossl-'));
+      try {
+        writeFileSync(join(tmp, 'root.pem'), ca.root);
+        writeFileSync(join(tmp, 'inter.pem'), ca.intermediate);
+        writeFileSync(join(tmp, 'leaf.pem'), issued.cert);
+        writeFileSync(join(tmp, 'crl.pem'), crlPem);
+        const ok = spawnSync('openssl', ['verify', '-CAfile', join(tmp, 'root.pem'), '-untrusted', join(tmp, 'inter.pem'), '-purpose', 'sslclient', join(tmp, 'leaf.pem')], { encoding: 'utf8' });
+        assert.equal(ok.status, 0, ok.stderr + ok.stdout);
+        const revoked = spawnSync('openssl', ['verify', '-crl_check', '-CAfile', join(tmp, 'root.pem'), '-untrusted', join(tmp, 'inter.pem'), '-CRLfile', join(tmp, 'crl.pem'), join(tmp, 'leaf.pem')], { encoding: 'utf8' });
+        assert.notEqual(revoked.status, 0);
+        assert.match(revoked.stdout + revoked.stderr, /revoked/);
+      } finally {
+        rmSync(tmp, { recursive: true, force: true });
+      }
+    }
 
     // no CSR in the evidence → no certificate
     const plain = await rcarAttest(kbs, { policy: 'shop/web', workload: 'web' });

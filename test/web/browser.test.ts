@@ -167,10 +167,12 @@ test('dashboard in Chromium: sign in, live attestation, approve, audit chain, si
     await page.setViewportSize({ width: 390, height: 844 });
     await nav('Secrets');
     await page.getByRole('heading', { name: 'Secrets' }).waitFor();
+    await page.getByText('session-key').waitFor();
     await shot('secrets-390x844-dark');
     await page.emulateMedia({ colorScheme: 'light' });
     await nav('Events');
     await page.getByRole('heading', { name: 'Attestation events' }).waitFor();
+    await page.locator('tbody tr').first().waitFor();
     await shot('events-390x844-light');
 
     // no secret value ever reached the page

@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { brotliDecompressSync } from 'node:zlib';
 import type { OwnerSigningKey } from '../../src/kbs/owner-key.js';
 import { UI_CSP } from '../../src/kbs/routes/ui.js';
-import { SseClient, sseFrame } from '../../src/kbs/ui/live.js';
+import { EventHub, SseClient, sseFrame } from '../../src/kbs/ui/live.js';
+import type { EventRecord, Store } from '../../src/kbs/store/types.js';
 import { mintUiLoginToken } from '../../src/kbs/ui/login-token.js';
 import { UiSessionStore, readUiCookie } from '../../src/kbs/ui/session.js';
 import { packageRoot } from '../../src/util/package-root.js';
@@ -64,6 +65,11 @@ test('dashboard: login token is single use, cookie is HttpOnly SameSite=Strict, 
     assert.doesNotMatch(cookie, /Secure/, 'plain HTTP: no Secure flag');
     const body = ok.json() as { role: string; kid: string; csrf: string };
     assert.deepEqual([body.role, body.kid], ['owner', kbs.owner.kid]);
+    // behind a TLS-terminating proxy: same host, https page → accepted, cookie Secure
+    const proxied = await kbs.app.inject({ method: 'POST', url: '/ui/api/session', headers: { 'x-cocoon-ui': '1', origin: 'https://localhost:80' }, payload: { token: await mintUiLoginToken(kbs.owner, kbs.kbsId, { role: 'auditor' }) } });
+    assert.equal(proxied.statusCode, 200, proxied.body);
+    assert.match(String(proxied.headers['set-cookie']), /; Secure$/);
+    assert.deepEqual(code(await kbs.app.inject({ method: 'POST', url: '/ui/api/session', headers: { 'x-cocoon-ui': '1', origin: 'null' }, payload: { token: await mintUiLoginToken(kbs.owner, kbs.kbsId, { role: 'owner' }) } })), [403, 'FORBIDDEN']);
     // the same token again: replay
     assert.deepEqual(code(await kbs.app.inject({ method: 'POST', url: '/ui/api/session', headers: { 'x-cocoon-ui': '1' }, payload: { token } })), [401, 'TOKEN_REPLAYED']);
     // an ordinary owner API token is not a login token, and a login token is no owner API token
@@ -84,7 +90,7 @@ test('dashboard: login token is single use, cookie is HttpOnly SameSite=Strict, 
     assert.deepEqual(code(await kbs.app.inject({ method: 'GET', url: '/ui/api/session', headers: { cookie: sid } })), [401, 'AUTH_REQUIRED']);
     // sign-in and sign-out are in the audit chain
     const audit = (await ownerRequest(kbs, 'GET', '/cocoon/v1/audit')).json() as { entries: { action: string; actor: string }[] };
-    assert.deepEqual(audit.entries.filter((e) => e.action.startsWith('ui.')).map((e) => [e.action, e.actor]), [['ui.login', kbs.owner.kid], ['ui.logout', kbs.owner.kid]]);
+    assert.deepEqual(audit.entries.filter((e) => e.action.startsWith('ui.')).map((e) => [e.action, e.actor]), [['ui.login', kbs.owner.kid], ['ui.login', kbs.owner.kid], ['ui.logout', kbs.owner.kid]]);
   } finally {
     await kbs.cleanup();
   }
@@ -347,4 +353,49 @@ test('event stream: hello, live attestation frames, closed with "expired" on sig
   } finally {
     await kbs.cleanup();
   }
+});
+
+test('event stream: closed with "expired" when the session runs out', async () => {
+  let offsetMs = 0;
+  const kbs = await makeKbs({ now: () => new Date(Date.now() + offsetMs) });
+  try {
+    const { cookie } = await login(kbs);
+    offsetMs = 30 * 60 * 1000 - 1500; // 1.5 s of the 30 min session left
+    await kbs.app.listen({ host: '127.0.0.1', port: 0 });
+    const address = kbs.app.server.address();
+    const port = typeof address === 'object' && address ? address.port : 0;
+    const started = Date.now();
+    const res = await fetch(`http://127.0.0.1:${port}/ui/api/events/stream`, { headers: { cookie } });
+    assert.equal(res.status, 200);
+    const text = await res.text(); // ends when the server closes the stream
+    assert.match(text, /event: hello\n/);
+    assert.match(text, /event: expired\ndata: \{"reason":"session expired; sign in again"\}/);
+    assert.ok(Date.now() - started < 5000);
+    assert.deepEqual(code(await kbs.app.inject({ method: 'GET', url: '/ui/api/session', headers: { cookie } })), [401, 'AUTH_REQUIRED']);
+  } finally {
+    await kbs.cleanup();
+  }
+});
+
+test('event hub: primes on the first poll, forwards new events once, asks for a resync after a gap', async () => {
+  const events: EventRecord[] = [];
+  const ev = (n: number): EventRecord => ({ id: `e${n}`, at: n, kind: 'attest', status: 'affirming', tee: 'sim', policy: 'a/b', workload: 'w', resource: null, code: null, detail: '', insecure: true, sessionId: null });
+  const store = { listEvents: async ({ limit }: { limit: number }) => [...events].reverse().slice(0, limit) } as unknown as Store;
+  const hub = new EventHub(store, 60_000, (err) => assert.fail(String(err)), 3);
+  const got: string[] = [];
+  let resyncs = 0;
+  events.push(ev(1));
+  const off = hub.subscribe({ events: (es) => got.push(...es.map((e) => e.id)), resync: () => resyncs++ });
+  await hub.poll(); // the subscribe() poll may still be running: this one primes or is a no-op
+  await new Promise((r) => setTimeout(r, 10));
+  events.push(ev(2), ev(3));
+  await hub.poll();
+  await hub.poll();
+  assert.deepEqual(got, ['e2', 'e3']);
+  events.push(ev(4), ev(5), ev(6), ev(7));
+  await hub.poll();
+  assert.equal(resyncs, 1);
+  assert.deepEqual(got, ['e2', 'e3']);
+  off();
+  assert.equal(hub.size, 0);
 });

@@ -123,7 +123,8 @@ export class OwnerClient {
    */
   async applyPolicy(yaml: string, options: { file?: string; predecessor?: string | null } = {}): Promise<PolicyRef> {
     const policy = parsePolicy(yaml, options.file ? { file: options.file } : {});
-    let predecessor = options.predecessor;
+    // A `predecessor:` written in the file is the owner's explicit claim: send it as is.
+    let predecessor: string | null | undefined = options.predecessor !== undefined ? options.predecessor : policy.predecessor;
     if (predecessor === undefined) predecessor = (await this.getPolicy(policy.name).catch((err: unknown) => {
       if (err instanceof CocoonError && err.code === 'NOT_FOUND') return undefined;
       throw err;

@@ -125,11 +125,22 @@ export function uiRoutes(ctx: KbsContext, options: UiOptions = {}) {
       return sendAsset(request, reply, request.params.file);
     });
 
-    const secure = (request: FastifyRequest) => request.protocol === 'https';
+    /** Origin host (scheme ignored: behind a TLS-terminating proxy the KBS itself sees http). */
+    const originHost = (request: FastifyRequest): string | null | undefined => {
+      const origin = request.headers.origin;
+      if (origin === undefined) return undefined;
+      try {
+        return origin.length <= 512 ? new URL(origin).host : null;
+      } catch {
+        return null;
+      }
+    };
+    /** Secure cookies when the KBS serves TLS or the browser's page is https (TLS terminated in front of the KBS). */
+    const secure = (request: FastifyRequest) => request.protocol === 'https' || /^https:\/\//.test(request.headers.origin ?? '');
     /** Same-origin check for anything that changes state (SameSite=Strict is the first line). */
     const requireSameOrigin = (request: FastifyRequest) => {
-      const origin = request.headers.origin;
-      if (origin !== undefined && origin !== `${request.protocol}://${request.headers.host ?? ''}`) throw new CocoonError('FORBIDDEN', 'cross-origin request refused');
+      const host = originHost(request);
+      if (host !== undefined && host !== (request.headers.host ?? '')) throw new CocoonError('FORBIDDEN', 'cross-origin request refused');
       if (request.headers['sec-fetch-site'] === 'cross-site') throw new CocoonError('FORBIDDEN', 'cross-site request refused');
     };
     const sessionOf = (request: FastifyRequest): LiveSession => {

@@ -75,6 +75,13 @@ export class KyselyStore implements Store {
     return rows.map((r) => ({ pendingId: r.pending_id, owner: r.owner, decision: r.decision as ApprovalRecord['decision'], at: num(r.at) }));
   }
 
+  async lockAuditChain(): Promise<void> {
+    if (this.dialect !== 'postgres') return;
+    if (!this.inTx) throw new CocoonError('INTERNAL', 'lockAuditChain outside a transaction');
+    // 0x636f636f = "coco": one lock for the one chain, released at commit/rollback.
+    await sql`select pg_advisory_xact_lock(${0x636f636f})`.execute(this.db);
+  }
+
   async lastAudit(): Promise<AuditRecord | undefined> {
     const row = await this.db.selectFrom('kbs_audit').selectAll().orderBy('seq', 'desc').limit(1).executeTakeFirst();
     return row && toAudit(row);

@@ -172,6 +172,12 @@ export interface Store {
   addApproval(a: ApprovalRecord): Promise<boolean>;
   listApprovals(pendingId: string): Promise<ApprovalRecord[]>;
 
+  /**
+   * Inside a transaction: serializes audit appends across replicas until commit (PostgreSQL
+   * advisory transaction lock; SQLite transactions are serialized already). Without it,
+   * concurrent appenders race for the same seq and all but one retry.
+   */
+  lockAuditChain(): Promise<void>;
   lastAudit(): Promise<AuditRecord | undefined>;
   /** Fails (unique violation) when seq is taken: the caller retries with the new head. */
   insertAudit(rec: AuditRecord): Promise<void>;
