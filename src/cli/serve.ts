@@ -37,7 +37,7 @@ export function registerServe(program: Command): void {
     .option('--tls-key <file>', 'PEM private key of --tls-cert')
     .option('--rate-limit <n>', 'requests per second per client address (burst 2n; 0 disables)', '100')
     .option('--body-limit <bytes>', 'largest request body accepted', String(1024 * 1024))
-    .addHelpText('after', '\nWithout --owner, the owner public key of the config directory is registered if it exists.\nEndpoints: /kbs/v0/* (CoCo KBS protocol 0.4.0), /cocoon/v1/* (owner API, OpenAPI at /cocoon/v1/openapi.json), /healthz, /readyz.\nSee docs/kbs.md.')
+    .addHelpText('after', '\nWithout --owner, the owner public key of the config directory is registered if it exists.\nEndpoints: /kbs/v0/* (CoCo KBS protocol 0.4.0), /cocoon/v1/* (owner API, OpenAPI at /cocoon/v1/openapi.json),\n/ui/ (dashboard: sign in with `cocoon ui login`), /healthz, /readyz, /metrics.\nSee docs/kbs.md.')
     .action(
       action(async (opts: {
         dataDir: string;

@@ -97,12 +97,17 @@ export async function credentialsFromAuthFile(host: string, file?: string): Prom
     if (file) throw new CocoonError('NOT_FOUND', `auth file ${file} not found`);
     return undefined;
   }
-  if (bytes.length > MAX_PEM) throw new CocoonError('INPUT_TOO_LARGE', `auth file ${path} too large`);
+  // an unusable default file (not named by the user) is ignored: anonymous access may still work
+  if (bytes.length > MAX_PEM) {
+    if (file) throw new CocoonError('INPUT_TOO_LARGE', `auth file ${path} too large`);
+    return undefined;
+  }
   let o: { auths?: Record<string, { auth?: unknown }> };
   try {
     o = JSON.parse(bytes.toString('utf8')) as typeof o;
   } catch {
-    throw new CocoonError('INPUT_MALFORMED', `auth file ${path}: not JSON`);
+    if (file) throw new CocoonError('INPUT_MALFORMED', `auth file ${path}: not JSON`);
+    return undefined;
   }
   const auths = typeof o === 'object' && o !== null && typeof o.auths === 'object' && o.auths !== null ? o.auths : {};
   const candidates = [host, `https://${host}`, `http://${host}`, ...(host === 'registry-1.docker.io' ? ['docker.io', 'https://index.docker.io/v1/', 'index.docker.io'] : [])];

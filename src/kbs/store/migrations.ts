@@ -6,7 +6,7 @@ import { CocoonError } from '../../errors.js';
  * Schema migrations, written with kysely's schema builder so that one definition serves
  * SQLite and PostgreSQL. Append new migrations; never edit a shipped one.
  */
-function migrations(dialect: 'sqlite' | 'postgres'): Record<string, Migration> {
+export function migrations(dialect: 'sqlite' | 'postgres'): Record<string, Migration> {
   return {
   '0001_initial': {
     async up(db: Kysely<unknown>): Promise<void> {
