@@ -29,6 +29,8 @@ export function registerKeyprovider(program: Command): void {
 Reads one request from stdin ({"op":"keywrap"|"keyunwrap",…}) and writes the result to stdout.
 The KEK of kbs:///<repo>/<type>/<tag> comes from ?key-file=PATH in the URI or from
 $COCOON_KEYPROVIDER_KEK_FILE (32 bytes, base64, as written by cocoon wrap --key-file).
+Inside a TEE, keyunwrap without a key file attests to $COCOON_KBS_URL ($COCOON_TEE or detected)
+as workload $COCOON_WORKLOAD with measurement $COCOON_MEASUREMENT and fetches the resource.
 
   echo '{"key-providers":{"cocoon":{"cmd":{"path":"/usr/local/bin/cocoon","args":["keyprovider"]}}}}' > ocicrypt.json
   OCICRYPT_KEYPROVIDER_CONFIG=ocicrypt.json COCOON_KEYPROVIDER_KEK_FILE=image.key \\

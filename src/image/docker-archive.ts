@@ -148,7 +148,7 @@ async function readEntry(file: string, e: Entry, max: number, what: string): Pro
 }
 
 function entryStream(file: string, e: Entry): Readable {
-  return e.size === 0 ? createReadStream(file, { start: 0, end: -1 }) : createReadStream(file, { start: e.offset, end: e.offset + e.size - 1 });
+  return e.size === 0 ? createReadStream(file, { start: 0, end: -1 }) : createReadStream(file, { start: e.offset, end: e.offset + e.size - 1, highWaterMark: 1 << 20 });
 }
 
 async function sniffCompression(file: string, e: Entry): Promise<Compression> {

@@ -14,9 +14,9 @@ import { checkKbsResource } from './wrapped.js';
  *
  * The annotation is CoCo's attestation-agent shape, `{"kid":"kbs:///<repo>/<type>/<tag>",
  * "wrapped_data","iv","wrap_type":"A256GCM"}` (KekWrapper). The KEK is the KBS resource named by
- * the URI; outside a TEE it is read from a local key file: `?key-file=PATH` in the URI, else
- * $COCOON_KEYPROVIDER_KEK_FILE. Inside a TEE the launcher obtains it from the KBS after
- * attestation (launch plan), so no key file is needed there.
+ * the URI; keywrap reads it from a local key file (`?key-file=PATH` in the URI, else
+ * $COCOON_KEYPROVIDER_KEK_FILE). keyunwrap uses such a file when one is named, else — inside a
+ * TEE, with $COCOON_KBS_URL set — attests to the KBS and fetches the resource (kekFromKbs).
  */
 
 export const PROVIDER_NAME = 'cocoon';
@@ -72,6 +72,50 @@ export async function kekFor(uri: ProviderUri, env: NodeJS.ProcessEnv = process.
     );
   }
   return readKekFile(file);
+}
+
+/** A 32-byte KEK from a released secret: raw bytes, or base64 text as `cocoon wrap --key-file` writes it. */
+function kekFromSecret(b: Buffer, what: string): Buffer {
+  if (b.length === 32) return Buffer.from(b);
+  const text = b.toString('utf8').trim();
+  const k = Buffer.from(text, 'base64');
+  if (k.length === 32 && k.toString('base64') === text) return k;
+  throw new CocoonError('INPUT_MALFORMED', `${what}: the released key is not 32 bytes`);
+}
+
+/**
+ * keyunwrap inside a TEE: attest to the KBS ($COCOON_KBS_URL, RCAR with the TEE's evidence —
+ * $COCOON_TEE or detection, as the launcher does) as workload $COCOON_WORKLOAD with measurement
+ * $COCOON_MEASUREMENT of policy <repo>/<type>, and fetch the resource named by the kid. The KBS
+ * releases `<org>/<app>/layer-key` only to a workload its policy accepts.
+ */
+export async function kekFromKbs(uri: ProviderUri, env: NodeJS.ProcessEnv): Promise<Buffer> {
+  const workload = env.COCOON_WORKLOAD ?? '';
+  const measurement = env.COCOON_MEASUREMENT ?? '';
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(workload)) throw new CocoonError('BAD_USAGE', 'COCOON_WORKLOAD must name the workload to attest as');
+  if (!/^[0-9a-f]{96}$/.test(measurement)) throw new CocoonError('BAD_USAGE', 'COCOON_MEASUREMENT must be the workload measurement (96 lowercase hex digits)');
+  const [org, app] = uri.resource.split('/') as [string, string];
+  const { launcherConfigFromEnv } = await import('../launcher/config.js');
+  const { chooseAttester } = await import('../launcher/detect.js');
+  const { attestAndFetch } = await import('../kbs/client/rcar.js');
+  const cfg = launcherConfigFromEnv(env);
+  const { attester } = chooseAttester(cfg.tee, cfg.simDir, undefined, cfg.attester);
+  const fetched = await attestAndFetch({
+    kbsUrl: cfg.kbsUrl,
+    tee: attester.tee,
+    evidenceProvider: (reportData) => attester.getEvidence(reportData, measurement),
+    initData: { policy: `${org}/${app}`, workload },
+    resources: [uri.resource],
+    retry: cfg.retry,
+    timeoutMs: cfg.requestTimeoutMs,
+  });
+  const released = fetched.resources[uri.resource];
+  if (!released) throw new CocoonError('SECRET_MISSING', `the KBS released nothing for ${uri.resource}`);
+  try {
+    return kekFromSecret(released, `kbs:///${uri.resource}`);
+  } finally {
+    released.fill(0);
+  }
 }
 
 /** The KeyWrapper for `--recipient provider:cocoon:<uri>` (and for decrypting with a key file). */
@@ -145,7 +189,9 @@ export async function handleKeyProviderRequest(input: Buffer, env: NodeJS.Proces
       .filter((u) => u.startsWith('kbs:///'))
       .map(parseProviderUri)
       .find((u) => u.resource === fromKid.resource && u.keyFile !== undefined);
-    const kek = await kekFor(given ?? fromKid, env);
+    const local = given ?? fromKid;
+    // a local key file (URI or environment) first; else, with a KBS configured, attest for it
+    const kek = local.keyFile === undefined && env[KEK_FILE_ENV] === undefined && env.COCOON_KBS_URL ? await kekFromKbs(fromKid, env) : await kekFor(local, env);
     const w = new KekWrapper(kek, kid);
     const optsData = await w.unwrap(annotation.toString('base64'));
     return Buffer.from(JSON.stringify({ keyunwrapresults: { optsdata: optsData.toString('base64') } }));

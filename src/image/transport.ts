@@ -355,10 +355,10 @@ function sameDescriptor(a: Descriptor, b: Descriptor): boolean {
  * nothing changed, so the digest survives a plain copy.
  */
 export async function copyImage(src: ImageSource, dst: ImageSink, opts: CopyOptions = {}): Promise<CopyResult> {
-  const img = await src.resolve();
   const progress = opts.progress;
   const layersOut: Array<Descriptor & { skipped?: boolean }> = [];
   try {
+    const img = await src.resolve();
     const count = img.manifest.layers.length;
     const copyLayer = async (i: number, layer: Descriptor): Promise<Descriptor & { skipped?: boolean }> => {
       const id = `layer ${i + 1}/${count}`;

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { copyFile, mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, readdir, rename, rm, stat, utimes } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable, Transform } from 'node:stream';
@@ -219,6 +219,8 @@ async function launcherLayer(writer: LayoutWriter, opts: WrapOptions, launcherDi
       try {
         const r = await writer.putStream(createReadStream(blobCache));
         if (r.digest === meta.digest && r.size === meta.size) {
+          const now = new Date();
+          await utimes(metaPath, now, now).catch(() => undefined); // recently used: pruned last
           opts.onProgress?.('launcher layer reused from cache');
           return meta;
         }
@@ -239,11 +241,32 @@ async function launcherLayer(writer: LayoutWriter, opts: WrapOptions, launcherDi
       await copyFile(blobPath(writer.layoutDir, blob.digest), tmp);
       await rename(tmp, blobCache);
       await atomicWrite(metaPath, JSON.stringify(out));
+      await pruneLauncherCache(cacheRoot, LAUNCHER_CACHE_KEEP);
     } catch {
       await rm(tmp, { force: true }).catch(() => undefined);
     }
   }
   return out;
+}
+
+/** Entries kept in the launcher-layer cache (each rebuild of the launcher makes a new one of ≈ 40 MB). */
+export const LAUNCHER_CACHE_KEEP = 4;
+
+/** Keeps the `keep` most recently written entries (and removes stale temp files). */
+async function pruneLauncherCache(dir: string, keep: number): Promise<void> {
+  const names = await readdir(dir);
+  const metas: Array<{ key: string; mtime: number }> = [];
+  for (const n of names) {
+    const st = await stat(join(dir, n)).catch(() => undefined);
+    if (!st) continue;
+    if (n.includes('.tmp-') && Date.now() - st.mtimeMs > 3600_000) await rm(join(dir, n), { force: true });
+    else if (n.endsWith('.json') && /^[0-9a-f]{64}\.json$/.test(n)) metas.push({ key: n.slice(0, 64), mtime: st.mtimeMs });
+  }
+  metas.sort((a, b) => b.mtime - a.mtime);
+  for (const m of metas.slice(keep)) {
+    await rm(join(dir, `${m.key}.json`), { force: true });
+    await rm(join(dir, `${m.key}.tar.gz`), { force: true });
+  }
 }
 
 /**

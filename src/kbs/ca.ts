@@ -91,11 +91,18 @@ export class DeploymentCa {
     return { cert: cert.toString('pem'), chain: inter.record.cert + root.record.cert, serial: cert.serialNumber, notAfter: cert.notAfter.toISOString() };
   }
 
-  /** CRL of the current intermediate, listing revoked serials (reason always set: pkijs needs it). */
+  private crlCache: { key: string; pem: string; until: number } | undefined;
+
+  /**
+   * CRL of the current intermediate, listing revoked serials (reason always set: pkijs needs it).
+   * Cached for a minute per (intermediate, revocation list): the endpoint is public.
+   */
   async crlPem(): Promise<string> {
     const inter = await this.current();
     const revoked = await this.store.listRevoked();
     const now = this.now();
+    const key = `${inter.record.id}:${revoked.length}:${revoked[revoked.length - 1]?.serial ?? ''}`;
+    if (this.crlCache && this.crlCache.key === key && this.crlCache.until > now.getTime()) return this.crlCache.pem;
     const crl = await x509.X509CrlGenerator.create({
       issuer: inter.cert.subject,
       thisUpdate: now,
@@ -106,7 +113,9 @@ export class DeploymentCa {
       extensions: [await x509.AuthorityKeyIdentifierExtension.create(inter.cert)],
     });
     // RFC 7468 label (what openssl expects); @peculiar/x509 writes "CRL".
-    return pem('X509 CRL', new Uint8Array(crl.rawData));
+    const text = pem('X509 CRL', new Uint8Array(crl.rawData));
+    this.crlCache = { key, pem: text, until: now.getTime() + 60_000 };
+    return text;
   }
 }
 

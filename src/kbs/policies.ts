@@ -116,6 +116,17 @@ async function propose(ctx: KbsContext, name: string, yaml: string, head: Curren
   return { name, version: head.record.version, hash: head.record.hash, pending: { id: pending.id, approvals: 1, threshold } };
 }
 
+/** A certificate or key the library refuses to make (e.g. an odd SAN) is the policy's fault, not a 500. */
+async function generating<T>(policy: string, secret: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof CocoonError) throw err;
+    const file = policyFileName(policy);
+    throw new CocoonError('POLICY_INVALID', `${file}:1:1: secrets.${secret}: cannot generate it: ${(err as Error).message.slice(0, 200)}`, { details: { file, line: 1, column: 1, path: `secrets.${secret}` } });
+  }
+}
+
 interface ActivateInput {
   name: string;
   yaml: string;
@@ -142,7 +153,7 @@ async function activate(ctx: KbsContext, a: ActivateInput): Promise<ApplyResult>
     if ('scope' in spec && spec.scope === 'instance') continue;
     if (spec.kind === 'random' && !existing.has(secretName)) newSecrets.push(record(secretName, spec.kind, generateRandomSecret(spec)));
     if ((spec.kind === 'keypair' || spec.kind === 'x509-ca') && !existing.has(secretName)) {
-      const value = await generateStructured(spec, secretName, { ctx, policy: a.name, sibling: async () => undefined });
+      const value = await generating(a.name, secretName, () => generateStructured(spec, secretName, { ctx, policy: a.name, sibling: async () => undefined }));
       generated.set(secretName, value);
       newSecrets.push(record(secretName, spec.kind, value));
     }
@@ -150,12 +161,14 @@ async function activate(ctx: KbsContext, a: ActivateInput): Promise<ApplyResult>
   for (const [secretName, spec] of Object.entries(a.policy.secrets)) {
     if (spec.kind !== 'x509' || spec.scope === 'instance') continue;
     // Re-issued with every version: it then chains to the intermediate rotated in by this version.
-    const value = await generateStructured(spec, secretName, {
-      ctx,
-      policy: a.name,
-      intermediate,
-      sibling: async (n) => generated.get(n) ?? (await readSecret(ctx, a.name, n)),
-    });
+    const value = await generating(a.name, secretName, () =>
+      generateStructured(spec, secretName, {
+        ctx,
+        policy: a.name,
+        intermediate,
+        sibling: async (n) => generated.get(n) ?? (await readSecret(ctx, a.name, n)),
+      }),
+    );
     replaceSecrets.push(record(secretName, spec.kind, value));
   }
   const pv: PolicyVersionRecord = { name: a.name, version, hash, predecessor: expected, yaml: a.yaml, createdAt: at, createdBy: a.actor };

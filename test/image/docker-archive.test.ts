@@ -74,3 +74,32 @@ test('docker-archive: malformed archives are refused with codes', async (t) => {
   await assert.rejects(indexTar(corrupt), { code: 'IMAGE_INVALID' });
   await assert.rejects(indexTar(join(f.base, 'absent.tar')), { code: 'NOT_FOUND' });
 });
+
+test('docker-archive: the Docker ≥ 25 layout (OCI blobs inside, manifest.json pointing at blobs/sha256/…) is read', async (t) => {
+  const f = await fixture(t);
+  const img = await readLayout(f.source, 'app:1');
+  const { blobPath } = await import('../../src/image/layout.js');
+  const { readFile: rf } = await import('node:fs/promises');
+  const { gunzipSync } = await import('node:zlib');
+  // docker save (25+) stores layers uncompressed under blobs/sha256/<diffID>
+  const entries: Parameters<typeof rawTar>[0] = [];
+  const layerNames: string[] = [];
+  for (const [i, l] of img.manifest.layers.entries()) {
+    const raw = await rf(blobPath(f.source, l.digest));
+    const plain = l.mediaType.endsWith('gzip') ? gunzipSync(raw) : l.mediaType.endsWith('zstd') ? undefined : raw;
+    if (!plain) continue;
+    const name = `blobs/sha256/${(img.config.rootfs.diff_ids[i] ?? '').slice(7)}`;
+    if (!layerNames.includes(name)) entries.push({ name, content: plain });
+    layerNames.push(name);
+  }
+  const cfg = { ...img.config, rootfs: { type: 'layers', diff_ids: img.config.rootfs.diff_ids.slice(0, layerNames.length) } };
+  const cfgBytes = Buffer.from(JSON.stringify(cfg));
+  const { ociDigest } = await import('../../src/crypto/hash.js');
+  entries.push({ name: `blobs/sha256/${ociDigest(cfgBytes).slice(7)}`, content: cfgBytes });
+  entries.push({ name: 'oci-layout', content: '{"imageLayoutVersion":"1.0.0"}' });
+  entries.push({ name: 'manifest.json', content: JSON.stringify([{ Config: `blobs/sha256/${ociDigest(cfgBytes).slice(7)}`, RepoTags: ['shop/app:25'], Layers: layerNames }]) });
+  const file = join(f.base, 'docker25.tar');
+  await writeFile(file, await rawTar(entries));
+  await unpackImage(new DockerArchiveSource(file, parseDockerReference('shop/app:25')), join(f.base, 'root25'), { chown: false });
+  assert.ok(Object.keys(await treeOf(join(f.base, 'root25'))).length > 3);
+});

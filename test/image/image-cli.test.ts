@@ -35,6 +35,15 @@ test('wrap reuses the cached launcher layer (verified by digest) and rebuilds a 
   assert.ok(messages.some((m) => /did not verify/.test(m)));
   const d = await w('d');
   assert.equal(d.manifestDigest, a.manifestDigest);
+  // the cache keeps the most recent entries only
+  for (let i = 0; i < 5; i++) {
+    const other = join(base, `launcher-${i}`);
+    await makeLauncherDir(other);
+    await writeFile(join(other, 'launcher.mjs'), `console.log(${i})\n`);
+    await wrapImage({ source: { layoutDir: join(base, 'src') }, dest: { layoutDir: join(base, `o${i}`) }, launcherDir: other, kek, ...names, launcherCacheDir: cache });
+  }
+  const kept = (await readdir(join(cache, 'launcher-layers'))).filter((n) => n.endsWith('.json'));
+  assert.equal(kept.length, 4);
   // no cache at all gives the same bytes
   const e = await wrapImage({ source: { layoutDir: join(base, 'src') }, dest: { layoutDir: join(base, 'e') }, launcherDir: launcher, kek, ...names, launcherCacheDir: false });
   assert.equal(e.manifestDigest, a.manifestDigest);

@@ -10,7 +10,7 @@ import { parseDockerReference, parseImageReference } from '../../src/image/refer
 import { encryptTransform, decryptTransform } from '../../src/image/crypt.js';
 import { JweWrapper } from '../../src/image/jwe.js';
 import { unpackImage, inspectImage } from '../../src/image/operations.js';
-import { parseChallenge, RegistryClient } from '../../src/image/registry.js';
+import { credentialsFromAuthFile, loadTlsMaterial, parseChallenge, parseCredentials, RegistryClient } from '../../src/image/registry.js';
 import { readLayout } from '../../src/image/layout.js';
 import { makeAppTree, makeLauncherDir, tarOf, tempDir, writeSourceImage } from './helpers.js';
 import { cocoon, freePort, has, makeTlsFiles, run, startRegistry, treeOf } from './peers.js';
@@ -210,7 +210,7 @@ test('registry bearer token flow (token service in front of docker-registry), re
   await hs.close();
 });
 
-test('registry client: refusals without a peer', async () => {
+test('registry client: refusals without a peer', async (t) => {
   assert.deepEqual(parseChallenge('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/redis:pull"')?.params, {
     realm: 'https://auth.docker.io/token',
     service: 'registry.docker.io',
@@ -229,6 +229,15 @@ test('registry client: refusals without a peer', async () => {
   await assert.rejects(d.getManifest('bad tag'), { code: 'BAD_USAGE' });
   d.close();
   await assert.rejects(RegistryClient.open(parseDockerReference('example.com/a/b'), { caFiles: ['/nonexistent/ca.pem'] }), { code: 'NOT_FOUND' });
+  const dir = await tempDir(t, 'cocoon-auth-');
+  await writeFile(join(dir, 'bad.json'), '{not json');
+  await assert.rejects(credentialsFromAuthFile('example.com', join(dir, 'bad.json')), { code: 'INPUT_MALFORMED' });
+  await assert.rejects(credentialsFromAuthFile('example.com', join(dir, 'absent.json')), { code: 'NOT_FOUND' });
+  await writeFile(join(dir, 'ok.json'), JSON.stringify({ auths: { 'https://example.com': { auth: Buffer.from('u:p:w').toString('base64') } } }));
+  assert.deepEqual(await credentialsFromAuthFile('example.com', join(dir, 'ok.json')), { username: 'u', password: 'p:w' });
+  assert.throws(() => parseCredentials('nocolon'), { code: 'BAD_USAGE' });
+  await writeFile(join(dir, 'notpem.crt'), 'hello');
+  await assert.rejects(loadTlsMaterial({ caFiles: [join(dir, 'notpem.crt')] }), { code: 'INPUT_MALFORMED' });
 });
 
 test('registry over HTTPS with a private CA: --ca / --cert-dir trust it, otherwise REGISTRY_TLS_FAILED', async (t) => {
@@ -288,4 +297,42 @@ test('registry multi-platform index: the host platform by default, --platform pi
   assert.equal(await pick({ os: 'linux', architecture: 'arm64' }), arm.manifestDigest);
   assert.equal(await pick({ os: 'linux', architecture: 'amd64' }), amd.manifestDigest);
   await assert.rejects(pick({ os: 'linux', architecture: 's390x' }), { code: 'NOT_FOUND' });
+});
+
+test('http client: storage redirects drop Authorization when the host changes; 5xx on GET is retried, POST is not', async (t) => {
+  const { HttpClient } = await import('../../src/image/http.js');
+  const seen: Array<{ host: string; path: string; auth: string | undefined; method: string }> = [];
+  const storagePort = await freePort();
+  const apiPort = await freePort();
+  let flaky = 0;
+  const storage = http.createServer((req, res) => {
+    seen.push({ host: 'storage', path: req.url ?? '', auth: req.headers.authorization, method: req.method ?? '' });
+    res.end('blob');
+  });
+  const api = http.createServer((req, res) => {
+    seen.push({ host: 'api', path: req.url ?? '', auth: req.headers.authorization, method: req.method ?? '' });
+    if (req.url === '/redirect') res.writeHead(307, { location: `http://127.0.0.1:${storagePort}/data` }).end();
+    else if (req.url === '/flaky' && flaky++ < 2) res.writeHead(503).end();
+    else res.end('ok');
+  });
+  await new Promise<void>((r) => storage.listen(storagePort, '127.0.0.1', r));
+  await new Promise<void>((r) => api.listen(apiPort, '127.0.0.1', r));
+  t.after(() => new Promise<void>((r) => storage.close(() => api.close(() => r()))));
+  const c = new HttpClient({ allowHttp: true, backoffMs: 1, attempts: 3 });
+  t.after(() => c.close());
+  const res = await c.request({ method: 'GET', url: new URL(`http://127.0.0.1:${apiPort}/redirect`), headers: { authorization: 'Bearer secret' } });
+  for await (const _ of res.body) void _;
+  assert.equal(res.status, 200);
+  assert.equal(seen.find((s) => s.host === 'api')?.auth, 'Bearer secret');
+  assert.equal(seen.find((s) => s.host === 'storage')?.auth, undefined, 'no credentials sent to the storage host');
+  const flakyRes = await c.request({ method: 'GET', url: new URL(`http://127.0.0.1:${apiPort}/flaky`) });
+  for await (const _ of flakyRes.body) void _;
+  assert.equal(flakyRes.status, 200, 'two 503s, then success');
+  flaky = 0;
+  const post = await c.request({ method: 'POST', url: new URL(`http://127.0.0.1:${apiPort}/flaky`), body: Buffer.from('x') });
+  for await (const _ of post.body) void _;
+  assert.equal(post.status, 503, 'a POST is not retried');
+  const strict = new HttpClient({});
+  await assert.rejects(strict.request({ method: 'GET', url: new URL(`http://127.0.0.1:${apiPort}/x`) }), { code: 'BAD_USAGE' });
+  strict.close();
 });

@@ -126,3 +126,17 @@ test('OpenAPI documents the governance, audit and CA endpoints; oversized bodies
     await kbs.cleanup();
   }
 });
+
+test('a certificate the CA library cannot make is POLICY_INVALID (400), not an internal error', async () => {
+  const { ownerRequest, MEASUREMENT } = await import('./helpers.js');
+  const kbs = await makeKbs();
+  try {
+    const yaml = `name: demo/odd\nsecrets:\n  tls: { kind: x509, sans: ["abc:def"] }\nworkloads:\n  w:\n    accept: [{ tee: [sim], measurement: "${MEASUREMENT}" }]\n    secrets: [tls]\n`;
+    const res = await ownerRequest(kbs, 'PUT', '/cocoon/v1/policies/demo/odd', { yaml });
+    assert.equal(res.statusCode, 400, res.body);
+    assert.equal((res.json() as { code: string }).code, 'POLICY_INVALID');
+    assert.match((res.json() as { detail: string }).detail, /secrets\.tls: cannot generate/);
+  } finally {
+    await kbs.cleanup();
+  }
+});
