@@ -1,4 +1,4 @@
-import { createVerify, createPublicKey, X509Certificate } from 'node:crypto';
+import { createVerify, createPublicKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { CocoonError } from '../../errors.js';
 import { sha256Hex } from '../../crypto/hash.js';
 import type { Claims, VerificationProblem, VerificationResult, VerifyOptions } from '../types.js';
@@ -77,13 +77,39 @@ function withinValidity(cert: X509Certificate, at: Date): boolean {
   return new Date(cert.validFrom) <= at && at <= new Date(cert.validTo);
 }
 
+interface CheckedPlatform {
+  platform: X509Certificate;
+  key: KeyObject;
+  /** The trusted root that signed the platform certificate, if any. */
+  issuer: X509Certificate | undefined;
+}
+
+/**
+ * Parsed platform certificates with their chain verdict, keyed by the exact certificate and
+ * root bytes: parsing and the P-384 chain signature are the same for every report of one
+ * platform. Validity windows are still checked against each call's time.
+ */
+const platformCache = new Map<string, CheckedPlatform>();
+const PLATFORM_CACHE_MAX = 256;
+
+function checkPlatform(certPem: string, rootPems: readonly string[]): CheckedPlatform {
+  const cacheKey = sha256Hex(JSON.stringify([certPem, ...rootPems]));
+  const cached = platformCache.get(cacheKey);
+  if (cached) return cached;
+  const platform = loadCert(certPem, 'platform certificate');
+  const roots = rootPems.map((pem) => loadCert(pem, 'sim root'));
+  const issuer = roots.find((root) => platform.checkIssued(root) && platform.verify(root.publicKey));
+  const checked = { platform, key: createPublicKey(platform.publicKey.export({ format: 'pem', type: 'spki' })), issuer };
+  if (platformCache.size >= PLATFORM_CACHE_MAX) platformCache.delete(platformCache.keys().next().value as string);
+  platformCache.set(cacheKey, checked);
+  return checked;
+}
+
 export async function verifySimEvidence(input: unknown, trust: SimTrust, options: VerifyOptions): Promise<VerificationResult> {
   const { evidence, report, reportBytes } = parseSimEvidence(input);
   const errors: VerificationProblem[] = [];
-  const platform = loadCert(evidence.certs[0] as string, 'platform certificate');
-  const roots = trust.roots.map((pem) => loadCert(pem, 'sim root'));
+  const { platform, key, issuer } = checkPlatform(evidence.certs[0] as string, trust.roots);
 
-  const issuer = roots.find((root) => platform.checkIssued(root) && platform.verify(root.publicKey));
   if (!issuer) {
     errors.push({ code: 'EVIDENCE_CHAIN_INVALID', stage: 'chain', message: 'platform certificate does not chain to a trusted sim root' });
   } else if (!withinValidity(platform, options.at) || !withinValidity(issuer, options.at)) {
@@ -91,7 +117,7 @@ export async function verifySimEvidence(input: unknown, trust: SimTrust, options
   }
 
   const verifier = createVerify('sha384').update(reportBytes);
-  const signatureOk = verifier.verify({ key: createPublicKey(platform.publicKey.export({ format: 'pem', type: 'spki' })), dsaEncoding: 'ieee-p1363' }, Buffer.from(evidence.signature, 'base64'));
+  const signatureOk = verifier.verify({ key, dsaEncoding: 'ieee-p1363' }, Buffer.from(evidence.signature, 'base64'));
   if (!signatureOk) errors.push({ code: 'EVIDENCE_SIGNATURE_INVALID', stage: 'report_signature', message: 'sim report signature does not verify' });
 
   if (options.reportData && Buffer.from(report.report_data, 'hex').compare(Buffer.from(options.reportData)) !== 0) {
