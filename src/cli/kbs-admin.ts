@@ -3,30 +3,10 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import Table from 'cli-table3';
 import { action, createOutput } from './output.js';
-import { configDir, configPaths, resolveKbsUrl } from './config.js';
+import { ownerClient, withOwnerOptions, type OwnerOptions } from './owner-options.js';
 import { CocoonError } from '../errors.js';
-import type { AuditEntry, OwnerClient } from '../kbs/client/owner.js';
+import type { AuditEntry } from '../kbs/client/owner.js';
 
-interface OwnerOptions {
-  kbs?: string;
-  ownerKey?: string;
-  configDir?: string;
-  json?: boolean;
-}
-
-function withOwnerOptions(cmd: Command): Command {
-  return cmd
-    .option('--kbs <url>', 'Key Broker Service URL (default: $COCOON_KBS_URL or the config file)')
-    .option('--owner-key <file>', 'owner private key (default: <config-dir>/owner.key.json)')
-    .option('--config-dir <dir>', 'config directory')
-    .option('--json', 'print JSON');
-}
-
-async function ownerClient(opts: OwnerOptions): Promise<OwnerClient> {
-  const dir = configDir(opts.configDir);
-  const { OwnerClient } = await import('../kbs/client/owner.js');
-  return OwnerClient.create({ kbsUrl: await resolveKbsUrl(opts.kbs, dir), ownerKeyFile: opts.ownerKey ?? configPaths(dir).ownerKey });
-}
 
 function limitOf(v: string): number {
   if (!/^[1-9]\d{0,2}$|^1000$/.test(v)) throw new CocoonError('BAD_USAGE', '--limit must be 1–1000');

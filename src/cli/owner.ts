@@ -2,33 +2,12 @@ import type { Command } from 'commander';
 import { readFile } from 'node:fs/promises';
 import Table from 'cli-table3';
 import { action, createOutput } from './output.js';
-import { configDir, configPaths, resolveKbsUrl } from './config.js';
+import { ownerClient, withOwnerOptions, type OwnerOptions } from './owner-options.js';
 import { CocoonError } from '../errors.js';
-import type { OwnerClient } from '../kbs/client/owner.js';
 
 const MAX_POLICY_FILE = 256 * 1024;
 const MAX_SECRET_FILE = 64 * 1024;
 
-interface OwnerOptions {
-  kbs?: string;
-  ownerKey?: string;
-  configDir?: string;
-  json?: boolean;
-}
-
-function withOwnerOptions(cmd: Command): Command {
-  return cmd
-    .option('--kbs <url>', 'Key Broker Service URL (default: $COCOON_KBS_URL or the config file)')
-    .option('--owner-key <file>', 'owner private key (default: <config-dir>/owner.key.json)')
-    .option('--config-dir <dir>', 'config directory')
-    .option('--json', 'print JSON');
-}
-
-async function ownerClient(opts: OwnerOptions): Promise<OwnerClient> {
-  const dir = configDir(opts.configDir);
-  const { OwnerClient } = await import('../kbs/client/owner.js');
-  return OwnerClient.create({ kbsUrl: await resolveKbsUrl(opts.kbs, dir), ownerKeyFile: opts.ownerKey ?? configPaths(dir).ownerKey });
-}
 
 async function readBounded(file: string, max: number, what: string): Promise<Buffer> {
   const data = await readFile(file).catch((err: NodeJS.ErrnoException) => {
