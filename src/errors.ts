@@ -97,6 +97,13 @@ export const ERROR_CODES = {
   // broker: rate limiting, sealing, audit (appended)
   RATE_LIMITED: { status: 429, exit: 1 },
   SEAL_FAILED: { status: 500, exit: 1 },
+  // protected volumes (appended)
+  VOLUME_TAMPERED: { status: 400, exit: 1 },
+  VOLUME_ROLLBACK: { status: 409, exit: 1 },
+  // attested mutual TLS (appended)
+  TLS_PEER_REJECTED: { status: 401, exit: 1 },
+  TLS_PROXY_FAILED: { status: 500, exit: 1 },
+  KBS_NOT_TRUSTED: { status: 401, exit: 1 },
 } as const satisfies Record<string, { status: number; exit: number }>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

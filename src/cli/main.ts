@@ -13,6 +13,7 @@ import { registerImage } from './image.js';
 import { registerKeyprovider } from './keyprovider.js';
 import { registerK8s } from './k8s.js';
 import { registerUi } from './ui.js';
+import { registerAttest } from './attest.js';
 
 // `cocoon … | head` must end quietly, not with an EPIPE stack trace.
 process.stdout.on('error', (err: NodeJS.ErrnoException) => {
@@ -44,6 +45,7 @@ registerImage(program);
 registerKeyprovider(program);
 registerK8s(program);
 registerUi(program);
+registerAttest(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -21,5 +21,7 @@ export function withOwnerOptions(cmd: Command): Command {
 export async function ownerClient(opts: OwnerOptions): Promise<OwnerClient> {
   const dir = configDir(opts.configDir);
   const { OwnerClient } = await import('../kbs/client/owner.js');
-  return OwnerClient.create({ kbsUrl: await resolveKbsUrl(opts.kbs, dir), ownerKeyFile: opts.ownerKey ?? configPaths(dir).ownerKey });
+  const kbsUrl = await resolveKbsUrl(opts.kbs, dir);
+  const { pinnedFetchFor } = await import('./kbs-pin.js'); // HTTPS to a KBS pinned by `cocoon attest` must present the pinned TLS key
+  return OwnerClient.create({ kbsUrl, ownerKeyFile: opts.ownerKey ?? configPaths(dir).ownerKey, ...(await pinnedFetchFor(kbsUrl, dir)) });
 }

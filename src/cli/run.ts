@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
 import Table from 'cli-table3';
 import { action, createOutput } from './output.js';
 import { configDir, configPaths, resolveKbsUrl } from './config.js';
@@ -22,10 +23,11 @@ export function registerRuntime(program: Command): void {
     .option('--no-host-network', 'give the container its own network namespace (default: host network)')
     .option('--kbs-retries <n>', 'launcher attempts to reach the KBS', '6')
     .option('--config-dir <dir>', 'config directory (sim platform key, default KBS)')
+    .option('--volume <name=hostdir>', 'encrypted store of the policy\'s protected volume NAME in host directory HOSTDIR (repeatable; docs/volumes.md)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--json', 'print the result as JSON')
     .addHelpText('after', '\nExit status: the application\'s (foreground), 1 when the launcher refuses to start it.\nNeeds root and runc (installed by scripts/setup.sh). See docs/run.md.')
     .action(
-      action(async (image: string, opts: { kbs?: string; tee?: string; tpmTcti?: string; name?: string; detach?: boolean; memoryRootSize: string; hostNetwork: boolean; kbsRetries: string; configDir?: string; json?: boolean }) => {
+      action(async (image: string, opts: { kbs?: string; tee?: string; tpmTcti?: string; name?: string; detach?: boolean; memoryRootSize: string; hostNetwork: boolean; kbsRetries: string; configDir?: string; volume: string[]; json?: boolean }) => {
         const out = createOutput(opts);
         const dir = configDir(opts.configDir);
         const kbsUrl = await resolveKbsUrl(opts.kbs, dir);
@@ -37,6 +39,7 @@ export function registerRuntime(program: Command): void {
           opts.tpmTcti = tctiToString(parseTcti(opts.tpmTcti));
         }
         const tpmDevice = opts.tee === 'tpm' && (opts.tpmTcti === undefined || opts.tpmTcti.startsWith('device:')) ? (opts.tpmTcti ?? 'device:/dev/tpmrm0').slice('device:'.length) : undefined;
+        const volumes = await parseVolumeFlags(opts.volume);
         if (opts.tee === 'sim') out.warn('INSECURE: simulated TEE — the workload has no hardware protection (development only)');
         const { runWrapped } = await import('../runtime/runc.js');
         const result = await runWrapped({
@@ -49,6 +52,7 @@ export function registerRuntime(program: Command): void {
           memoryRootSize: opts.memoryRootSize,
           hostNetwork: opts.hostNetwork,
           ...(tpmDevice ? { devices: [tpmDevice] } : {}),
+          ...(volumes.length > 0 ? { volumes } : {}),
           launcherEnv: { COCOON_KBS_RETRIES: opts.kbsRetries, ...(opts.tpmTcti ? { COCOON_TPM_TCTI: opts.tpmTcti } : {}) },
           onProgress: (m) => out.step(m),
         });
@@ -102,4 +106,21 @@ export function registerRuntime(program: Command): void {
         process.stdout.write(await readFile(record.logFile));
       }),
     );
+}
+
+/** `--volume NAME=HOSTDIR` values: names unique, host directories absolute (created 0700 if missing). */
+async function parseVolumeFlags(values: string[]): Promise<{ name: string; hostDir: string }[]> {
+  if (values.length > 16) throw new CocoonError('BAD_USAGE', 'at most 16 --volume flags');
+  const out: { name: string; hostDir: string }[] = [];
+  for (const v of values) {
+    const m = /^([a-z0-9][a-z0-9_-]{0,62})=(.{1,1024})$/.exec(v);
+    if (!m) throw new CocoonError('BAD_USAGE', '--volume must be NAME=HOSTDIR (NAME: [a-z0-9][a-z0-9_-]*)');
+    const [, name, dir] = m as unknown as [string, string, string];
+    if (out.some((o) => o.name === name)) throw new CocoonError('BAD_USAGE', `--volume ${name} given twice`);
+    const hostDir = resolve(dir);
+    if (hostDir.includes(',') || hostDir.includes('\0')) throw new CocoonError('BAD_USAGE', `--volume ${name}: the host directory must not contain commas`);
+    await mkdir(hostDir, { recursive: true, mode: 0o700 });
+    out.push({ name, hostDir });
+  }
+  return out;
 }

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { action, createOutput } from './output.js';
 import { configDir, configPaths } from './config.js';
 import { CocoonError } from '../errors.js';
+import type { SelfAttestation } from '../kbs/self-attest.js';
 
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
@@ -26,6 +27,7 @@ export function registerServe(program: Command): void {
     .option('--owner <file>', 'owner public key (JWK, from `cocoon init`) allowed to use the owner API; repeatable', collect, [])
     .option('--allow-sim', 'accept INSECURE simulated-TEE evidence where a policy rule names `sim` (development only)')
     .option('--sim-root <file>', 'PEM root of the simulated TEE to trust with --allow-sim (default: <config-dir>/sim/root.pem)')
+    .option('--sim-platform <dir>', 'with --allow-sim: simulated platform the KBS signs its own evidence with, served at GET /cocoon/v1/attestation for `cocoon attest` (default: <config-dir>/sim/platform)')
     .option('--trusted-ak <pem>', 'PEM public key of a TPM attestation key whose quotes `tpm` evidence may carry; repeatable', collect, [])
     .option('--config-dir <dir>', 'config directory (default owner key and sim root)')
     .option('--log-level <level>', 'fatal|error|warn|info|debug', 'info')
@@ -45,6 +47,7 @@ export function registerServe(program: Command): void {
         owner: string[];
         allowSim?: boolean;
         simRoot?: string;
+        simPlatform?: string;
         trustedAk: string[];
         configDir?: string;
         logLevel: string;
@@ -103,6 +106,22 @@ export function registerServe(program: Command): void {
         const store = opts.postgres ? await (await import('../kbs/store/postgres.js')).openPostgresStore(opts.postgres) : undefined;
         const sealer = opts.tpm ? new (await import('../kbs/tpm-sealer.js')).TpmSealer({ tcti: opts.tpm }) : undefined;
         const rate = Number(opts.rateLimit);
+        let selfAttestation: SelfAttestation | undefined;
+        if (opts.allowSim) {
+          const platformDir = opts.simPlatform ?? configPaths(dir).simPlatform;
+          const { SimAttester, SIM_PLATFORM_FILES } = await import('../attester/sim.js');
+          const { existsSync } = await import('node:fs');
+          if (existsSync(join(platformDir, SIM_PLATFORM_FILES.key))) {
+            // sim: the "measurement" is SHA-384 of the running CLI entry script (real TEEs measure the KBS image)
+            const { createHash } = await import('node:crypto');
+            const entry = process.argv[1] ? await readFile(process.argv[1]).catch(() => Buffer.alloc(0)) : Buffer.alloc(0);
+            selfAttestation = { attester: new SimAttester(platformDir), measurement: createHash('sha384').update(entry).digest('hex') };
+          } else if (opts.simPlatform) {
+            throw new CocoonError('BAD_USAGE', `--sim-platform ${opts.simPlatform}: no ${SIM_PLATFORM_FILES.key} there (cocoon init creates one)`);
+          }
+        } else if (opts.simPlatform) {
+          throw new CocoonError('BAD_USAGE', '--sim-platform needs --allow-sim');
+        }
         const kbs = await startKbs({
           dataDir: opts.dataDir,
           host,
@@ -116,6 +135,7 @@ export function registerServe(program: Command): void {
           ...(store ? { store } : {}),
           ...(sealer ? { sealer } : {}),
           ...(tls ? { tls } : {}),
+          ...(selfAttestation ? { selfAttestation } : {}),
           ...(opts.recoveryThreshold ? { recoveryThreshold: Number(opts.recoveryThreshold) } : {}),
         }).catch(async (err: unknown) => {
           await store?.close();

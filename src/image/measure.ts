@@ -13,8 +13,8 @@ import { sha256Hex, sha384Hex } from '../crypto/hash.js';
 
 /** Where the launcher files live inside the container. */
 export const LAUNCHER_ROOT = '/cocoon';
-/** Top-level entries of /cocoon/ that are not launcher code. */
-export const LAUNCHER_EXCLUDED = ['payload', 'root'] as const;
+/** Top-level entries of /cocoon/ that are not launcher code (volumes/: protected volumes' encrypted stores, docs/volumes.md). */
+export const LAUNCHER_EXCLUDED = ['payload', 'root', 'volumes'] as const;
 
 export interface LaunchConfig {
   entrypoint: string[];
@@ -47,7 +47,7 @@ const byCodeUnits = (a: LauncherFile, b: LauncherFile): number => (a.path < b.pa
 
 /**
  * The list the launcher digest is computed over: regular files and symlinks below `dir`
- * (which stands for /cocoon/), not following symlinks, without payload/ and root/.
+ * (which stands for /cocoon/), not following symlinks, without payload/, root/ and volumes/.
  */
 export async function launcherFiles(dir: string): Promise<LauncherFile[]> {
   const st = await lstat(dir).catch((err: unknown) => {

@@ -1,4 +1,6 @@
 import { KeyObject } from 'node:crypto';
+import { selfAttestationRoutes } from './self-attest.js';
+import type { SelfAttestation } from './self-attest.js';
 import Fastify from 'fastify';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import swagger from '@fastify/swagger';
@@ -58,6 +60,8 @@ export interface KbsOptions {
   rateLimit?: { perSecond: number; burst: number };
   /** HTTPS: PEM certificate chain and key. */
   tls?: { cert: string; key: string };
+  /** Serve the KBS's own evidence at GET /cocoon/v1/attestation (src/kbs/self-attest.ts). */
+  selfAttestation?: SelfAttestation;
 }
 
 export const DEFAULT_BODY_LIMIT = 1024 * 1024;
@@ -120,6 +124,7 @@ export async function buildKbsApp(options: KbsOptions): Promise<FastifyInstance>
     await app.register(healthRoutes(ctx));
     await app.register(rcarRoutes(ctx));
     await app.register(ownerRoutes(ctx));
+    if (options.selfAttestation) await app.register(selfAttestationRoutes(ctx, options.selfAttestation, options.tls?.cert));
     await app.register((await import('./routes/ui.js')).uiRoutes(ctx));
 
     const purge = setInterval(() => {

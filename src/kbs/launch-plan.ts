@@ -2,6 +2,10 @@ import { CocoonError } from '../errors.js';
 import { renderTemplate, renderTemplateText } from '../policy/template.js';
 import { ENV_NAME_RE, LAYER_KEY_SECRET } from '../policy/names.js';
 import type { Policy, SecretField } from '../policy/types.js';
+import { parseTlsSpec, tlsSpecToWire, TlsSpecError } from '../policy/tls.js';
+import type { TlsSpec } from '../policy/tls.js';
+import { parseVolumeGrants } from './volume-plan.js';
+import type { VolumeGrant, VolumeGrantWire } from './volume-plan.js';
 
 /** Wire shape (docs/internals.md §5): binary values are base64. */
 export interface LaunchPlanWire {
@@ -12,6 +16,10 @@ export interface LaunchPlanWire {
   env: Record<string, string>;
   files: { path: string; mode: number; content: string }[];
   args: string[] | null;
+  /** Present when the workload declares `tls` (docs/tls.md). */
+  tls?: unknown;
+  /** Present when the workload declares `volumes` (docs/volumes.md); added by the release. */
+  volumes?: VolumeGrantWire[];
 }
 
 /** Decoded plan, as the launcher uses it. */
@@ -23,6 +31,9 @@ export interface LaunchPlan {
   env: Record<string, string>;
   files: { path: string; mode: number; content: Buffer }[];
   args: string[] | null;
+  tls?: TlsSpec;
+  /** Protected volumes: keys and the KBS's version counters (empty when none). */
+  volumes?: VolumeGrant[];
 }
 
 export const MAX_LAUNCH_PLAN_BYTES = 32 * 1024 * 1024;
@@ -41,6 +52,7 @@ export function renderLaunchPlan(policy: Policy, workload: string, insecure: boo
     env,
     files: w.files.map((f) => ({ path: f.path, mode: f.mode, content: renderTemplate(f.content, lookup).toString('base64') })),
     args: w.args ? w.args.map((t) => renderTemplateText(t, lookup)) : null,
+    ...(w.tls ? { tls: tlsSpecToWire(w.tls) } : {}),
   };
 }
 
@@ -55,7 +67,7 @@ export function parseLaunchPlan(bytes: Uint8Array | undefined): LaunchPlan {
     throw new CocoonError('INPUT_MALFORMED', 'launch plan is not JSON');
   }
   const o = obj(v, 'launch plan');
-  const keys = ['policy', 'workload', 'insecure', 'layerKey', 'env', 'files', 'args'];
+  const keys = ['policy', 'workload', 'insecure', 'layerKey', 'env', 'files', 'args', 'tls', 'volumes'];
   for (const k of Object.keys(o)) if (!keys.includes(k)) throw bad(`unknown member ${k}`);
   const policy = str(o.policy, 'policy');
   const workload = str(o.workload, 'workload');
@@ -80,7 +92,17 @@ export function parseLaunchPlan(bytes: Uint8Array | undefined): LaunchPlan {
     if (!Array.isArray(o.args)) throw bad('args must be a list or null');
     args = o.args.map((a, i) => str(a, `args[${i}]`));
   }
-  return { policy, workload, insecure: o.insecure, layerKey, env, files, args };
+  let tls: TlsSpec | undefined;
+  if (o.tls !== undefined) {
+    try {
+      tls = parseTlsSpec(o.tls);
+    } catch (err) {
+      if (err instanceof TlsSpecError) throw bad(`tls${err.path}: ${err.message}`);
+      throw err;
+    }
+  }
+  const volumes = o.volumes === undefined ? undefined : parseVolumeGrants(o.volumes);
+  return { policy, workload, insecure: o.insecure, layerKey, env, files, args, ...(tls ? { tls } : {}), ...(volumes ? { volumes } : {}) };
 }
 
 function bad(message: string): CocoonError {

@@ -18,6 +18,7 @@ import { generateRandomSecret, readSecret } from './secrets.js';
 import type { KbsContext } from './context.js';
 import { INSECURE_NOTICE, issueEar, verifyEar } from './ear.js';
 import { renderLaunchPlan } from './launch-plan.js';
+import { volumeGrantsFor } from './volumes.js';
 import { currentPolicy } from './policies.js';
 import { RCAR_TEES, RCAR_VERSION, SESSION_COOKIE, WORKLOAD_CERT_RESOURCE, rcarReportData } from './rcar-protocol.js';
 import { encryptToTee, parseTeePubkey } from './tee-key.js';
@@ -356,6 +357,8 @@ export async function releaseResource(ctx: KbsContext, grant: ResourceGrant, org
         if (!v) throw new CocoonError('POLICY_DENIED', `secret ${s} is not granted to ${grant.workload}`);
         return fieldOf(v, s, field);
       });
+      const volumes = await volumeGrantsFor(ctx, policyName, current.policy, grant.workload);
+      if (volumes) plan.volumes = volumes;
       plaintext = Buffer.from(JSON.stringify(plan), 'utf8');
     } else if (name === WORKLOAD_CERT_RESOURCE) {
       if (!grant.csr) throw new CocoonError('POLICY_DENIED', 'no CSR was bound in the evidence (send runtime-data.csr when attesting)');

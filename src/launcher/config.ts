@@ -22,6 +22,8 @@ export interface LauncherConfig {
   execHelper: string;
   /** Where the hardware attesters look (TPM TCTI, PCR, configfs-tsm, Gramine). */
   attester: AttesterSettings;
+  /** Parent of the protected volumes' encrypted stores (`<dir>/<name>`); default `<launcherDir>/volumes`. */
+  volumesDir?: string;
 }
 
 function intFromEnv(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
@@ -63,6 +65,7 @@ export function launcherConfigFromEnv(env: NodeJS.ProcessEnv): LauncherConfig {
     stopGraceMs: intFromEnv(env, 'COCOON_STOP_GRACE_MS', 10_000, 0, 3_600_000),
     execHelper: `${cocoonDir}/bin/cocoon-exec`,
     attester: attesterSettingsFromEnv(env),
+    volumesDir: pathFromEnv(env, 'COCOON_VOLUMES', `${cocoonDir}/volumes`),
   };
 }
 

@@ -10,6 +10,8 @@ import { buildAppArgv, buildAppEnv, writeInjectedFile } from './inject.js';
 import type { LauncherLog } from './log.js';
 import { superviseApp } from './supervise.js';
 import { resolveUser } from './user.js';
+import { openPlanVolumes } from './volumes/session.js';
+import { generateWorkloadKey, startPlanTls, workloadCertIfTls } from './tls/index.js';
 
 /**
  * The launcher's whole job, in order: check what it is about to run against the measured
@@ -45,6 +47,7 @@ export async function launch(config: LauncherConfig, log: LauncherLog): Promise<
   }
 
   const [org, app] = payload.policy.split('/') as [string, string];
+  const workloadKey = await generateWorkloadKey(); // TLS key: generated in the TEE, its CSR bound into the evidence
   const t1 = performance.now();
   const fetched = await attestAndFetch({
     kbsUrl: config.kbsUrl,
@@ -52,6 +55,8 @@ export async function launch(config: LauncherConfig, log: LauncherLog): Promise<
     evidenceProvider: (reportData) => attester.getEvidence(reportData, measurement),
     initData: { policy: payload.policy, workload: payload.workload },
     resources: [`${org}/${app}/launch-plan`],
+    csr: workloadKey.csrPem,
+    moreResources: workloadCertIfTls(`${org}/${app}/launch-plan`),
     retry: config.retry,
     timeoutMs: config.requestTimeoutMs,
     onRetry: (attempt, error) => log.warn(`KBS not reachable (attempt ${attempt}): ${error.message}; retrying`),
@@ -70,10 +75,18 @@ export async function launch(config: LauncherConfig, log: LauncherLog): Promise<
     const written = await writeInjectedFile(config.rootDir, file, user);
     log.info(`injected file ${written} (mode ${file.mode.toString(8)})`);
   }
+  // Protected volumes (docs/volumes.md): decrypted into the root now, sealed back after the app exits.
+  const volumes = await openPlanVolumes(config, plan, {
+    token: fetched.token,
+    owner: { uid: user.uid, gid: user.gid },
+    reattest: async () =>
+      (await attestAndFetch({ kbsUrl: config.kbsUrl, tee: attester.tee, evidenceProvider: (rd) => attester.getEvidence(rd, measurement), initData: { policy: payload.policy, workload: payload.workload }, resources: [], retry: config.retry, timeoutMs: config.requestTimeoutMs })).token,
+  }, log);
   const env = buildAppEnv(payload.config.env, plan.env, user.home);
   const argv = buildAppArgv(payload.config.entrypoint, payload.config.cmd, plan.args);
+  // Proxies bind before the app starts; a port that cannot be bound refuses the launch.
+  const tlsProxies = await startPlanTls(plan, fetched.resources, workloadKey, log);
   log.info(`starting ${argv[0]} as uid ${user.uid} (ready in ${Math.round(performance.now() - t0)} ms: attest ${Math.round(t2 - t1)} ms, decrypt ${Math.round(t3 - t2)} ms)`);
-
   const status = await superviseApp(
     {
       execHelper: config.execHelper,
@@ -87,7 +100,8 @@ export async function launch(config: LauncherConfig, log: LauncherLog): Promise<
       stopGraceMs: config.stopGraceMs,
     },
     log,
-  );
+  ).finally(() => tlsProxies?.close());
   log.info(`application exited with status ${status}`);
+  await volumes?.close();
   return status;
 }

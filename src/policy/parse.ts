@@ -8,6 +8,8 @@ import { CocoonError } from '../errors.js';
 import { ENV_NAME_RE, LAUNCH_PLAN_RESOURCE, LAYER_KEY_SECRET, WORKLOAD_CERT_RESOURCE_NAME, MEASUREMENT_RE, SECRET_NAME_RE, SEGMENT_RE, WORKLOAD_NAME_RE } from './names.js';
 import { TemplateError, parseTemplate, templateSecrets } from './template.js';
 import { POLICY_JSON_SCHEMA } from './schema.js';
+import { TlsSpecError, parseTlsSpec } from './tls.js';
+import { VolumeSpecError, parseVolumesSpec } from './volumes.js';
 import { KEY_TYPES, KEY_USAGES, RANDOM_ENCODINGS, SECRET_FIELDS, isStructuredSecret } from './types.js';
 import type { AcceptRule, FileSpec, KeyType, KeyUsageName, Policy, PolicyOwner, RandomEncoding, SecretField, SecretScope, SecretSpec, SgxRule, SourcePosition, Template, WorkloadSpec } from './types.js';
 
@@ -302,7 +304,7 @@ class PolicyParser {
 
   private workload(node: AnyNode, path: string, secrets: Record<string, SecretSpec>): WorkloadSpec {
     const map = this.map(node, path);
-    const f = this.fields(map, path, ['accept', 'maxActivations', 'secrets', 'env', 'files', 'args'], ['accept']);
+    const f = this.fields(map, path, ['accept', 'maxActivations', 'secrets', 'env', 'files', 'args', 'tls', 'volumes'], ['accept']);
     const acceptEntry = f.get('accept') as Entry;
     const acceptSeq = this.seq(acceptEntry.value, `${path}.accept`, LIMITS.accept);
     if (acceptSeq.length === 0) this.ctx.fail(acceptEntry.value, 'at least one accept rule is required', `${path}.accept`);
@@ -370,6 +372,24 @@ class PolicyParser {
       const v = this.scalar(maxEntry.value, `${path}.maxActivations`);
       if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 2 ** 31 - 1) this.ctx.fail(maxEntry.value, 'maxActivations must be a positive integer', `${path}.maxActivations`);
       spec.maxActivations = v;
+    }
+    const tlsEntry = f.get('tls');
+    if (tlsEntry) {
+      try {
+        spec.tls = parseTlsSpec(isMap(tlsEntry.value) || isSeq(tlsEntry.value) || isScalar(tlsEntry.value) ? tlsEntry.value.toJSON() : null);
+      } catch (err) {
+        if (!(err instanceof TlsSpecError)) throw err;
+        this.ctx.fail(tlsEntry.value, err.message, `${path}.tls${err.path}`);
+      }
+    }
+    const volumesEntry = f.get('volumes');
+    if (volumesEntry) {
+      try {
+        spec.volumes = parseVolumesSpec(isMap(volumesEntry.value) || isSeq(volumesEntry.value) || isScalar(volumesEntry.value) ? volumesEntry.value.toJSON() : null);
+      } catch (err) {
+        if (!(err instanceof VolumeSpecError)) throw err;
+        this.ctx.fail(volumesEntry.value, err.message, `${path}.volumes${err.path}`);
+      }
     }
     return spec;
   }

@@ -11,6 +11,7 @@ const TEE = { enum: ['sgx', 'tdx', 'snp', 'tpm', 'az-snp-vtpm', 'az-tdx-vtpm', '
 const KEY_TYPE = { enum: ['P-256', 'P-384', 'Ed25519', 'RSA-2048', 'RSA-3072'] };
 const SCOPE = { enum: ['shared', 'instance'] };
 const bool = { type: 'boolean' };
+const PORT = { type: 'integer', minimum: 1, maximum: 65535 };
 const uint = (max: number) => ({ type: 'integer', minimum: 0, maximum: max });
 const obj = (properties: Record<string, unknown>, required: string[] = [], extra: Record<string, unknown> = {}) => ({
   type: 'object',
@@ -77,6 +78,20 @@ const workload = obj(
       items: obj({ path: { type: 'string', pattern: '^/', maxLength: 1024 }, mode: { type: 'string', pattern: '^0?[0-7]{3}$' }, content: { type: 'string', maxLength: 65536 } }, ['path', 'content']),
     },
     args: { type: 'array', minItems: 1, maxItems: 256, items: { type: 'string', maxLength: 65536 } },
+    tls: obj({
+      ingress: { type: 'array', maxItems: 16, items: obj({ listen: PORT, to: PORT, clientCert: { enum: ['required', 'optional', 'none'] } }, ['listen', 'to']) },
+      egress: {
+        type: 'array',
+        maxItems: 16,
+        items: obj({ listen: PORT, to: { type: 'string', maxLength: 300, pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]+):[0-9]{1,5}$' }, expect: obj({ policy: { type: 'string', pattern: NAME }, workload: { type: 'string', pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' } }, ['policy', 'workload']) }, ['listen', 'to', 'expect']),
+      },
+    }),
+    volumes: {
+      type: 'array',
+      minItems: 1,
+      maxItems: 16,
+      items: obj({ name: { type: 'string', pattern: '^[a-z0-9][a-z0-9_-]{0,62}$' }, mountPath: { type: 'string', pattern: '^/[^\\u0000]+$', maxLength: 1024 }, allowRollback: bool }, ['name', 'mountPath']),
+    },
   },
   ['accept'],
 );

@@ -26,6 +26,8 @@ export interface RunOptions {
   launcherEnv?: Record<string, string>;
   /** Host character devices for the launcher, e.g. /dev/tpmrm0 for `--tee tpm`. */
   devices?: string[];
+  /** Protected volumes' host stores (`--volume NAME=HOSTDIR`). */
+  volumes?: { name: string; hostDir: string }[];
   runtimeDir?: string;
   runc?: string;
   onProgress?: (message: string) => void;
@@ -92,6 +94,7 @@ export async function runWrapped(options: RunOptions): Promise<RunResult> {
       rootfs,
       devices: await Promise.all((options.devices ?? []).map(hostCharDevice)),
       ...(options.simPlatformDir ? { simPlatformDir: options.simPlatformDir } : {}),
+      ...(options.volumes && options.volumes.length > 0 ? { volumes: options.volumes } : {}),
     });
     await writeFile(join(bundle, 'config.json'), JSON.stringify(spec, null, 2));
   } catch (err) {

@@ -25,6 +25,12 @@ export interface RuncSpecInput {
    * resource manager `{ path: '/dev/tpmrm0', major, minor }` for `cocoon run --tee tpm`.
    */
   devices?: HostCharDevice[];
+  /**
+   * Protected volumes' encrypted stores (`cocoon run --volume NAME=HOSTDIR`): each host
+   * directory is bind-mounted read-write at /cocoon/volumes/NAME for the launcher, which
+   * decrypts it into the application root (docs/volumes.md).
+   */
+  volumes?: { name: string; hostDir: string }[];
 }
 
 export interface HostCharDevice {
@@ -87,6 +93,11 @@ export function buildRuncSpec(input: RuncSpecInput): Record<string, unknown> {
   }
   if (input.simPlatformDir) {
     mounts.push({ destination: '/run/cocoon/sim', type: 'bind', source: input.simPlatformDir, options: ['rbind', 'ro', 'nosuid', 'nodev', 'noexec'] });
+  }
+  for (const v of input.volumes ?? []) {
+    if (!/^[a-z0-9][a-z0-9_-]{0,62}$/.test(v.name)) throw new CocoonError('BAD_USAGE', `volume name ${v.name.slice(0, 64)} is invalid`);
+    if (!v.hostDir.startsWith('/') || v.hostDir.includes('\0') || v.hostDir.includes(',')) throw new CocoonError('BAD_USAGE', `volume ${v.name}: host directory must be an absolute path without commas`);
+    mounts.push({ destination: `/cocoon/volumes/${v.name}`, type: 'bind', source: v.hostDir, options: ['rbind', 'rw', 'nosuid', 'nodev', 'noexec'] });
   }
   const namespaces = [{ type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'mount' }];
   if (!input.hostNetwork) namespaces.push({ type: 'network' });

@@ -93,5 +93,17 @@ export async function storeContract(store: Store): Promise<void> {
     const counts = await Promise.all(Array.from({ length: 6 }, () => store.countActivation('demo/app', 'w', 4)));
     assert.equal(counts.filter((c) => c !== false).length, 4);
     assert.equal(await store.countActivation('demo/app', 'other', undefined), 1);
+
+    // protected volumes: first writer wins; the counter is compare-and-set, forward only, also under concurrency
+    const vol = { policy: 'demo/app', workload: 'w', volume: 'data', version: 0, sealedKey: 'k1', createdAt: 1, updatedAt: 1 };
+    assert.equal((await store.putVolumeIfAbsent(vol)).sealedKey, 'k1');
+    assert.equal((await store.putVolumeIfAbsent({ ...vol, sealedKey: 'k2', version: 9 })).version, 0);
+    assert.equal(await store.advanceVolume('demo/app', 'w', 'data', 0, 2 ** 40, 5), true, 'counters beyond 2^31');
+    assert.equal(await store.advanceVolume('demo/app', 'w', 'data', 0, 3, 5), false);
+    assert.equal(await store.advanceVolume('demo/app', 'w', 'data', 2 ** 40, 2 ** 40 - 1, 5), false);
+    const raced = await Promise.all([1, 2, 3, 4].map((i) => store.advanceVolume('demo/app', 'w', 'data', 2 ** 40, 2 ** 40 + i, 6)));
+    assert.equal(raced.filter(Boolean).length, 1);
+    assert.deepEqual((await store.listVolumes('demo/app')).map((v) => v.volume), ['data']);
+    assert.equal(await store.getVolume('demo/app', 'w', 'none'), undefined);
     await store.ping();
 }

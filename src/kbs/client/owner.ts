@@ -174,6 +174,11 @@ export class OwnerClient {
     return ((await this.call('GET', `/cocoon/v1/policies/${checkPolicyName(name)}/workloads`)) as { workloads: Awaited<ReturnType<OwnerClient['workloads']>> }).workloads;
   }
 
+  /** Protected volumes' version counters (docs/volumes.md). */
+  async volumes(name: string): Promise<{ workload: string; volume: string; version: number; updatedAt: number }[]> {
+    return ((await this.call('GET', `/cocoon/v1/policies/${checkPolicyName(name)}/volumes`)) as { volumes: Awaited<ReturnType<OwnerClient['volumes']>> }).volumes;
+  }
+
   async listPending(name: string): Promise<PendingUpdate[]> {
     return ((await this.call('GET', `/cocoon/v1/policies/${checkPolicyName(name)}/pending`)) as { pending: PendingUpdate[] }).pending;
   }

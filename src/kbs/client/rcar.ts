@@ -22,6 +22,8 @@ export interface AttestAndFetchOptions {
   resources: string[];
   /** PKCS#10 CSR (PEM or base64 DER) to bind into report_data; then `<org>/<app>/workload-cert` issues a certificate for it. */
   csr?: string;
+  /** Called with the fetched `resources`; returns further resources to fetch in the same session (e.g. `workload-cert` when the launch plan declares TLS). */
+  moreResources?: (fetched: Record<string, Buffer>) => string[];
   retry?: RetryOptions;
   /** Per HTTP request. Default 15 s. */
   timeoutMs?: number;
@@ -111,7 +113,7 @@ async function exchange(base: string, options: AttestAndFetchOptions, teePubkey:
   const insecure = typeof attested.warning === 'string' || attestRes.headers.get('x-cocoon-warning') !== null;
 
   const resources: Record<string, Buffer> = {};
-  for (const name of options.resources) {
+  const fetchResource = async (name: string): Promise<void> => {
     const res = await httpRequest(`${base}/kbs/v0/resource/${name}`, { ...common, method: 'GET', headers });
     if (res.status !== 200) throw errorFromResponse(res, `KBS resource ${name}`);
     const jwe = parseJsonBody(res, `KBS resource ${name}`) as FlattenedJWE;
@@ -121,6 +123,13 @@ async function exchange(base: string, options: AttestAndFetchOptions, teePubkey:
     } catch (err) {
       throw new CocoonError('INPUT_MALFORMED', `KBS resource ${name}: JWE does not decrypt with the TEE key`, { cause: err });
     }
+  };
+  for (const name of options.resources) await fetchResource(name);
+  const more = options.moreResources ? options.moreResources(resources) : [];
+  if (more.length > 16) throw new CocoonError('BAD_USAGE', 'at most 16 further resources');
+  for (const name of more) {
+    if (!RESOURCE_RE.test(name)) throw new CocoonError('BAD_USAGE', `invalid resource name ${name}`);
+    if (!resources[name]) await fetchResource(name);
   }
   return { token: attested.token, insecure, resources };
 }

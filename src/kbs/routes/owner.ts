@@ -14,6 +14,7 @@ import { diffPolicies } from '../../policy/diff.js';
 import { parsePolicy } from '../../policy/parse.js';
 import { problemHandler } from '../problem.js';
 import { MAX_IMPORTED_SECRET, importSecret, readSecret } from '../secrets.js';
+import { volumeSummary } from '../volumes.js';
 import { PolicyParams, ResourceParams } from './common.js';
 
 const HASH = '^sha256:[0-9a-f]{64}$';
@@ -219,6 +220,23 @@ export function ownerRoutes(ctx: KbsContext) {
               secrets: spec.secrets,
             })),
           };
+        },
+      );
+
+      a.get(
+        '/cocoon/v1/policies/:org/:app/volumes',
+        {
+          schema: {
+            summary: 'Protected volumes of the policy with their version counters (never the keys)',
+            security,
+            params: PolicyParams,
+            response: { 200: Type.Object({ volumes: Type.Array(Type.Object({ workload: Type.String(), volume: Type.String(), version: Type.Integer(), updatedAt: Type.Integer() })) }), ...errors },
+          },
+        },
+        async (request) => {
+          const name = `${request.params.org}/${request.params.app}`;
+          await readable(request.owner, name);
+          return { volumes: volumeSummary(await ctx.store.listVolumes(name)) };
         },
       );
 

@@ -6,7 +6,8 @@ import type { KbsContext } from '../context.js';
 import { INSECURE_NOTICE } from '../ear.js';
 import { problemHandler } from '../problem.js';
 import { SESSION_COOKIE, attest, authorizeResource, releaseResource, startSession } from '../rcar.js';
-import { ResourceParams, readCookie } from './common.js';
+import { VOLUME_COMMIT_RESOURCE, commitVolume, parseVolumeCommit } from '../volumes.js';
+import { PolicyParams, ResourceParams, readCookie } from './common.js';
 
 const AuthBody = Type.Object(
   {
@@ -73,6 +74,22 @@ export function rcarRoutes(ctx: KbsContext) {
       if (grant.insecure) void reply.header('x-cocoon-warning', INSECURE_NOTICE);
       void reply.header('cache-control', 'no-store');
       return jwe;
+    });
+
+    // Cocoon extension (docs/volumes.md): advance a protected volume's version counter (forward only, CAS).
+    r.post(`/kbs/v0/resource/:org/:app/${VOLUME_COMMIT_RESOURCE}`, { schema: { params: PolicyParams, hide: true }, bodyLimit: 4096 }, async (request, reply) => {
+      const authz = request.headers.authorization;
+      let bearer: string | undefined;
+      if (authz !== undefined) {
+        const m = /^Bearer ([A-Za-z0-9_.-]{1,16384})$/.exec(authz);
+        if (!m) throw new CocoonError('AUTH_INVALID', 'Authorization must be "Bearer <attestation token>"');
+        bearer = m[1];
+      }
+      const sessionId = readCookie(request.headers.cookie, SESSION_COOKIE);
+      const grant = await authorizeResource(ctx, { ...(sessionId ? { sessionId } : {}), ...(bearer ? { bearer } : {}) });
+      const result = await commitVolume(ctx, grant, request.params.org, request.params.app, parseVolumeCommit(request.body));
+      void reply.header('cache-control', 'no-store');
+      return result;
     });
   };
 }

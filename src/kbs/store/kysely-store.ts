@@ -2,7 +2,7 @@ import { sql } from 'kysely';
 import type { Kysely, Selectable } from 'kysely';
 import { CocoonError } from '../../errors.js';
 import type { Database } from './schema.js';
-import type { ApplyPolicyInput, ApprovalRecord, AuditRecord, CaRecord, EventRecord, OwnerRecord, PendingRecord, PolicyVersionRecord, SecretRecord, SessionRecord, Store } from './types.js';
+import type { ApplyPolicyInput, ApprovalRecord, AuditRecord, CaRecord, EventRecord, OwnerRecord, PendingRecord, PolicyVersionRecord, SecretRecord, SessionRecord, Store, VolumeRecord } from './types.js';
 
 const num = (v: number | string): number => (typeof v === 'number' ? v : Number(v));
 
@@ -140,6 +140,40 @@ export class KyselyStore implements Store {
   async listActivations(policy: string): Promise<Record<string, number>> {
     const rows = await this.db.selectFrom('kbs_activations').select(['workload', 'count']).where('policy', '=', policy).limit(1000).execute();
     return Object.fromEntries(rows.map((r) => [r.workload, num(r.count)]));
+  }
+
+  async putVolumeIfAbsent(rec: VolumeRecord): Promise<VolumeRecord> {
+    await this.db
+      .insertInto('kbs_volumes')
+      .values({ policy: rec.policy, workload: rec.workload, volume: rec.volume, version: rec.version, sealed_key: rec.sealedKey, created_at: rec.createdAt, updated_at: rec.updatedAt })
+      .onConflict((oc) => oc.columns(['policy', 'workload', 'volume']).doNothing())
+      .execute();
+    const stored = await this.getVolume(rec.policy, rec.workload, rec.volume);
+    if (!stored) throw new CocoonError('IO_ERROR', 'volume record vanished after insert');
+    return stored;
+  }
+
+  async getVolume(policy: string, workload: string, volume: string): Promise<VolumeRecord | undefined> {
+    const r = await this.db.selectFrom('kbs_volumes').selectAll().where('policy', '=', policy).where('workload', '=', workload).where('volume', '=', volume).executeTakeFirst();
+    return r && volumeFromRow(r);
+  }
+
+  async listVolumes(policy: string): Promise<VolumeRecord[]> {
+    const rows = await this.db.selectFrom('kbs_volumes').selectAll().where('policy', '=', policy).orderBy('workload').orderBy('volume').limit(10_000).execute();
+    return rows.map(volumeFromRow);
+  }
+
+  async advanceVolume(policy: string, workload: string, volume: string, from: number, to: number, at: number): Promise<boolean> {
+    if (!(to > from)) return false;
+    const res = await this.db
+      .updateTable('kbs_volumes')
+      .set({ version: to, updated_at: at })
+      .where('policy', '=', policy)
+      .where('workload', '=', workload)
+      .where('volume', '=', volume)
+      .where('version', '=', from)
+      .executeTakeFirst();
+    return Number(res.numUpdatedRows) === 1;
   }
 
   async countActivation(policy: string, workload: string, max: number | undefined): Promise<number | false> {
@@ -446,4 +480,8 @@ function toEvent(row: Selectable<Database['kbs_events']>): EventRecord & { seq: 
     insecure: row.insecure !== 0,
     sessionId: row.session_id,
   };
+}
+
+function volumeFromRow(r: Selectable<Database['kbs_volumes']>): VolumeRecord {
+  return { policy: r.policy, workload: r.workload, volume: r.volume, version: num(r.version), sealedKey: r.sealed_key, createdAt: num(r.created_at), updatedAt: num(r.updated_at) };
 }

@@ -148,6 +148,22 @@ export function migrations(dialect: 'sqlite' | 'postgres'): Record<string, Migra
         .execute();
     },
   },
+  '0003_volumes': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      // Protected volumes: sealed key and monotonic version counter per (policy, workload, volume).
+      await db.schema
+        .createTable('kbs_volumes')
+        .addColumn('policy', 'varchar(160)', (c) => c.notNull())
+        .addColumn('workload', 'varchar(128)', (c) => c.notNull())
+        .addColumn('volume', 'varchar(64)', (c) => c.notNull())
+        .addColumn('version', 'bigint', (c) => c.notNull())
+        .addColumn('sealed_key', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .addPrimaryKeyConstraint('kbs_volumes_pk', ['policy', 'workload', 'volume'])
+        .execute();
+    },
+  },
   };
 }
 

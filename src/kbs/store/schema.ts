@@ -58,4 +58,5 @@ export interface Database {
   kbs_ca: { id: string; kind: string; serial: string; cert: string; sealed_key: string; created_at: number | string; not_after: number | string };
   kbs_revoked: { serial: string; at: number | string; reason: string };
   kbs_activations: { policy: string; workload: string; count: number };
+  kbs_volumes: { policy: string; workload: string; volume: string; version: number | string; sealed_key: string; created_at: number | string; updated_at: number | string };
 }

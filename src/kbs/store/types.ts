@@ -122,6 +122,17 @@ export interface ApplyPolicyInput {
   replaceSecrets?: SecretRecord[];
 }
 
+/** A protected volume's key (sealed with the data key) and version counter. */
+export interface VolumeRecord {
+  policy: string;
+  workload: string;
+  volume: string;
+  version: number;
+  sealedKey: string;
+  createdAt: number;
+  updatedAt: number;
+}
+
 export interface Store {
   readonly dialect: 'sqlite' | 'postgres';
 
@@ -194,6 +205,13 @@ export interface Store {
   /** Counts one activation unless `max` is reached; returns the new count or false. */
   countActivation(policy: string, workload: string, max: number | undefined): Promise<number | false>;
   listActivations(policy: string): Promise<Record<string, number>>;
+
+  /** Protected volumes: inserts unless present; returns the stored record (first writer wins). */
+  putVolumeIfAbsent(rec: VolumeRecord): Promise<VolumeRecord>;
+  getVolume(policy: string, workload: string, volume: string): Promise<VolumeRecord | undefined>;
+  listVolumes(policy: string): Promise<VolumeRecord[]>;
+  /** Compare-and-set of the version counter (forward only); false when it was not `from` any more. */
+  advanceVolume(policy: string, workload: string, volume: string, from: number, to: number, at: number): Promise<boolean>;
 
   ping(): Promise<void>;
   close(): Promise<void>;

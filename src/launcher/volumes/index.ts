@@ -1,0 +1,116 @@
+import { chown, lstat, mkdir, readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CocoonError } from '../../errors.js';
+import type { VolumeGrant } from '../../kbs/volume-plan.js';
+import type { LauncherLog } from '../log.js';
+import { readStoreManifest, restoreVolume, sealVolume } from './format.js';
+import type { VolumeManifest } from './format.js';
+
+/** A volume decrypted into the application root, to be sealed back on clean shutdown. */
+export interface OpenVolume {
+  grant: VolumeGrant;
+  storeDir: string;
+  /** Directory inside the application root (the mount path). */
+  dir: string;
+  manifest: VolumeManifest | undefined;
+  /** The KBS counter as we know it (after any catch-up commit). */
+  counter: number;
+}
+
+/** Advances the KBS counter from → to; rejects with CONFLICT when someone else moved it. */
+export type CounterCommit = (volume: string, from: number, to: number) => Promise<void>;
+
+/**
+ * Resolves `mountPath` under `rootDir`, creating missing directories; refuses symlinks along
+ * the way (the image's layers must not redirect a volume outside the root).
+ */
+async function mountDir(rootDir: string, mountPath: string, owner: { uid: number; gid: number } | undefined): Promise<string> {
+  let cur = rootDir;
+  for (const seg of mountPath.split('/').filter((s) => s !== '')) {
+    cur = join(cur, seg);
+    try {
+      const st = await lstat(cur);
+      if (!st.isDirectory()) throw new CocoonError('PATH_TRAVERSAL', `volume mount path ${mountPath}: ${cur.slice(rootDir.length)} is not a directory in the image`);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      await mkdir(cur, { mode: 0o755 });
+      if (owner) await chown(cur, owner.uid, owner.gid);
+    }
+  }
+  return cur;
+}
+
+/**
+ * Opens every granted volume before the app starts: authenticates the store's manifest,
+ * enforces the KBS counter (VOLUME_ROLLBACK unless the policy allows rollback), finishes an
+ * interrupted commit (store exactly one version ahead), and decrypts the files into the
+ * mount path. A store never written leaves the image's content at the mount path in place.
+ */
+export async function openVolumes(grants: VolumeGrant[], options: { storeRoot: string; rootDir: string; chown: boolean; commit: CounterCommit; owner?: { uid: number; gid: number } }, log: LauncherLog): Promise<OpenVolume[]> {
+  const out: OpenVolume[] = [];
+  for (const grant of grants) {
+    const storeDir = join(options.storeRoot, grant.name);
+    try {
+      if (!(await lstat(storeDir)).isDirectory()) throw new Error('not a directory');
+    } catch {
+      throw new CocoonError('BAD_USAGE', `protected volume ${grant.name}: no store at ${storeDir} (run with --volume ${grant.name}=HOSTDIR)`);
+    }
+    const manifest = await readStoreManifest(storeDir, grant.name, grant.key);
+    const have = manifest?.version ?? 0;
+    let counter = grant.version;
+    if (have < counter) {
+      if (!grant.allowRollback) {
+        throw new CocoonError(
+          'VOLUME_ROLLBACK',
+          `protected volume ${grant.name}: the store holds version ${have}${manifest ? '' : ' (empty)'}, the KBS counter is ${counter} — an older snapshot was restored or the store was replaced; refusing to start (policy: allowRollback false)`,
+        );
+      }
+      log.warn(`protected volume ${grant.name}: store version ${have} is older than the KBS counter ${counter}; accepted because the policy allows rollback`);
+    } else if (have === counter + 1) {
+      // The previous run wrote the store but stopped before advancing the counter: finish it.
+      log.warn(`protected volume ${grant.name}: store is one version ahead of the KBS (${have} > ${counter}); completing the interrupted commit`);
+      await options.commit(grant.name, counter, have);
+      counter = have;
+    } else if (have > counter + 1) {
+      throw new CocoonError('VOLUME_TAMPERED', `protected volume ${grant.name}: store version ${have} is ahead of the KBS counter ${counter} by more than one commit; refusing to use it`);
+    }
+    const dir = await mountDir(options.rootDir, grant.mountPath, options.chown ? options.owner : undefined);
+    if (manifest) {
+      for (const name of await readdir(dir)) await rm(join(dir, name), { recursive: true, force: true });
+      const r = await restoreVolume(storeDir, grant.key, manifest, dir, { chown: options.chown });
+      log.info(`protected volume ${grant.name}: version ${manifest.version} decrypted into ${grant.mountPath} (${r.files} file(s), ${r.bytes} bytes)`);
+    } else {
+      log.info(`protected volume ${grant.name}: new (empty store), mounted at ${grant.mountPath}`);
+    }
+    out.push({ grant, storeDir, dir, manifest, counter });
+  }
+  return out;
+}
+
+/**
+ * Seals every open volume back (clean shutdown): new blobs + manifest written and renamed
+ * atomically, then the KBS counter advanced. A crash between the two leaves the store one
+ * version ahead, which the next start completes (docs/volumes.md, "crash window").
+ */
+export async function closeVolumes(volumes: OpenVolume[], commit: CounterCommit, log: LauncherLog, rootDir?: string): Promise<void> {
+  for (const v of volumes) {
+    // The app may have replaced the mount path (or a parent) with a symlink: never follow it out of the root.
+    if (rootDir !== undefined) await assertRealDir(rootDir, v.grant.mountPath);
+    const from = Math.max(v.counter, v.manifest?.version ?? 0);
+    const to = from + 1;
+    const r = await sealVolume(v.storeDir, v.grant.key, v.grant.name, v.manifest, v.dir, to);
+    await commit(v.grant.name, v.counter, to);
+    log.info(`protected volume ${v.grant.name}: committed version ${to} (${r.written} file(s) written, ${r.reused} unchanged${r.skipped ? `, ${r.skipped} non-regular entries skipped` : ''})`);
+    v.manifest = r.manifest;
+    v.counter = to;
+  }
+}
+
+async function assertRealDir(rootDir: string, mountPath: string): Promise<void> {
+  let cur = rootDir;
+  for (const seg of mountPath.split('/').filter((s) => s !== '')) {
+    cur = join(cur, seg);
+    const st = await lstat(cur).catch(() => undefined);
+    if (!st?.isDirectory()) throw new CocoonError('PATH_TRAVERSAL', `volume mount path ${mountPath} is no longer a directory (replaced by the app?); not sealing it`);
+  }
+}
