@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { action, createOutput } from './output.js';
+import { withOwnerOptions } from './owner-options.js';
 import { configDir, configPaths, resolveKbsUrl } from './config.js';
 import { CocoonError } from '../errors.js';
 
@@ -16,15 +17,10 @@ interface LoginOptions {
 /** `cocoon ui …`: the web dashboard served by `cocoon serve` at /ui/. */
 export function registerUi(program: Command): void {
   const ui = program.command('ui').description('web dashboard (served by `cocoon serve` at /ui/)');
-  ui.command('login')
-    .description('mint a single-use dashboard login link, signed with your owner key')
-    .option('--kbs <url>', 'Key Broker Service URL (default: $COCOON_KBS_URL or the config file)')
-    .option('--owner-key <file>', 'owner private key (default: <config-dir>/owner.key.json)')
-    .option('--config-dir <dir>', 'config directory')
+  withOwnerOptions(ui.command('login').description('mint a single-use dashboard login link, signed with your owner key'))
     .option('--role <role>', 'owner (may approve updates) or auditor (read-only)', 'owner')
     .option('--ttl <seconds>', 'lifetime of the login link, 10-300 s', '120')
     .option('--open', 'open the link in the default browser (xdg-open / open)')
-    .option('--json', 'print JSON')
     .addHelpText('after', '\nThe token travels in the URL fragment (#login=…), which browsers never send to a server or put in logs;\nthe dashboard posts it once to /ui/api/session and gets an HttpOnly session cookie. See docs/dashboard.md.')
     .action(
       action(async (opts: LoginOptions) => {
