@@ -8,32 +8,44 @@
  * a bare fastify server answering the same three requests (POST, POST, GET) with constant
  * JSON, driven by the same client loops — the cost of HTTP and Node alone.
  *
- *   npx tsx bench/rcar.ts [--seconds N] [--concurrency C] [--json] [--no-postgres]
+ *   npx tsx bench/rcar.ts [--seconds N] [--concurrency C] [--json] [--no-postgres] [--client http|fetch] [--server-cpus LIST] [--profile DIR]
+ *
+ * --client http|fetch: the load client's HTTP stack. `http` (default) is node:http with a
+ * keep-alive agent passed to the launcher's own RCAR client as its fetch implementation — the
+ * same protocol code and crypto as a launcher, minus undici's per-request cost, which on two
+ * shared cores would otherwise be measured as KBS time; `fetch` is the global fetch a launcher uses.
+ * --profile DIR writes a V8 CPU profile of each KBS server process into DIR (open it in
+ * Chrome DevTools or summarise it with `node bench/prof-top.mjs FILE`).
  */
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { createPrivateKey, createSign } from 'node:crypto';
+import { createPrivateKey, createPublicKey, createSign } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import { createServer } from 'node:net';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
-import pg from 'pg';
 import { createSimPlatform } from '../src/attester/sim-platform.js';
 import { SIM_PLATFORM_FILES } from '../src/attester/sim.js';
 import { canonicalJson } from '../src/crypto/canonical-json.js';
-import { verifySimEvidence } from '../src/attestation/sim/index.js';
+import { simSignatureHash, verifySimEvidence } from '../src/attestation/sim/index.js';
 import { attestAndFetch } from '../src/kbs/client/rcar.js';
 import { OwnerClient } from '../src/kbs/client/owner.js';
 import { ownerSigningKey } from '../src/kbs/owner-key.js';
 import { exportJWK, generateKeyPair } from 'jose';
-import { startTempPostgres } from '../test/kbs/pg-harness.js';
+import { createDatabase, startTempPostgres } from '../test/kbs/pg-harness.js';
 
 const arg = (name: string, dflt: number) => (process.argv.includes(name) ? Number(process.argv[process.argv.indexOf(name) + 1]) : dflt);
 const seconds = arg('--seconds', 5);
 const concurrency = arg('--concurrency', 16);
 const asJson = process.argv.includes('--json');
+const clientKind = process.argv.includes('--client') ? process.argv[process.argv.indexOf('--client') + 1] : 'http';
+if (clientKind !== 'http' && clientKind !== 'fetch') throw new Error('--client must be http or fetch');
+/** --server-cpus LIST: pin the KBS to these CPUs (taskset), e.g. `--server-cpus 1` with the bench itself under `taskset -c 0`. */
+const serverCpus = process.argv.includes('--server-cpus') ? process.argv[process.argv.indexOf('--server-cpus') + 1] : undefined;
+const profileDir = process.argv.includes('--profile') ? path.resolve(process.argv[process.argv.indexOf('--profile') + 1] ?? '.') : undefined;
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const SERVE_TS = path.join(root, 'test', 'kbs', 'fixtures', 'serve-main.ts');
 // The server runs bundled, as the product does (dist/cli.mjs), not under tsx's loader hooks.
@@ -54,6 +66,34 @@ if (process.argv.includes('--hello-server')) {
   process.stdout.write('ready\n');
   await new Promise(() => undefined);
 }
+
+/**
+ * A minimal fetch over node:http with keep-alive sockets: enough for the RCAR client
+ * (method, headers, string body, status, headers incl. set-cookie, body bytes).
+ */
+function httpFetch(maxSockets: number): typeof fetch {
+  const agent = new http.Agent({ keepAlive: true, maxSockets });
+  return (async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
+    const url = new URL(String(input));
+    const body = typeof init?.body === 'string' ? init.body : undefined;
+    const headers = { ...(init?.headers as Record<string, string> | undefined), ...(body !== undefined ? { 'content-length': String(Buffer.byteLength(body)) } : {}) };
+    return new Promise<Response>((resolve, reject) => {
+      const req = http.request({ agent, host: url.hostname, port: url.port, path: url.pathname + url.search, method: init?.method ?? 'GET', headers }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('error', reject);
+        res.on('end', () => {
+          const h = new Headers();
+          for (const [k, v] of Object.entries(res.headers)) for (const one of Array.isArray(v) ? v : v === undefined ? [] : [v]) h.append(k, one);
+          resolve(new Response(Buffer.concat(chunks), { status: res.statusCode ?? 0, headers: h }));
+        });
+      });
+      req.on('error', reject);
+      req.end(body);
+    });
+  }) as typeof fetch;
+}
+const clientFetch: typeof fetch = clientKind === 'http' ? httpFetch(concurrency) : fetch;
 
 async function freePort(): Promise<number> {
   const srv = createServer();
@@ -148,7 +188,7 @@ try {
   /** Sim evidence as src/attester/sim.ts makes it, with the platform key kept in memory. */
   const evidence = (rd: Uint8Array) => {
     const report = Buffer.from(canonicalJson({ v: 1, tee: 'sim', measurement: MEASUREMENT, report_data: Buffer.from(rd).toString('hex'), debug: false, platform: 'cocoon-sim' }));
-    const signature = createSign('sha384').update(report).sign({ key: platformKey, dsaEncoding: 'ieee-p1363' });
+    const signature = createSign(simSignatureHash(createPublicKey(platformKey))).update(report).sign({ key: platformKey, dsaEncoding: 'ieee-p1363' });
     return Promise.resolve({ report: report.toString('base64'), signature: signature.toString('base64'), certs: [platformCert] });
   };
   // What the evidence alone costs the server: sim verification (P-384 report signature,
@@ -164,16 +204,17 @@ try {
 
   // baseline
   const helloPort = await freePort();
-  const hello = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), '--hello-server', String(helloPort)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const helloArgs = ['--import', 'tsx', fileURLToPath(import.meta.url), '--hello-server', String(helloPort)];
+  const hello = spawn(serverCpus ? 'taskset' : process.execPath, serverCpus ? ['-c', serverCpus, process.execPath, ...helloArgs] : helloArgs, { stdio: ['ignore', 'ignore', 'pipe'] });
   children.push(hello);
   const helloUrl = `http://127.0.0.1:${helloPort}`;
   await waitReady(helloUrl, hello);
   const baseline = await drive('baseline: bare fastify, same 3 requests', async () => {
-    const a = await fetch(`${helloUrl}/kbs/v0/auth`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"version":"0.4.0","tee":"sim"}' });
+    const a = await clientFetch(`${helloUrl}/kbs/v0/auth`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"version":"0.4.0","tee":"sim"}' });
     await a.json();
-    const b = await fetch(`${helloUrl}/kbs/v0/attest`, { method: 'POST', headers: { 'content-type': 'application/json', cookie: 'kbs-session-id=hello' }, body: '{}' });
+    const b = await clientFetch(`${helloUrl}/kbs/v0/attest`, { method: 'POST', headers: { 'content-type': 'application/json', cookie: 'kbs-session-id=hello' }, body: '{}' });
     await b.json();
-    const c = await fetch(`${helloUrl}/kbs/v0/resource/demo/app/x`, { headers: { cookie: 'kbs-session-id=hello' } });
+    const c = await clientFetch(`${helloUrl}/kbs/v0/resource/demo/app/x`, { headers: { cookie: 'kbs-session-id=hello' } });
     await c.json();
   }, hello);
   results.push(baseline);
@@ -182,19 +223,16 @@ try {
   const pgi = process.argv.includes('--no-postgres') ? 'skipped (--no-postgres)' : await startTempPostgres();
   const stores: [string, string[]][] = [['SQLite', []]];
   if (typeof pgi !== 'string') {
-    const admin = new pg.Client({ connectionString: pgi.url });
-    await admin.connect();
-    await admin.query('CREATE DATABASE bench');
-    await admin.end();
-    stores.push(['PostgreSQL', ['--postgres', pgi.url.replace(/\/postgres$/, '/bench')]]);
+    stores.push(['PostgreSQL', ['--postgres', await createDatabase(pgi, 'bench')]]);
   } else if (!asJson) process.stderr.write(`PostgreSQL: ${pgi}\n`);
   try {
     for (const [label, extra] of stores) {
       const port = await freePort();
       const data = path.join(dir, `data-${label}`);
+      const nodeArgs = [...(profileDir ? ['--cpu-prof', '--cpu-prof-dir', profileDir] : []), SERVE, 'serve'];
       const kbs = spawn(
-        process.execPath,
-        [SERVE, 'serve', '--data-dir', data, '--listen', `127.0.0.1:${port}`, '--owner', path.join(dir, 'owner.pub.jwk'), '--allow-sim', '--sim-root', path.join(dir, 'root.pem'), '--rate-limit', '0', '--log-level', 'error', ...extra],
+        serverCpus ? 'taskset' : process.execPath,
+        [...(serverCpus ? ['-c', serverCpus, process.execPath] : []), ...nodeArgs, '--data-dir', data, '--listen', `127.0.0.1:${port}`, '--owner', path.join(dir, 'owner.pub.jwk'), '--allow-sim', '--sim-root', path.join(dir, 'root.pem'), '--rate-limit', '0', '--log-level', 'error', ...extra],
         { stdio: ['ignore', 'ignore', 'pipe'] },
       );
       children.push(kbs);
@@ -206,7 +244,7 @@ try {
       );
       results.push(
         await drive(`RCAR round trip, ${label}`, async () => {
-          const r = await attestAndFetch({ kbsUrl: url, tee: 'sim', initData: { policy: 'bench/app', workload: 'w' }, resources: ['bench/app/pw'], evidenceProvider: evidence, retry: { attempts: 1, baseDelayMs: 1, maxDelayMs: 1 } });
+          const r = await attestAndFetch({ kbsUrl: url, tee: 'sim', initData: { policy: 'bench/app', workload: 'w' }, resources: ['bench/app/pw'], evidenceProvider: evidence, retry: { attempts: 1, baseDelayMs: 1, maxDelayMs: 1 }, fetchImpl: clientFetch });
           if (r.resources['bench/app/pw']?.length !== 64) throw new Error('bad resource');
         }, kbs),
       );
@@ -223,11 +261,11 @@ try {
 
 const base = results[0] as Result;
 const rows = results.map((r) => ({ ...r, ratio: r.perSecond / base.perSecond }));
-const context = { node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model ?? '?', load: loadavg().map((l) => l.toFixed(1)).join(' '), seconds, concurrency, simVerifyCpuMs };
+const context = { client: clientKind, node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model ?? '?', load: loadavg().map((l) => l.toFixed(1)).join(' '), seconds, concurrency, simVerifyCpuMs };
 if (asJson) {
   process.stdout.write(JSON.stringify({ context, results: rows }, null, 2) + '\n');
 } else {
-  process.stdout.write(`Node ${context.node}, ${context.cpus} × ${context.cpu}, load ${context.load}; ${seconds} s per run, ${concurrency} concurrent clients\n\n`);
+  process.stdout.write(`Node ${context.node}, ${context.cpus} × ${context.cpu}, load ${context.load}; ${seconds} s per run, ${concurrency} concurrent clients, client HTTP: ${clientKind}\n\n`);
   process.stdout.write('| run | round trips/s | p50 ms | p99 ms | errors | CPU ms/round trip client / server | ratio to baseline |\n|---|---:|---:|---:|---:|---:|---:|\n');
   for (const r of rows) process.stdout.write(`| ${r.name} | ${r.perSecond.toFixed(0)} | ${r.p50ms.toFixed(1)} | ${r.p99ms.toFixed(1)} | ${r.errors} | ${(r.clientCpuMs ?? NaN).toFixed(2)} / ${(r.serverCpuMs ?? NaN).toFixed(2)} | ${r.ratio.toFixed(2)} |\n`);
   process.stdout.write(`\nsim evidence verification alone: ${simVerifyCpuMs.toFixed(2)} ms CPU per evidence (part of the server column)\n`);

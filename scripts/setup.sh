@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time setup on a Debian 12 machine with Node 20, as root:
 # system packages (runc, OCI and TPM tools, a C compiler for the launcher's exec helper),
-# npm dependencies from the lockfile, the build (dist/), and the cached Redis test image.
+# npm dependencies from the lockfile, the build (dist/), and the cached Redis and python-web
+# test images.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +31,7 @@ fi
 echo "› building (dist/)"
 npm run --silent build
 
-echo "› building the Redis test image from Debian packages (cached)"
+echo "› building the Redis and python-web test images from Debian packages (cached)"
 bash scripts/build-test-image.sh redis >/dev/null
+bash scripts/build-test-image.sh python-web >/dev/null
 echo "✓ setup complete — next: npx cocoon demo"

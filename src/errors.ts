@@ -104,6 +104,12 @@ export const ERROR_CODES = {
   TLS_PEER_REJECTED: { status: 401, exit: 1 },
   TLS_PROXY_FAILED: { status: 500, exit: 1 },
   KBS_NOT_TRUSTED: { status: 401, exit: 1 },
+  // deployment-CA lifecycle: certificate gate, revocation (appended)
+  WORKLOAD_CERT_NOT_GRANTED: { status: 403, exit: 1 },
+  CERT_UNKNOWN: { status: 404, exit: 1 },
+  // init-data binding: SNP HOST_DATA / TDX MRCONFIGID (appended)
+  INIT_DATA_MISMATCH: { status: 401, exit: 1 },
+  INIT_DATA_NOT_BOUND: { status: 401, exit: 1 },
 } as const satisfies Record<string, { status: number; exit: number }>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

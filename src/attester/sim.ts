@@ -1,8 +1,9 @@
-import { createPrivateKey, createSign } from 'node:crypto';
+import { createPrivateKey, createPublicKey, createSign } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CocoonError } from '../errors.js';
 import { canonicalJson } from '../crypto/canonical-json.js';
+import { simSignatureHash } from '../attestation/sim/index.js';
 import type { SimEvidence, SimReport } from '../attestation/sim/index.js';
 import type { Attester } from './types.js';
 
@@ -32,7 +33,8 @@ export class SimAttester implements Attester {
       platform: 'cocoon-sim',
     };
     const reportBytes = Buffer.from(canonicalJson(report));
-    const signature = createSign('sha384').update(reportBytes).sign({ key: createPrivateKey(keyPem), dsaEncoding: 'ieee-p1363' });
+    const key = createPrivateKey(keyPem);
+    const signature = createSign(simSignatureHash(createPublicKey(key))).update(reportBytes).sign({ key, dsaEncoding: 'ieee-p1363' });
     return { report: reportBytes.toString('base64'), signature: signature.toString('base64'), certs: [certPem] };
   }
 }

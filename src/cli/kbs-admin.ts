@@ -6,6 +6,7 @@ import { action, createOutput } from './output.js';
 import { ownerClient, withOwnerOptions, type OwnerOptions } from './owner-options.js';
 import { CocoonError } from '../errors.js';
 import type { AuditEntry } from '../kbs/client/owner.js';
+import { REVOCATION_REASONS, isRevocationReason } from '../kbs/revocation-reasons.js';
 
 
 function limitOf(v: string): number {
@@ -93,7 +94,7 @@ export function registerKbsAdmin(program: Command): void {
     }),
   );
 
-  const ca = program.command('ca').description('the deployment CA of the KBS: root (pin it), rotating intermediate, CRL');
+  const ca = program.command('ca').description('the deployment CA of the KBS: root (pin it), rotating intermediate, CRL, revocation');
 
   withOwnerOptions(ca.command('show').description('print the root and current intermediate (subject, serial, validity, SHA-256 fingerprint)')).action(
     action(async (opts: OwnerOptions) => {
@@ -131,6 +132,27 @@ export function registerKbsAdmin(program: Command): void {
         await writeFile(opts.out, pem, { mode: 0o644 });
         createOutput(opts).result(`wrote ${opts.what} to ${opts.out}`, { what: opts.what, file: opts.out });
       } else createOutput(opts).result(pem.trimEnd(), { what: opts.what, pem });
+    }),
+  );
+
+  withOwnerOptions(
+    ca
+      .command('revoke')
+      .description('revoke a deployment-CA certificate by serial, or every current workload certificate of a workload; listed in the CRL (launcher proxies refuse it after their next CRL refresh). Revoking again is a no-op')
+      .option('--serial <hex>', 'serial number of the certificate (hex, as `openssl x509 -serial` or the audit log print it)')
+      .option('--workload <org/app#name>', 'instead of --serial: all still-valid workload certificates issued to this workload')
+      .option('--reason <code>', `RFC 5280 reason: ${REVOCATION_REASONS.join(' | ')}`, 'unspecified')
+      .option('--force', 'administrators: revoke a serial the KBS has no issuance record of (an x509 secret certificate, or one issued before this version)'),
+  ).action(
+    action(async (opts: OwnerOptions & { serial?: string; workload?: string; reason: string; force?: boolean }) => {
+      if ((opts.serial === undefined) === (opts.workload === undefined)) throw new CocoonError('BAD_USAGE', 'pass exactly one of --serial or --workload');
+      if (opts.serial !== undefined && !/^(0x)?[0-9a-fA-F:]{2,128}$/.test(opts.serial)) throw new CocoonError('BAD_USAGE', '--serial must be a hex serial number');
+      if (opts.workload !== undefined && !/^[a-z0-9][a-z0-9._-]{0,62}\/[a-z0-9][a-z0-9._-]{0,62}#[a-z0-9][a-z0-9._-]{0,62}$/.test(opts.workload)) throw new CocoonError('BAD_USAGE', '--workload must be org/app#name');
+      if (!isRevocationReason(opts.reason)) throw new CocoonError('BAD_USAGE', `--reason must be one of ${REVOCATION_REASONS.join(', ')}`);
+      const serial = opts.serial?.replace(/^0x/, '').replace(/:/g, '').toLowerCase();
+      const r = await (await ownerClient(opts)).revoke({ ...(serial !== undefined ? { serial } : { workload: opts.workload }), reason: opts.reason, ...(opts.force ? { force: true } : {}) });
+      const lines = r.certificates.map((c) => `${c.alreadyRevoked ? 'already revoked' : 'revoked'} ${c.serial}${c.workload ? ` (${c.policy ?? '?'}#${c.workload})` : ''}`);
+      createOutput(opts).result(lines.length > 0 ? `${lines.join('\n')}\nreason ${r.reason}; the CRL lists it from now on` : `no current certificates of ${opts.workload ?? '?'}`, r);
     }),
   );
 

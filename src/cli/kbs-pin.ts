@@ -14,7 +14,8 @@ export interface KbsPin {
   kbsUrl: string;
   tee: string;
   insecure: boolean;
-  measurement: string;
+  /** The KBS measurement the evidence bound; null when the TEE has no runtime register (docs/kbs.md). */
+  measurement: string | null;
   caRootSha256: string;
   tlsSpkiSha256: string | null;
   pinnedAt: string;
@@ -52,7 +53,7 @@ export async function readPin(dir: string): Promise<KbsPin | undefined> {
     v = undefined;
   }
   const o = v as Partial<KbsPin> | undefined;
-  const ok = o && o.v === 1 && typeof o.kbsUrl === 'string' && typeof o.tee === 'string' && typeof o.insecure === 'boolean' && typeof o.measurement === 'string' && typeof o.caRootSha256 === 'string' && HEX64.test(o.caRootSha256) && (o.tlsSpkiSha256 === null || (typeof o.tlsSpkiSha256 === 'string' && HEX64.test(o.tlsSpkiSha256))) && typeof o.pinnedAt === 'string';
+  const ok = o && o.v === 1 && typeof o.kbsUrl === 'string' && typeof o.tee === 'string' && typeof o.insecure === 'boolean' && (o.measurement === null || (typeof o.measurement === 'string' && /^[0-9a-f]{96}$/.test(o.measurement))) && typeof o.caRootSha256 === 'string' && HEX64.test(o.caRootSha256) && (o.tlsSpkiSha256 === null || (typeof o.tlsSpkiSha256 === 'string' && HEX64.test(o.tlsSpkiSha256))) && typeof o.pinnedAt === 'string';
   if (!ok) throw new CocoonError('INPUT_MALFORMED', `${pinPaths(dir).json} is not a valid KBS pin (run cocoon attest again)`);
   return o as KbsPin;
 }

@@ -14,6 +14,7 @@ import { registerKeyprovider } from './keyprovider.js';
 import { registerK8s } from './k8s.js';
 import { registerUi } from './ui.js';
 import { registerAttest } from './attest.js';
+import { registerInitData } from './initdata.js';
 
 // `cocoon … | head` must end quietly, not with an EPIPE stack trace.
 process.stdout.on('error', (err: NodeJS.ErrnoException) => {
@@ -46,6 +47,7 @@ registerKeyprovider(program);
 registerK8s(program);
 registerUi(program);
 registerAttest(program);
+registerInitData(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -1,11 +1,11 @@
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { action, createOutput } from './output.js';
 import { configDir, configPaths } from './config.js';
 import { CocoonError } from '../errors.js';
-import type { SelfAttestation } from '../kbs/self-attest.js';
+import type { KbsTeeChoice } from '../kbs/self-attester.js';
 
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
@@ -28,6 +28,8 @@ export function registerServe(program: Command): void {
     .option('--allow-sim', 'accept INSECURE simulated-TEE evidence where a policy rule names `sim` (development only)')
     .option('--sim-root <file>', 'PEM root of the simulated TEE to trust with --allow-sim (default: <config-dir>/sim/root.pem)')
     .option('--sim-platform <dir>', 'with --allow-sim: simulated platform the KBS signs its own evidence with, served at GET /cocoon/v1/attestation for `cocoon attest` (default: <config-dir>/sim/platform)')
+    .addOption(new Option('--tee <kind>', "attester for the KBS's own evidence (GET /cocoon/v1/attestation, `cocoon attest`): auto (probe the hardware as the launcher does; none found → no endpoint), a hardware kind, or sim (with --allow-sim); default: sim with --allow-sim and a sim platform, else none").choices(['auto', 'sim', 'tdx', 'snp', 'sgx', 'tpm', 'az-snp-vtpm', 'az-tdx-vtpm']))
+    .option('--tpm-tcti <tcti>', 'TPM of the KBS self-attestation with --tee tpm|az-snp-vtpm|az-tdx-vtpm|auto: swtpm:host=127.0.0.1,port=N or device:/dev/tpmrm0 (default; the data-key sealer is --tpm)')
     .option('--trusted-ak <pem>', 'PEM public key of a TPM attestation key whose quotes `tpm` evidence may carry; repeatable', collect, [])
     .option('--config-dir <dir>', 'config directory (default owner key and sim root)')
     .option('--log-level <level>', 'fatal|error|warn|info|debug', 'info')
@@ -48,6 +50,8 @@ export function registerServe(program: Command): void {
         allowSim?: boolean;
         simRoot?: string;
         simPlatform?: string;
+        tee?: KbsTeeChoice;
+        tpmTcti?: string;
         trustedAk: string[];
         configDir?: string;
         logLevel: string;
@@ -82,12 +86,8 @@ export function registerServe(program: Command): void {
           }));
           out.warn('INSECURE: --allow-sim: simulated-TEE evidence is accepted where a policy names `sim`');
         }
-        const trustedAks: string[] = [];
-        for (const file of opts.trustedAk) {
-          trustedAks.push(await readFile(file, 'utf8').catch((err) => {
-            throw new CocoonError('BAD_USAGE', `--trusted-ak: cannot read ${file}`, { cause: err });
-          }));
-        }
+        const { readTrustedAkFiles } = await import('../kbs/verifier.js');
+        const trustedAks = await readTrustedAkFiles(opts.trustedAk);
         if (!/^\d{1,6}$/.test(opts.rateLimit)) throw new CocoonError('BAD_USAGE', '--rate-limit must be a number of requests per second');
         if (!/^\d{4,9}$/.test(opts.bodyLimit)) throw new CocoonError('BAD_USAGE', '--body-limit must be 1000–999999999 bytes');
         if (opts.recoveryThreshold !== undefined && !/^[1-9]\d?$/.test(opts.recoveryThreshold)) throw new CocoonError('BAD_USAGE', '--recovery-threshold must be 1–99');
@@ -106,22 +106,19 @@ export function registerServe(program: Command): void {
         const store = opts.postgres ? await (await import('../kbs/store/postgres.js')).openPostgresStore(opts.postgres) : undefined;
         const sealer = opts.tpm ? new (await import('../kbs/tpm-sealer.js')).TpmSealer({ tcti: opts.tpm }) : undefined;
         const rate = Number(opts.rateLimit);
-        let selfAttestation: SelfAttestation | undefined;
-        if (opts.allowSim) {
-          const platformDir = opts.simPlatform ?? configPaths(dir).simPlatform;
-          const { SimAttester, SIM_PLATFORM_FILES } = await import('../attester/sim.js');
-          const { existsSync } = await import('node:fs');
-          if (existsSync(join(platformDir, SIM_PLATFORM_FILES.key))) {
-            // sim: the "measurement" is SHA-384 of the running CLI entry script (real TEEs measure the KBS image)
-            const { createHash } = await import('node:crypto');
-            const entry = process.argv[1] ? await readFile(process.argv[1]).catch(() => Buffer.alloc(0)) : Buffer.alloc(0);
-            selfAttestation = { attester: new SimAttester(platformDir), measurement: createHash('sha384').update(entry).digest('hex') };
-          } else if (opts.simPlatform) {
-            throw new CocoonError('BAD_USAGE', `--sim-platform ${opts.simPlatform}: no ${SIM_PLATFORM_FILES.key} there (cocoon init creates one)`);
-          }
-        } else if (opts.simPlatform) {
-          throw new CocoonError('BAD_USAGE', '--sim-platform needs --allow-sim');
-        }
+        if (opts.simPlatform && !opts.allowSim) throw new CocoonError('BAD_USAGE', '--sim-platform needs --allow-sim');
+        const { createSelfAttestation } = await import('../kbs/self-attester.js');
+        const selfAtt = await createSelfAttestation({
+          tee: opts.tee,
+          allowSim: Boolean(opts.allowSim),
+          simPlatformDir: opts.simPlatform ?? configPaths(dir).simPlatform,
+          simPlatformExplicit: opts.simPlatform !== undefined,
+          ...(opts.tpmTcti !== undefined ? { tpmTcti: opts.tpmTcti } : {}),
+          log: { info: (m) => out.info(m), warn: (m) => out.warn(m) },
+        }).catch(async (err: unknown) => {
+          await store?.close();
+          throw err;
+        });
         const kbs = await startKbs({
           dataDir: opts.dataDir,
           host,
@@ -135,13 +132,14 @@ export function registerServe(program: Command): void {
           ...(store ? { store } : {}),
           ...(sealer ? { sealer } : {}),
           ...(tls ? { tls } : {}),
-          ...(selfAttestation ? { selfAttestation } : {}),
+          ...(selfAtt.self ? { selfAttestation: selfAtt.self } : {}),
+          ...(selfAtt.reason ? { selfAttestationUnavailable: selfAtt.reason } : {}),
           ...(opts.recoveryThreshold ? { recoveryThreshold: Number(opts.recoveryThreshold) } : {}),
         }).catch(async (err: unknown) => {
           await store?.close();
           throw err;
         });
-        process.stderr.write(`cocoon KBS listening on ${kbs.url} (data ${opts.dataDir}, ${opts.postgres ? 'PostgreSQL' : 'SQLite'}, ${sealer ? 'TPM' : 'file'} sealer, ${owners.length} owner key(s)${opts.allowSim ? ', sim allowed' : ''})\n`);
+        process.stderr.write(`cocoon KBS listening on ${kbs.url} (data ${opts.dataDir}, ${opts.postgres ? 'PostgreSQL' : 'SQLite'}, ${sealer ? 'TPM' : 'file'} sealer, ${owners.length} owner key(s)${opts.allowSim ? ', sim allowed' : ''}, self-attestation ${selfAtt.self ? selfAtt.self.attester.tee : 'none'})\n`);
         await new Promise<void>((resolve) => {
           const stop = () => resolve();
           process.once('SIGINT', stop);

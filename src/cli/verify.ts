@@ -112,6 +112,44 @@ async function onlineSource(): Promise<CollateralSource> {
   return { dcap: (r) => pcs.dcap(r), snp: (r) => kds.snp(r) };
 }
 
+/** The collateral flags `cocoon verify` and `cocoon attest` share. */
+export interface CollateralCliOptions {
+  collateral?: string;
+  certs?: string;
+  offline?: boolean;
+}
+
+/** Adds --collateral, --certs and --offline (`certsHelp` describes --certs for the command). */
+export function addCollateralOptions(cmd: Command, certsHelp = 'PEM chain: VCEK/VLEK, ASK/ASVK, ARK (snp); ASK, ARK (az-snp-vtpm); sim root (sim)'): Command {
+  return cmd
+    .option('--collateral <file>', 'DCAP collateral (QuoteCollateralV3 JSON) for sgx, tdx, az-tdx-vtpm')
+    .option('--certs <file>', certsHelp)
+    .option('--offline', 'never fetch collateral from Intel PCS / AMD KDS');
+}
+
+/**
+ * Trust inputs from the collateral flags for evidence of kind `tee`: the files given, else
+ * (unless --offline) the cached online source (Intel PCS / AMD KDS) where the TEE needs one.
+ * `certs` is the PEM text of --certs (the caller decides what it means for `sim`).
+ */
+export async function collateralTrust(tee: TeeKind, o: CollateralCliOptions): Promise<{ collateral?: QuoteCollateralV3 | CollateralSource; certs?: string }> {
+  const { collateralFromJson } = await import('../attestation/dcap/collateral.js');
+  let collateral: QuoteCollateralV3 | CollateralSource | undefined;
+  if (o.collateral !== undefined) {
+    const text = (await readInput(o.collateral, 'collateral')).toString('utf8');
+    try {
+      collateral = collateralFromJson(JSON.parse(text));
+    } catch (e) {
+      usage(`collateral ${o.collateral} is not a QuoteCollateralV3 JSON: ${asCocoonError(e).message}`);
+    }
+  }
+  const certsText = o.certs !== undefined ? (await readInput(o.certs, 'certificates')).toString('utf8') : undefined;
+  const needsDcap = tee === 'sgx' || tee === 'tdx' || tee === 'az-tdx-vtpm';
+  const needsSnp = tee === 'snp';
+  if (!collateral && !o.offline && (needsDcap || (needsSnp && certsText === undefined))) collateral = await onlineSource();
+  return { ...(collateral ? { collateral } : {}), ...(certsText !== undefined ? { certs: certsText } : {}) };
+}
+
 /** Runs the command; returns the exit code (throws CocoonError BAD_USAGE for usage errors). */
 export async function runVerify(o: VerifyCliOptions, out: (s: string) => void = (s) => process.stdout.write(s + '\n')): Promise<number> {
   if (!isTeeKind(o.tee)) usage(`--tee must be one of ${TEE_KINDS.join(', ')}`);
@@ -130,25 +168,10 @@ export async function runVerify(o: VerifyCliOptions, out: (s: string) => void = 
   const expect = parseExpect(o.expect);
   const evidence = await readInput(o.evidence, 'evidence');
   const { verifyEvidence } = await import('../attestation/index.js');
-  const { collateralFromJson } = await import('../attestation/dcap/collateral.js');
-  let collateral: QuoteCollateralV3 | CollateralSource | undefined;
-  if (o.collateral !== undefined) {
-    const text = (await readInput(o.collateral, 'collateral')).toString('utf8');
-    try {
-      collateral = collateralFromJson(JSON.parse(text));
-    } catch (e) {
-      usage(`collateral ${o.collateral} is not a QuoteCollateralV3 JSON: ${asCocoonError(e).message}`);
-    }
-  }
-  const certsText = o.certs !== undefined ? (await readInput(o.certs, 'certificates')).toString('utf8') : undefined;
+  const extra = await collateralTrust(tee, o);
   const akBytes = o.ak !== undefined ? await readInput(o.ak, 'attestation key') : undefined;
-  const needsDcap = tee === 'sgx' || tee === 'tdx' || tee === 'az-tdx-vtpm';
-  const needsSnp = tee === 'snp';
-  if (!collateral && !o.offline && ((needsDcap && !collateral) || (needsSnp && certsText === undefined))) collateral = await onlineSource();
   const trust = {
-    ...(collateral ? { collateral } : {}),
-    ...(certsText !== undefined && tee !== 'sim' ? { certs: certsText } : {}),
-    ...(certsText !== undefined && tee === 'sim' ? { simRoots: [certsText] } : {}),
+    ...(tee === 'sim' ? (extra.certs !== undefined ? { simRoots: [extra.certs] } : {}) : extra),
     ...(akBytes ? { ak: akBytes.toString('latin1').includes('-----BEGIN') ? akBytes.toString('utf8') : akBytes } : {}),
   };
   const result = await verifyEvidence(tee, evidence, trust, {
@@ -162,18 +185,16 @@ export async function runVerify(o: VerifyCliOptions, out: (s: string) => void = 
 }
 
 export function registerVerify(program: Command): void {
-  program
+  const cmd = program
     .command('verify')
     .summary('verify TEE evidence (SGX, TDX, SNP, TPM, Azure vTPM) offline')
     .description('Verify one piece of TEE evidence against the pinned Intel / AMD roots and print its claims.')
     .addOption(new Option('--tee <kind>', 'TEE kind of the evidence').choices([...TEE_KINDS]).makeOptionMandatory())
-    .requiredOption('--evidence <file>', 'evidence file: raw binary, hex or base64 quote/report, or the evidence JSON')
-    .option('--collateral <file>', 'DCAP collateral (QuoteCollateralV3 JSON) for sgx, tdx, az-tdx-vtpm')
-    .option('--certs <file>', 'PEM chain: VCEK/VLEK, ASK/ASVK, ARK (snp); ASK, ARK (az-snp-vtpm); sim root (sim)')
+    .requiredOption('--evidence <file>', 'evidence file: raw binary, hex or base64 quote/report, or the evidence JSON');
+  addCollateralOptions(cmd)
     .option('--ak <file>', 'TPM: the trusted attestation key (SPKI PEM/DER or TPM2B_PUBLIC); evidence with another AK is rejected')
     .option('--report-data <hex>', 'expected report data (prefix of report_data) / TPM nonce (extraData), hex')
     .option('--at <rfc3339>', 'verification time for certificate, CRL and collateral windows (default: now)')
-    .option('--offline', 'never fetch collateral from Intel PCS / AMD KDS')
     .option('--json', 'print {verified, tee, tcbStatus, advisories, claims, errors} as JSON')
     .option('--expect <name=hex...>', 'require claim NAME to equal HEX (repeatable)', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
     .option('--deny-debug', 'reject debug enclaves / TDs / SNP guests (DEBUG_NOT_ALLOWED)')

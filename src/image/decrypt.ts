@@ -4,7 +4,7 @@ import { openVerifiedFile } from './layout.js';
 import { digestHex, layerFormat } from './oci.js';
 import { ANNOTATION_PUBOPTS, KekWrapper, LayerDecryptStream, decodePublicOptions, kbsKid, unwrapPrivateOptions, verifyLayerHmac, type KeyWrapper } from './ocicrypt.js';
 import { HashTap } from './streams.js';
-import { unpackLayer, type UnpackLimits, type UnpackOptions } from './unpack.js';
+import { materializeLinks, unpackLayer, type UnpackLimits, type UnpackOptions } from './unpack.js';
 import type { WrappedLayer, WrappedPayload } from './wrapped.js';
 
 /** The launcher's side: decrypt the payload's layers into the application root. */
@@ -55,6 +55,8 @@ export function decryptPayloadLayers(
 async function decryptLayers(payloadDir: string, payload: WrappedPayload, kek: Buffer, destRoot: string, limits: Partial<UnpackLimits>, opts: DecryptOptions): Promise<string[]> {
   const wrapper = opts.keyWrapper ?? new KekWrapper(kek, kbsKid(payload.kbsResource));
   const diffIDs: string[] = [];
+  // Gramine: symlinks are recorded across all layers and become copies at the end (unpack.ts)
+  const links = opts.libos === 'gramine' ? (opts.links ?? new Map<string, string>()) : undefined;
   for (const [i, layer] of payload.layers.entries()) {
     const fmt = layerFormat(layer.mediaType);
     if (!fmt.encrypted) throw new CocoonError('IMAGE_INVALID', `payload layer ${i} is not encrypted`);
@@ -70,6 +72,7 @@ async function decryptLayers(payloadDir: string, payload: WrappedPayload, kek: B
     const plainTap = new HashTap();
     const result = await unpackLayer(openVerifiedFile(file, layer, what), fmt.compression, destRoot, {
       ...opts,
+      ...(links ? { links } : {}),
       limits,
       preStages: [new LayerDecryptStream(priv.symkey, priv.nonce, pub.hmac), plainTap],
     });
@@ -81,5 +84,6 @@ async function decryptLayers(payloadDir: string, payload: WrappedPayload, kek: B
     }
     diffIDs.push(result.diffID);
   }
+  if (links && links.size > 0) await materializeLinks(destRoot, links, { ...(opts.onWarning ? { onWarning: opts.onWarning } : {}), ...(limits.maxEntries !== undefined ? { maxEntries: limits.maxEntries } : {}) });
   return diffIDs;
 }

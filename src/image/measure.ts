@@ -13,8 +13,11 @@ import { sha256Hex, sha384Hex } from '../crypto/hash.js';
 
 /** Where the launcher files live inside the container. */
 export const LAUNCHER_ROOT = '/cocoon';
-/** Top-level entries of /cocoon/ that are not launcher code (volumes/: protected volumes' encrypted stores, docs/volumes.md). */
-export const LAUNCHER_EXCLUDED = ['payload', 'root', 'volumes'] as const;
+/**
+ * Top-level entries of /cocoon/ that are not launcher code (volumes/: protected volumes' encrypted
+ * stores, docs/volumes.md; gramine/: the Gramine manifest, which itself lists the launcher's hashes).
+ */
+export const LAUNCHER_EXCLUDED = ['payload', 'root', 'volumes', 'gramine'] as const;
 
 export interface LaunchConfig {
   entrypoint: string[];
@@ -47,7 +50,7 @@ const byCodeUnits = (a: LauncherFile, b: LauncherFile): number => (a.path < b.pa
 
 /**
  * The list the launcher digest is computed over: regular files and symlinks below `dir`
- * (which stands for /cocoon/), not following symlinks, without payload/, root/ and volumes/.
+ * (which stands for /cocoon/), not following symlinks, without payload/, root/, volumes/ and gramine/.
  */
 export async function launcherFiles(dir: string): Promise<LauncherFile[]> {
   const st = await lstat(dir).catch((err: unknown) => {

@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
-import { constants as fsc, type Stats } from 'node:fs';
+import { constants as fsc, createReadStream, type Stats } from 'node:fs';
 import { type FileHandle, chmod, chown, lchown, link, lutimes, lstat, mkdir, open, readdir, readlink, realpath, rm, symlink, unlink, utimes } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, posix } from 'node:path';
 import type { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
@@ -33,6 +33,16 @@ export interface UnpackOptions {
   onWarning?: (message: string) => void;
   /** Transforms applied to the input before decompression (decryption, hashing). */
   preStages?: Transform[];
+  /**
+   * `gramine`: unpack inside a Gramine enclave, which has no symlink(2), link(2), utimensat(2)
+   * or lchown(2) and emulates ownership: no ownership or times are applied, a hard link becomes
+   * a copy of its target, and symlinks are recorded in `links` (paths below the root are
+   * resolved through them) for materializeLinks() after the last layer — docs/tee-support.md.
+   * Without `links` a symlink is refused (TEE_UNSUPPORTED).
+   */
+  libos?: 'gramine';
+  /** Gramine mode: pending symlinks (root-relative path → link target), shared by all layers of one root. */
+  links?: Map<string, string>;
 }
 
 export interface UnpackResult {
@@ -126,7 +136,22 @@ class Extractor {
     private readonly opts: UnpackOptions,
     private readonly limits: UnpackLimits,
   ) {
-    this.doChown = opts.chown ?? process.getuid?.() === 0;
+    this.gramine = opts.libos === 'gramine';
+    this.links = this.gramine ? opts.links : undefined;
+    this.doChown = this.gramine ? false : (opts.chown ?? process.getuid?.() === 0);
+  }
+  private readonly gramine: boolean;
+  private readonly links: Map<string, string> | undefined;
+
+  /** Forgets pending symlinks at `rel` and below (they were replaced or removed). */
+  private dropLinks(rel: string): void {
+    if (!this.links) return;
+    for (const k of [...this.links.keys()]) {
+      if (k === rel || k.startsWith(`${rel}/`)) {
+        this.links.delete(k);
+        this.dirCache.clear();
+      }
+    }
   }
 
   private warn(msg: string): void {
@@ -164,6 +189,14 @@ class Extractor {
         continue;
       }
       stack.push(c);
+      const pending = this.links?.get(stack.join('/'));
+      if (pending !== undefined) {
+        if (++hops > MAX_SYMLINK_HOPS) throw traversal(name, 'too many symlinks on its path');
+        stack.pop();
+        if (pending.startsWith('/')) stack.length = 0;
+        queue.unshift(...pending.split('/'));
+        continue;
+      }
       const p = this.abs(stack);
       const st = await lstatOrNull(p);
       if (st === null) {
@@ -193,6 +226,7 @@ class Extractor {
     if (st.isDirectory()) {
       if (keepDir) return st;
       this.dirCache.clear();
+      if (this.links) this.dropLinks(p.slice(this.root.length + 1));
       await rm(p, { recursive: true, force: true });
     } else {
       if (st.isSymbolicLink()) this.dirCache.clear();
@@ -234,6 +268,8 @@ class Extractor {
     const uid = paxId(pax.uid) ?? header.uid ?? 0;
     const gid = paxId(pax.gid) ?? header.gid ?? 0;
     const mtime = header.mtime ?? new Date(0);
+    if (this.links && type !== 'directory') this.dropLinks(relKey);
+    else if (this.links?.has(relKey)) this.links.delete(relKey);
 
     switch (type) {
       case 'directory': {
@@ -252,7 +288,7 @@ class Extractor {
           if (this.doChown) await fh.chown(uid, gid);
           // open() applied mode & ~umask; chmod only when that lost bits (or chown cleared setuid/setgid)
           if ((mode & ~this.umask) !== mode || mode & 0o6000) await fh.chmod(mode);
-          await fh.utimes(mtime, mtime);
+          if (!this.gramine) await fh.utimes(mtime, mtime);
         } finally {
           await fh.close();
         }
@@ -260,6 +296,15 @@ class Extractor {
       }
       case 'symlink': {
         body.resume();
+        if (this.gramine) {
+          if (!this.links) throw new CocoonError('TEE_UNSUPPORTED', `tar entry ${JSON.stringify(name.slice(0, 200))} is a symlink: Gramine has no symlink(2) (docs/tee-support.md)`);
+          const target = header.linkname ?? '';
+          if (target === '' || target.length > MAX_PATH || target.includes('\0')) throw invalid(name, 'bad symlink target');
+          await this.clear(p, false);
+          this.links.set(relKey, target);
+          this.dirCache.clear();
+          break;
+        }
         await this.clear(p, false);
         await symlink(header.linkname ?? '', p);
         if (this.doChown) await lchown(p, uid, gid);
@@ -317,6 +362,16 @@ class Extractor {
     if (tleaf === undefined) throw invalid(name, 'hardlink to the root');
     const tdir = await this.resolveDir(tparts, name, false);
     if (tdir === null) throw invalid(name, `hardlink target ${target} does not exist`);
+    const linked = this.links?.get([...tdir, tleaf].join('/'));
+    if (linked !== undefined) {
+      // a hard link to a symlink is the same symlink
+      const dirRel = (await this.resolveDir(parts, name, true)) as string[];
+      const rel = [...dirRel, leaf];
+      await this.clear(this.abs(rel), false);
+      this.links?.set(rel.join('/'), linked);
+      this.created.add(rel.join('/'));
+      return;
+    }
     const tpath = this.abs([...tdir, tleaf]);
     const tst = await lstatOrNull(tpath);
     if (tst === null) throw invalid(name, `hardlink target ${target} does not exist`);
@@ -327,7 +382,16 @@ class Extractor {
     const existing = await lstatOrNull(p);
     if (existing && existing.ino === tst.ino && existing.dev === tst.dev) return;
     await this.clear(p, false);
-    await link(tpath, p);
+    if (this.gramine) {
+      // no link(2) in Gramine: a copy has the same content and mode (later writes are not shared)
+      const fh = await this.createFile(p, tst.mode & 0o7777);
+      try {
+        await writeBatched(fh, createReadStream(tpath));
+        await fh.chmod(tst.mode & 0o7777);
+      } finally {
+        await fh.close();
+      }
+    } else await link(tpath, p);
     this.created.add(rel.join('/'));
   }
 
@@ -338,6 +402,12 @@ class Extractor {
     if (leaf === OPAQUE) {
       const st = await lstatOrNull(dirPath);
       if (!st?.isDirectory()) return;
+      if (this.links) {
+        const prefix = dirRel.length ? `${dirRel.join('/')}/` : '';
+        for (const k of [...this.links.keys()]) {
+          if (k.startsWith(prefix) && !this.created.has(k.slice(0, prefix.length + k.slice(prefix.length).split('/')[0]!.length))) this.dropLinks(k);
+        }
+      }
       for (const child of await readdir(dirPath)) {
         const rel = [...dirRel, child].join('/');
         if (this.created.has(rel)) continue;
@@ -350,6 +420,7 @@ class Extractor {
     if (hidden === '' || hidden === '.' || hidden === '..' || hidden.startsWith(WHITEOUT_PREFIX)) throw invalid(name, 'malformed whiteout');
     const rel = [...dirRel, hidden].join('/');
     if (this.created.has(rel)) return;
+    this.dropLinks(rel);
     this.dirCache.clear();
     await rm(join(dirPath, hidden), { recursive: true, force: true });
   }
@@ -362,7 +433,7 @@ class Extractor {
       const st = await lstatOrNull(p);
       if (!st?.isDirectory()) continue;
       await chmod(p, meta.mode);
-      await utimes(p, meta.mtime, meta.mtime);
+      if (!this.gramine) await utimes(p, meta.mtime, meta.mtime);
     }
   }
 }
@@ -413,4 +484,120 @@ export async function unpackLayer(input: Readable, compression: Compression, roo
 function toUnpackError(err: unknown, name: string): CocoonError {
   if (err instanceof CocoonError) return err;
   return new CocoonError('IO_ERROR', `unpacking ${JSON.stringify(name.slice(0, 200))}: ${(err as Error).message}`, { cause: err });
+}
+
+/**
+ * Gramine mode, after the last layer: turns every pending symlink into a copy of what it
+ * resolves to inside the root (a file, or a whole directory tree), since Gramine cannot create
+ * symlinks. Resolution follows the other pending links, treats the root as '/' ('..' stops
+ * there, as after chroot) and never leaves it. Dangling links (e.g. to /proc), links to an
+ * ancestor of themselves (e.g. usr/bin/X11 → .) and loops are skipped with a warning; links
+ * inside a copied directory are carried over with absolute targets. Copies are not shared:
+ * a later write through one path is not seen through the other.
+ */
+export async function materializeLinks(root: string, links: Map<string, string>, opts: { onWarning?: (message: string) => void; maxEntries?: number } = {}): Promise<{ materialized: number; skipped: number }> {
+  const realRoot = await realpath(root);
+  const maxEntries = opts.maxEntries ?? DEFAULT_UNPACK_LIMITS.maxEntries;
+  let copied = 0;
+  let materialized = 0;
+  let skipped = 0;
+  const warn = (m: string) => opts.onWarning?.(m);
+  const queue = [...links.keys()].sort();
+  const absoluteTarget = (rel: string, target: string): string => posix.normalize(target.startsWith('/') ? target : `/${posix.dirname(rel)}/${target}`);
+
+  async function resolve(path: string): Promise<string[] | null> {
+    const stack: string[] = [];
+    const queue = path.split('/');
+    let hops = 0;
+    while (queue.length > 0) {
+      const c = queue.shift() as string;
+      if (c === '' || c === '.') continue;
+      if (c === '..') {
+        stack.pop();
+        continue;
+      }
+      stack.push(c);
+      const t = links.get(stack.join('/'));
+      if (t !== undefined) {
+        if (++hops > MAX_SYMLINK_HOPS) return null;
+        stack.pop();
+        if (t.startsWith('/')) stack.length = 0;
+        queue.unshift(...t.split('/'));
+        continue;
+      }
+      const st = await lstatOrNull(join(realRoot, ...stack));
+      if (st === null || st.isSymbolicLink()) return null;
+      if (!st.isDirectory() && queue.some((x) => x !== '' && x !== '.')) return null;
+    }
+    return stack;
+  }
+
+  const count = () => {
+    if (++copied > maxEntries) throw new CocoonError('DECOMPRESSION_BOMB', `materializing symlinks would create more than ${maxEntries} entries`);
+  };
+  async function copyFileTo(src: string, dst: string, mode: number): Promise<void> {
+    count();
+    const fh = await open(dst, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, mode & 0o777);
+    try {
+      await writeBatched(fh, createReadStream(src));
+      await fh.chmod(mode & 0o7777);
+    } finally {
+      await fh.close();
+    }
+  }
+  async function copyTree(srcRel: string, dstRel: string): Promise<void> {
+    const src = join(realRoot, srcRel);
+    const st = await lstat(src);
+    count();
+    await mkdir(join(realRoot, dstRel), { mode: 0o700 });
+    for (const e of await readdir(src, { withFileTypes: true })) {
+      const s = `${srcRel}/${e.name}`;
+      const d = `${dstRel}/${e.name}`;
+      if (e.isDirectory()) await copyTree(s, d);
+      else if (e.isFile()) await copyFileTo(join(realRoot, s), join(realRoot, d), (await lstat(join(realRoot, s))).mode);
+    }
+    // pending links inside the source directory move along, with targets that mean the same thing
+    for (const [k, t] of [...links]) {
+      if (k.startsWith(`${srcRel}/`)) {
+        const nk = `${dstRel}/${k.slice(srcRel.length + 1)}`;
+        links.set(nk, absoluteTarget(k, t));
+        queue.push(nk);
+      }
+    }
+    await chmod(join(realRoot, dstRel), st.mode & 0o7777);
+  }
+
+  while (queue.length > 0) {
+    const rel = queue.shift() as string;
+    const target = links.get(rel);
+    if (target === undefined) continue;
+    const resolved = await resolve(absoluteTarget(rel, target).slice(1));
+    const srcRel = resolved?.join('/');
+    links.delete(rel);
+    if (resolved === null || srcRel === undefined) {
+      skipped++;
+      warn(`symlink /${rel} → ${target} does not resolve inside the image: left out`);
+      continue;
+    }
+    if (srcRel === '' || rel === srcRel || rel.startsWith(`${srcRel}/`)) {
+      skipped++;
+      warn(`symlink /${rel} → ${target} points at an ancestor of itself: left out`);
+      continue;
+    }
+    const st = await lstat(join(realRoot, srcRel));
+    if (await lstatOrNull(join(realRoot, rel))) {
+      skipped++;
+      warn(`symlink /${rel}: something else is already there: left out`);
+      continue;
+    }
+    if (st.isDirectory()) await copyTree(srcRel, rel);
+    else if (st.isFile()) await copyFileTo(join(realRoot, srcRel), join(realRoot, rel), st.mode);
+    else {
+      skipped++;
+      warn(`symlink /${rel} → ${target} is not a file or directory: left out`);
+      continue;
+    }
+    materialized++;
+  }
+  return { materialized, skipped };
 }

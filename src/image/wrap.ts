@@ -8,7 +8,9 @@ import { pipeline } from 'node:stream/promises';
 import { CocoonError } from '../errors.js';
 import { decompressStages, layerStreamError } from './compression.js';
 import { LayoutWriter, atomicWrite, blobPath, openBlobStream, readLayout, sink, type ResolvedImage } from './layout.js';
-import { isLauncherExcluded, launcherDigest as computeLauncherDigest, workloadMeasurement, type LaunchConfig } from './measure.js';
+import { isLauncherExcluded, launcherFiles, launcherDigest as computeLauncherDigest, workloadMeasurement, type LaunchConfig } from './measure.js';
+import { GRAMINE_APP_ROOT, GRAMINE_DIR, GRAMINE_MANIFEST_PATH, gramineManifest, type GramineOptions } from './gramine.js';
+import { sha256Hex } from '../crypto/hash.js';
 import { ANNOTATION_REF_NAME, MediaType, digestHex, isDigest, layerFormat, type ContainerConfig, type Descriptor, type ImageConfig, type ImageManifest, type Platform } from './oci.js';
 import { KekWrapper, LayerEncryptStream, deriveLayerKey, encryptedMediaType, encryptionAnnotations, kbsKid, CIPHER_AES_CTR_HMAC, type KeyWrapper } from './ocicrypt.js';
 import { HashTap, Tee, chain } from './streams.js';
@@ -52,6 +54,12 @@ export interface WrapOptions {
   launcherCacheDir?: string | false;
   /** Called for progress messages (e.g. cache hits). */
   onProgress?: (message: string) => void;
+  /**
+   * `gramine`: also write a Gramine manifest (/cocoon/gramine/cocoon.manifest, in the payload
+   * layer) whose trusted files are the launcher files and payload.json (docs/tee-support.md).
+   */
+  libos?: 'gramine';
+  gramine?: GramineOptions;
 }
 
 export interface WrapResult {
@@ -60,6 +68,8 @@ export interface WrapResult {
   measurement: string;
   launcherDigest: string;
   layers: WrappedLayer[];
+  /** With `libos: 'gramine'`: where the manifest is in the image, and its SHA-256 (hex). */
+  gramineManifest?: { path: string; sha256: string };
 }
 
 // ---- planning (no I/O) ----------------------------------------------------------------------
@@ -105,15 +115,25 @@ export function planManifest(config: Descriptor, layers: Descriptor[]): ImageMan
 }
 
 /** Entries of the payload layer: payload.json first, then the ciphertext blobs. */
-export function planPayloadEntries(payloadJson: Buffer, blobs: Array<{ digest: string; size: number; file: string }>): TarEntry[] {
-  const dir = (name: string): TarEntry => ({ name, type: 'directory', mode: 0o755, uid: 0, gid: 0 });
+export function planPayloadEntries(payloadJson: Buffer, blobs: Array<{ digest: string; size: number; file: string }>, gramineManifestText?: Buffer): TarEntry[] {
+  const dir = (name: string, mode = 0o755): TarEntry => ({ name, type: 'directory', mode, uid: 0, gid: 0 });
   const entries: TarEntry[] = [
     dir('cocoon'),
     dir('cocoon/payload'),
     { name: 'cocoon/payload/payload.json', type: 'file', mode: 0o644, uid: 0, gid: 0, size: payloadJson.length, content: payloadJson },
+  ];
+  if (gramineManifestText) {
+    // the manifest, and the host directory backing the encrypted application root
+    entries.push(
+      dir(GRAMINE_DIR.slice(1)),
+      { name: GRAMINE_MANIFEST_PATH.slice(1), type: 'file', mode: 0o644, uid: 0, gid: 0, size: gramineManifestText.length, content: gramineManifestText },
+      dir(GRAMINE_APP_ROOT.slice(1), 0o700),
+    );
+  }
+  entries.push(
     dir('cocoon/payload/blobs'),
     dir('cocoon/payload/blobs/sha256'),
-  ];
+  );
   const seen = new Set<string>();
   for (const b of blobs) {
     if (seen.has(b.digest)) continue;
@@ -306,10 +326,20 @@ export async function wrapImage(opts: WrapOptions): Promise<WrapResult> {
     const measurement = workloadMeasurement({ launcherDigest, layers: layers.map((l) => l.diffID), config, policy: opts.policy, workload: opts.workload });
     const payload: WrappedPayload = { schemaVersion: 1, policy: opts.policy, workload: opts.workload, kbsResource, config, layers, launcherDigest, measurement };
 
+    const payloadJson = serializeWrappedPayload(payload);
+    let gramine: { text: Buffer; sha256: string } | undefined;
+    if (opts.libos === 'gramine') {
+      const text = Buffer.from(gramineManifest({ launcherFiles: await launcherFiles(opts.launcherDir), payloadSha256: sha256Hex(payloadJson), measurement, ...(opts.gramine ? { options: opts.gramine } : {}) }));
+      gramine = { text, sha256: sha256Hex(text) };
+    } else if (opts.libos !== undefined) {
+      throw new CocoonError('BAD_USAGE', `unknown LibOS ${JSON.stringify(opts.libos)} (supported: gramine)`);
+    }
+
     // layer 1: payload (uncompressed tar: digest == diffID)
     const payloadEntries = planPayloadEntries(
-      serializeWrappedPayload(payload),
+      payloadJson,
       temps.map((t) => ({ digest: t.layer.digest, size: t.layer.size, file: t.file })),
+      gramine?.text,
     );
     const payloadBlob = await writer.putStream(packTar(payloadEntries, { mtime }));
 
@@ -334,7 +364,14 @@ export async function wrapImage(opts: WrapOptions): Promise<WrapResult> {
     const indexEntry: Descriptor = { ...manifestDesc, platform: { architecture: src.config.architecture, os: src.config.os } };
     if (opts.dest.ref !== undefined) indexEntry.annotations = { [ANNOTATION_REF_NAME]: opts.dest.ref };
     await writer.writeIndex([indexEntry]);
-    return { manifestDigest: manifestDesc.digest, configDigest: configDesc.digest, measurement, launcherDigest, layers };
+    return {
+      manifestDigest: manifestDesc.digest,
+      configDigest: configDesc.digest,
+      measurement,
+      launcherDigest,
+      layers,
+      ...(gramine ? { gramineManifest: { path: GRAMINE_MANIFEST_PATH, sha256: gramine.sha256 } } : {}),
+    };
   } finally {
     await Promise.all(temps.map((t) => rm(t.file, { force: true })));
   }

@@ -19,6 +19,7 @@
 import { createHash } from 'node:crypto';
 import { CocoonError } from '../errors.js';
 import { ENV_NAME_RE, SECRET_NAME_RE, WORKLOAD_NAME_RE, isPolicyName } from '../policy/names.js';
+import { COCOON_INITDATA_KEY, KATA_INITDATA_ANNOTATION, cocoonEntryOf, decodeKataAnnotation, parseInitDataToml, renderInitData } from '../kbs/init-data.js';
 import { clone, describe, isRecord, objectName, type K8sObject } from './manifest.js';
 import { QUANTITY_RE, DNS_LABEL_RE } from './values.js';
 
@@ -329,6 +330,16 @@ function convertEnv(container: Json, ctx: PodContext): void {
       kept.splice(idx, 1);
     }
   }
+  if (ctx.options.target === 'kata-cc') {
+    // The launcher sends the very init-data the hypervisor hashed into HOST_DATA / MRCONFIGID
+    // (the annotation, through the downward API); the KBS checks the two agree.
+    const fieldRef = { fieldRef: { fieldPath: `metadata.annotations['${KATA_INITDATA_ANNOTATION}']` } };
+    const existing = kept.find((e) => e.name === 'COCOON_INIT_DATA');
+    if (existing) {
+      delete existing.value;
+      existing.valueFrom = fieldRef;
+    } else kept.push({ name: 'COCOON_INIT_DATA', valueFrom: fieldRef });
+  }
   container.env = kept;
 }
 
@@ -480,7 +491,39 @@ function transformPodSpec(meta: Json, spec: Json, ctx: PodContext, hint?: string
     [ANNOTATION.transformed]: TRANSFORM_VERSION,
   };
   if (o.target === 'sim') want[ANNOTATION.insecure] = 'INSECURE: simulated TEE';
+  if (o.target === 'kata-cc') {
+    const initData = kataInitData(ann[KATA_INITDATA_ANNOTATION], o, ctx);
+    if (initData !== undefined) want[KATA_INITDATA_ANNOTATION] = initData;
+  }
   for (const [k, v] of Object.entries(want)) if (ann[k] !== v) ann[k] = v;
+}
+
+/**
+ * kata-cc: the init-data annotation Kata turns into SNP HOST_DATA / TDX MRCONFIGID, with
+ * Cocoon's `cocoon.json` entry (policy, workload, KBS URL). An existing init-data (e.g. a Kata
+ * agent policy) keeps its other entries and algorithm; an unchanged one is left as it is.
+ */
+function kataInitData(current: unknown, o: TransformOptions, ctx: PodContext): string | undefined {
+  const fresh = { policy: o.policy, workload: o.workload, kbsUrl: o.kbsUrl };
+  if (current === undefined) return renderInitData(fresh).annotation;
+  try {
+    if (typeof current !== 'string') throw new CocoonError('INPUT_MALFORMED', `${KATA_INITDATA_ANNOTATION} must be a string`);
+    const { doc } = parseInitDataToml(decodeKataAnnotation(current));
+    if (COCOON_INITDATA_KEY in doc.data) {
+      const e = cocoonEntryOf(doc);
+      if (e.policy === o.policy && e.workload === o.workload && e.kbs === o.kbsUrl) return current;
+    }
+    const others = Object.fromEntries(Object.entries(doc.data).filter(([k]) => k !== COCOON_INITDATA_KEY));
+    ctx.warnings.push(`${ctx.where}: ${KATA_INITDATA_ANNOTATION}: Cocoon's "${COCOON_INITDATA_KEY}" entry set in the existing init-data (its other entries kept); its digest changes`);
+    return renderInitData({ ...fresh, algorithm: doc.algorithm, data: others }).annotation;
+  } catch (err) {
+    const msg = `annotation ${KATA_INITDATA_ANNOTATION} is not a usable init-data document: ${(err as Error).message}`;
+    if (ctx.mode === 'webhook') {
+      ctx.denials.push(msg);
+      return undefined;
+    }
+    throw new CocoonError('INPUT_MALFORMED', `${ctx.where}: ${msg}`, { cause: err });
+  }
 }
 
 function ensureToleration(spec: Json, tol: Json, where: string): void {

@@ -1,5 +1,5 @@
 import { KeyObject } from 'node:crypto';
-import { selfAttestationRoutes } from './self-attest.js';
+import { selfAttestationRoutes, selfAttestationStatus } from './self-attest.js';
 import type { SelfAttestation } from './self-attest.js';
 import Fastify from 'fastify';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
@@ -12,6 +12,7 @@ import type { EvidenceVerifier, KbsContext } from './context.js';
 import { EAR_TTL_S, INSECURE_NOTICE } from './ear.js';
 import { loadOrCreateIdentity } from './identity.js';
 import type { KbsIdentity } from './identity.js';
+import { Journal } from './journal.js';
 import { createMetrics } from './metrics.js';
 import { registerOwners } from './owner-auth.js';
 import { problemHandler } from './problem.js';
@@ -49,6 +50,8 @@ export interface KbsOptions {
   sessionTtlS?: number;
   /** EAR token lifetime. Default 300 s. */
   tokenTtlS?: number;
+  /** Lifetime of issued workload certificates (docs/tls.md). Default 24 h; tests use seconds. */
+  workloadCertValidMs?: number;
   /** Clock (tests). */
   now?: () => Date;
   /**
@@ -62,6 +65,8 @@ export interface KbsOptions {
   tls?: { cert: string; key: string };
   /** Serve the KBS's own evidence at GET /cocoon/v1/attestation (src/kbs/self-attest.ts). */
   selfAttestation?: SelfAttestation;
+  /** Without selfAttestation: why not (shown on the dashboard overview), e.g. what `--tee auto` probed. */
+  selfAttestationUnavailable?: string;
 }
 
 export const DEFAULT_BODY_LIMIT = 1024 * 1024;
@@ -100,9 +105,11 @@ export async function buildKbsApp(options: KbsOptions): Promise<FastifyInstance>
       now,
       sessionTtlS: options.sessionTtlS ?? 300,
       tokenTtlS: options.tokenTtlS ?? EAR_TTL_S,
+      ...(options.workloadCertValidMs !== undefined ? { workloadCertValidMs: options.workloadCertValidMs } : {}),
       log: app.log,
       metrics: createMetrics(),
       auditKey: KeyObject.from(identity.privateKey),
+      journal: new Journal(store, KeyObject.from(identity.privateKey)),
       ca: new DeploymentCa(store, dataKey, now),
     };
     if (ctx.allowSim) app.log.warn(`${INSECURE_NOTICE}: this KBS accepts simulated evidence (--allow-sim); never use it in production`);
@@ -125,7 +132,7 @@ export async function buildKbsApp(options: KbsOptions): Promise<FastifyInstance>
     await app.register(rcarRoutes(ctx));
     await app.register(ownerRoutes(ctx));
     if (options.selfAttestation) await app.register(selfAttestationRoutes(ctx, options.selfAttestation, options.tls?.cert));
-    await app.register((await import('./routes/ui.js')).uiRoutes(ctx));
+    await app.register((await import('./routes/ui.js')).uiRoutes(ctx, { selfAttestation: selfAttestationStatus(options.selfAttestation, options.selfAttestationUnavailable) }));
 
     const purge = setInterval(() => {
       store.purgeExpired(now().getTime()).catch((err: unknown) => app.log.error({ err }, 'purging expired sessions failed'));

@@ -30,7 +30,11 @@ export function auditEntryHash(e: Pick<AuditRecord, 'seq' | 'at' | 'actor' | 'ac
  */
 export async function appendAudit(store: Store, key: KeyObject, input: AuditInput, at: number): Promise<AuditRecord> {
   await store.lockAuditChain();
-  const last = await store.lastAudit();
+  return appendAuditAfter(store, key, input, at, await store.lastAudit());
+}
+
+/** Appends after `last`, the chain head read under the chain lock in this transaction. */
+export async function appendAuditAfter(store: Store, key: KeyObject, input: AuditInput, at: number, last: Pick<AuditRecord, 'seq' | 'hash'> | undefined): Promise<AuditRecord> {
   let detail = canonicalJson(input.detail ?? {});
   if (detail.length > MAX_DETAIL) detail = canonicalJson({ truncated: true, prefix: detail.slice(0, 1024) });
   const rec = { seq: (last?.seq ?? 0) + 1, at, actor: input.actor.slice(0, 160), action: input.action, policy: input.policy ?? null, detail, prev: last?.hash ?? AUDIT_GENESIS };

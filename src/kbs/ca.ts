@@ -101,7 +101,8 @@ export class DeploymentCa {
     const inter = await this.current();
     const revoked = await this.store.listRevoked();
     const now = this.now();
-    const key = `${inter.record.id}:${revoked.length}:${revoked[revoked.length - 1]?.serial ?? ''}`;
+    const last = revoked[revoked.length - 1];
+    const key = `${inter.record.id}:${revoked.length}:${last?.serial ?? ''}:${last?.at ?? ''}`;
     if (this.crlCache && this.crlCache.key === key && this.crlCache.until > now.getTime()) return this.crlCache.pem;
     const crl = await x509.X509CrlGenerator.create({
       issuer: inter.cert.subject,
@@ -109,7 +110,7 @@ export class DeploymentCa {
       nextUpdate: new Date(now.getTime() + 86_400_000),
       signingKey: inter.key,
       signingAlgorithm: signingAlgorithmOf(inter.key),
-      entries: revoked.map((r) => ({ serialNumber: r.serial, revocationDate: new Date(r.at), reason: x509.X509CrlReason.unspecified })),
+      entries: revoked.map((r) => ({ serialNumber: r.serial, revocationDate: new Date(r.at), reason: crlReason(r.reason) })),
       extensions: [await x509.AuthorityKeyIdentifierExtension.create(inter.cert)],
     });
     // RFC 7468 label (what openssl expects); @peculiar/x509 writes "CRL".
@@ -117,6 +118,12 @@ export class DeploymentCa {
     this.crlCache = { key, pem: text, until: now.getTime() + 60_000 };
     return text;
   }
+}
+
+/** RFC 5280 reason code of a stored reason name (older free-text reasons: unspecified). */
+function crlReason(name: string): x509.X509CrlReason {
+  const v = (x509.X509CrlReason as unknown as Record<string, number | string>)[name];
+  return typeof v === 'number' && name !== 'removeFromCRL' ? (v as x509.X509CrlReason) : x509.X509CrlReason.unspecified;
 }
 
 /** Parses and verifies a PKCS#10 CSR (PEM or base64 DER, ≤ 8 KiB); returns its public key. */

@@ -1,6 +1,7 @@
 import type { KeyObject } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
 import type { DeploymentCa } from './ca.js';
+import type { Journal } from './journal.js';
 import type { TeeKind, VerificationResult } from '../attestation/types.js';
 import type { KbsIdentity } from './identity.js';
 import type { KbsMetrics } from './metrics.js';
@@ -23,9 +24,13 @@ export interface KbsContext {
   now: () => Date;
   sessionTtlS: number;
   tokenTtlS: number;
+  /** Lifetime of workload certificates; default WORKLOAD_CERT_VALID_MS (24 h). */
+  workloadCertValidMs?: number;
   log: FastifyBaseLogger;
   metrics: KbsMetrics;
   /** The KBS identity's private key as a KeyObject: signs audit entries. */
   auditKey: KeyObject;
+  /** Event rows + audit entries of attestations and releases, group-committed. */
+  journal: Journal;
   ca: DeploymentCa;
 }

@@ -1,5 +1,5 @@
-import { randomUUID } from 'node:crypto';
-import { SignJWT, jwtVerify } from 'jose';
+import { KeyObject, randomUUID, sign } from 'node:crypto';
+import { jwtVerify } from 'jose';
 import type { JWK } from 'jose';
 import type { Claims, TeeKind } from '../attestation/types.js';
 import { CocoonError } from '../errors.js';
@@ -80,14 +80,30 @@ export async function issueEar(id: KbsIdentity, input: EarInput): Promise<{ toke
     'cocoon.workload': input.workload,
   };
   if (input.insecure) payload['cocoon.insecure'] = INSECURE_NOTICE;
-  const token = await new SignJWT(payload)
-    .setProtectedHeader({ alg: 'ES256', typ: 'JWT', kid: id.kid })
-    .setIssuer(id.id)
-    .setIssuedAt(iat)
-    .setExpirationTime(exp)
-    .setJti(randomUUID())
-    .sign(id.privateKey);
+  const token = signCompactEs256({ alg: 'ES256', typ: 'JWT', kid: id.kid }, { ...payload, iss: id.id, iat, exp, jti: randomUUID() }, signingKey(id));
   return { token, exp };
+}
+
+const signingKeys = new WeakMap<KbsIdentity['privateKey'], KeyObject>();
+function signingKey(id: KbsIdentity): KeyObject {
+  let key = signingKeys.get(id.privateKey);
+  if (!key) {
+    key = KeyObject.from(id.privateKey);
+    signingKeys.set(id.privateKey, key);
+  }
+  return key;
+}
+
+/**
+ * JWS compact serialization, ES256 (RFC 7515 §7.1, RFC 7518 §3.4), signed with node:crypto.
+ * jose signs through WebCrypto, whose per-call job dispatch cost more than the signature
+ * itself — one EAR per attestation made it a tenth of the KBS's CPU per RCAR round trip.
+ * Tokens are verified with jose (verifyEar and the tests), so both ends stay standard.
+ */
+function signCompactEs256(header: Record<string, unknown>, payload: Record<string, unknown>, key: KeyObject): string {
+  const input = `${Buffer.from(JSON.stringify(header)).toString('base64url')}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}`;
+  const signature = sign('sha256', Buffer.from(input, 'ascii'), { key, dsaEncoding: 'ieee-p1363' });
+  return `${input}.${signature.toString('base64url')}`;
 }
 
 /** Verifies one of this KBS's EAR tokens (signature, issuer, expiry) and extracts the grant. */

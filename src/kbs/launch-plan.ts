@@ -95,7 +95,7 @@ export function parseLaunchPlan(bytes: Uint8Array | undefined): LaunchPlan {
   let tls: TlsSpec | undefined;
   if (o.tls !== undefined) {
     try {
-      tls = parseTlsSpec(o.tls);
+      tls = parseTlsSpec(o.tls, { policy });
     } catch (err) {
       if (err instanceof TlsSpecError) throw bad(`tls${err.path}: ${err.message}`);
       throw err;

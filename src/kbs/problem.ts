@@ -10,6 +10,7 @@ export function cocoErrorType(code: ErrorCode): string {
   switch (code) {
     case 'POLICY_DENIED':
     case 'FORBIDDEN':
+    case 'WORKLOAD_CERT_NOT_GRANTED':
       return 'PolicyDeny';
     case 'AUTH_REQUIRED':
       return 'TokenNotFound';

@@ -7,19 +7,21 @@ import { constantTimeEqual } from '../crypto/hash.js';
 import { CocoonError, ERROR_CODES, asCocoonError } from '../errors.js';
 import type { ErrorCode } from '../errors.js';
 import { evaluateAccept, grantedSecrets, workloadMeasurementOf } from '../policy/evaluate.js';
-import { LAUNCH_PLAN_RESOURCE, WORKLOAD_NAME_RE, isPolicyName } from '../policy/names.js';
+import { LAUNCH_PLAN_RESOURCE } from '../policy/names.js';
+import { workloadCertGranted } from '../policy/types.js';
 import type { Policy, SecretField } from '../policy/types.js';
 import type { Claims } from '../attestation/types.js';
-import { appendAudit, withRetry } from './audit.js';
 import type { AuditInput } from './audit.js';
 import { WORKLOAD_CERT_VALID_MS, parseCsr } from './ca.js';
 import { generateStructured, parseStructured } from './secret-gen.js';
 import { generateRandomSecret, readSecret } from './secrets.js';
+import { openValue, sealValue } from './secret-box.js';
 import type { KbsContext } from './context.js';
 import { INSECURE_NOTICE, issueEar, verifyEar } from './ear.js';
 import { renderLaunchPlan } from './launch-plan.js';
 import { volumeGrantsFor } from './volumes.js';
 import { currentPolicy } from './policies.js';
+import { bindInitData, parseInitData } from './init-data.js';
 import { RCAR_TEES, RCAR_VERSION, SESSION_COOKIE, WORKLOAD_CERT_RESOURCE, rcarReportData } from './rcar-protocol.js';
 import { encryptToTee, parseTeePubkey } from './tee-key.js';
 import type { TeePubkey } from './tee-key.js';
@@ -89,7 +91,8 @@ export async function attest(ctx: KbsContext, sessionId: string | undefined, req
     const teeKind = session.tee;
     if (teeKind === 'sim' && !ctx.allowSim) throw new CocoonError('SIM_NOT_ALLOWED', 'this KBS does not accept simulated TEEs');
     const teePubkey = parseTeePubkey(req['runtime-data']['tee-pubkey']);
-    target = parseInitData(req['init-data']);
+    const initData = parseInitData(req['init-data']);
+    target = initData.target;
     const csr = req['runtime-data'].csr;
     if (csr !== undefined) await parseCsr(csr);
     const expected = rcarReportData(nonce, teePubkey.jwk, csr);
@@ -100,6 +103,7 @@ export async function attest(ctx: KbsContext, sessionId: string | undefined, req
     if (typeof claimedRd !== 'string' || !constantTimeEqual(Buffer.from(claimedRd.toLowerCase(), 'utf8'), Buffer.from(expected.toString('hex'), 'utf8'))) {
       throw new CocoonError('REPORT_DATA_MISMATCH', 'evidence report_data is not SHA-384(nonce, tee-pubkey)');
     }
+    const initDataBinding = bindInitData(initData, teeKind, result.claims);
     measurement = workloadMeasurementOf(teeKind, result.claims);
     const debug = result.claims.debug === true;
 
@@ -116,7 +120,7 @@ export async function attest(ctx: KbsContext, sessionId: string | undefined, req
       ...(result.tcbStatus !== undefined ? { tcbStatus: result.tcbStatus } : {}),
       advisories: result.advisories,
     });
-    if (!appraisal.allowed) throw new CocoonError('POLICY_DENIED', `${target.policy}#${target.workload}: ${appraisal.reason}`, { details: { reasons: appraisal.reasons } });
+    if (!appraisal.allowed) throw new CocoonError(appraisal.initDataUnbound ? 'INIT_DATA_NOT_BOUND' : 'POLICY_DENIED', `${target.policy}#${target.workload}: ${appraisal.reason}`, { details: { reasons: appraisal.reasons } });
     const activations = await ctx.store.countActivation(target.policy, target.workload, workload.maxActivations);
     if (activations === false) throw new CocoonError('POLICY_DENIED', `${target.policy}#${target.workload}: maxActivations (${workload.maxActivations ?? 0}) reached`);
 
@@ -148,13 +152,16 @@ export async function attest(ctx: KbsContext, sessionId: string | undefined, req
       ...(csr !== undefined ? { csr } : {}),
     };
     await ctx.store.completeSession(session.id, JSON.stringify(teePubkey.jwk), JSON.stringify(grant), exp * 1000);
-    await recordEvent(ctx, { kind: 'attest', status: 'affirming', tee, target, sessionId, insecure, detail: insecure ? `${INSECURE_NOTICE}; measurement ${measurement ?? '-'}` : `measurement ${measurement ?? '-'}` });
-    await audit(ctx, {
-      actor: `tee:${tee}`,
-      action: 'attest',
-      policy: target.policy,
-      detail: { status: 'affirming', workload: target.workload, tee, measurement: measurement ?? null, insecure, session: sessionId, activation: activations, policyVersion: current.record.version },
-    });
+    await record(
+      ctx,
+      { kind: 'attest', status: 'affirming', tee, target, sessionId, insecure, detail: `${insecure ? `${INSECURE_NOTICE}; ` : ''}measurement ${measurement ?? '-'}${initDataBinding ? `; init-data bound (${initDataBinding.register}, ${initDataBinding.algorithm})` : ''}` },
+      {
+        actor: `tee:${tee}`,
+        action: 'attest',
+        policy: target.policy,
+        detail: { status: 'affirming', workload: target.workload, tee, measurement: measurement ?? null, insecure, session: sessionId, activation: activations, policyVersion: current.record.version, initData: initDataBinding ?? null },
+      },
+    );
     ctx.metrics.attestations.inc({ tee, status: 'affirming' });
     ctx.metrics.attestSeconds.observe({ tee }, Number(process.hrtime.bigint() - started) / 1e9);
     if (insecure) ctx.log.warn({ policy: target.policy, workload: target.workload, tee }, `attestation accepted — ${INSECURE_NOTICE}`);
@@ -163,22 +170,25 @@ export async function attest(ctx: KbsContext, sessionId: string | undefined, req
   } catch (err) {
     const e = asCocoonError(err);
     ctx.metrics.attestations.inc({ tee: (RCAR_TEES as readonly string[]).includes(tee) ? tee : 'unknown', status: e.code === 'POLICY_DENIED' ? 'contraindicated' : 'error' });
-    await recordEvent(ctx, {
-      kind: 'attest',
-      status: e.code === 'POLICY_DENIED' ? 'contraindicated' : 'error',
-      tee,
-      target,
-      sessionId: sessionId ?? null,
-      insecure,
-      code: e.code,
-      detail: `${insecure ? `${INSECURE_NOTICE}; ` : ''}${e.message}${measurement ? ` (measurement ${measurement})` : ''}`,
-    }).catch((recordErr: unknown) => ctx.log.error({ err: recordErr }, 'cannot record attestation event'));
-    await audit(ctx, {
-      actor: `tee:${tee}`,
-      action: 'attest',
-      policy: target?.policy ?? null,
-      detail: { status: e.code === 'POLICY_DENIED' ? 'contraindicated' : 'error', code: e.code, reason: e.message.slice(0, 500), workload: target?.workload ?? null, tee, insecure, session: sessionId ?? null },
-    }).catch((auditErr: unknown) => ctx.log.error({ err: auditErr }, 'cannot append the audit entry of a refused attestation'));
+    await record(
+      ctx,
+      {
+        kind: 'attest',
+        status: e.code === 'POLICY_DENIED' ? 'contraindicated' : 'error',
+        tee,
+        target,
+        sessionId: sessionId ?? null,
+        insecure,
+        code: e.code,
+        detail: `${insecure ? `${INSECURE_NOTICE}; ` : ''}${e.message}${measurement ? ` (measurement ${measurement})` : ''}`,
+      },
+      {
+        actor: `tee:${tee}`,
+        action: 'attest',
+        policy: target?.policy ?? null,
+        detail: { status: e.code === 'POLICY_DENIED' ? 'contraindicated' : 'error', code: e.code, reason: e.message.slice(0, 500), workload: target?.workload ?? null, tee, insecure, session: sessionId ?? null },
+      },
+    ).catch((recordErr: unknown) => ctx.log.error({ err: recordErr }, 'cannot record the refused attestation (event + audit entry)'));
     ctx.log.warn({ code: e.code, tee, policy: target?.policy, workload: target?.workload, insecure }, `attestation refused: ${e.message}`);
     throw e;
   }
@@ -200,28 +210,13 @@ async function runVerifier(ctx: KbsContext, tee: TeeKind, evidence: unknown, at:
   return result;
 }
 
-function parseInitData(initData: AttestRequest['init-data']): { policy: string; workload: string } {
-  if (!initData) throw new CocoonError('POLICY_DENIED', 'init-data {policy, workload} is required to select a policy');
-  if (initData.format !== 'json') throw new CocoonError('INPUT_MALFORMED', `init-data format ${initData.format.slice(0, 16)} is not supported (json)`);
-  let v: unknown;
-  try {
-    v = JSON.parse(initData.body);
-  } catch {
-    throw new CocoonError('INPUT_MALFORMED', 'init-data body is not JSON');
-  }
-  const o = v as Record<string, unknown>;
-  if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new CocoonError('INPUT_MALFORMED', 'init-data body must be a JSON object');
-  const { policy, workload } = o;
-  if (typeof policy !== 'string' || !isPolicyName(policy)) throw new CocoonError('INPUT_MALFORMED', 'init-data policy must be "org/app"');
-  if (typeof workload !== 'string' || !WORKLOAD_NAME_RE.test(workload)) throw new CocoonError('INPUT_MALFORMED', 'init-data workload name invalid');
-  return { policy, workload };
-}
-
 /** Who may fetch resources: an attested session (cookie) or a bearer EAR token. */
 export interface ResourceGrant extends SessionGrant {
   teePubkey: TeePubkey;
   via: 'session' | 'token';
   sessionId: string | null;
+  /** The attested instance (its session, or the token's jti) and until when it is valid: per-instance secrets are kept per instance. */
+  instance: { id: string; expiresAt: number };
 }
 
 export async function authorizeResource(ctx: KbsContext, auth: { sessionId?: string; bearer?: string }): Promise<ResourceGrant> {
@@ -245,6 +240,7 @@ export async function authorizeResource(ctx: KbsContext, auth: { sessionId?: str
       teePubkey: parseTeePubkey(ear.teePubkey),
       via: 'token',
       sessionId: null,
+      instance: { id: `token:${fromToken.jti}`, expiresAt: ear.exp * 1000 },
     };
   }
   if (!auth.sessionId) throw new CocoonError('AUTH_REQUIRED', `no ${SESSION_COOKIE} cookie or bearer attestation token`);
@@ -252,12 +248,13 @@ export async function authorizeResource(ctx: KbsContext, auth: { sessionId?: str
   if (!session || session.expiresAt <= now.getTime()) throw new CocoonError('AUTH_INVALID', 'session unknown or expired: attest again');
   if (!session.attestation || !session.teePubkey) throw new CocoonError('AUTH_REQUIRED', 'session is not attested yet');
   const grant = JSON.parse(session.attestation) as SessionGrant;
-  return { ...grant, teePubkey: parseTeePubkey(JSON.parse(session.teePubkey)), via: 'session', sessionId: session.id };
+  return { ...grant, teePubkey: parseTeePubkey(JSON.parse(session.teePubkey)), via: 'session', sessionId: session.id, instance: { id: `session:${session.id}`, expiresAt: session.expiresAt } };
 }
 
 /** Token claims were verified by verifyEar; this only reads the annotated evidence. */
-function claimsFromToken(token: string): { claims: Claims; tcbStatus: string | undefined; advisories: string[]; csr: string | undefined } {
+function claimsFromToken(token: string): { claims: Claims; tcbStatus: string | undefined; advisories: string[]; csr: string | undefined; jti: string } {
   const payload = decodeJwt(token);
+  if (typeof payload.jti !== 'string' || payload.jti.length > 64) throw new CocoonError('AUTH_INVALID', 'attestation token has no jti');
   const ev = ((payload.submods as Record<string, Record<string, unknown>> | undefined)?.cpu0?.['ear.veraison.annotated-evidence'] ?? {}) as Record<string, unknown>;
   const claims: Claims = {};
   for (const [k, v] of Object.entries(ev)) {
@@ -271,36 +268,40 @@ function claimsFromToken(token: string): { claims: Claims; tcbStatus: string | u
     tcbStatus: typeof tcb.status === 'string' ? tcb.status : undefined,
     advisories: Array.isArray(tcb.advisories) ? tcb.advisories.filter((a): a is string => typeof a === 'string') : [],
     csr: typeof rd.csr === 'string' ? rd.csr : undefined,
+    jti: payload.jti,
   };
 }
 
-/** One audit entry in its own transaction (attestations and releases). */
-async function audit(ctx: KbsContext, input: AuditInput): Promise<void> {
-  const at = ctx.now().getTime();
-  await withRetry(() => ctx.store.transaction((tx) => appendAudit(tx, ctx.auditKey, input, at)));
-}
 
 /**
  * Values of the granted secrets a release needs: shared values from the store, per-instance
- * values generated now (never stored), and secrets imported from another policy only while
- * that policy's current version exports them to this one.
+ * values (generated at the instance's first release and kept, sealed, until the instance's
+ * session or token expires), and secrets imported from another policy only while that
+ * policy's current version exports them to this one.
  */
-async function secretValues(ctx: KbsContext, policyName: string, policy: Policy, names: Iterable<string>, grant: SessionGrant): Promise<Map<string, Buffer>> {
+async function secretValues(ctx: KbsContext, policyName: string, policy: Policy, names: Iterable<string>, grant: ResourceGrant): Promise<Map<string, Buffer>> {
   const out = new Map<string, Buffer>();
   for (const name of names) {
     const spec = policy.secrets[name];
     if (!spec) throw new CocoonError('POLICY_DENIED', `secret ${name} is not declared`);
     let value: Buffer | undefined;
     if ('scope' in spec && spec.scope === 'instance') {
-      value =
-        spec.kind === 'random'
-          ? generateRandomSecret(spec)
-          : await generateStructured(spec, name, {
-              ctx,
-              policy: policyName,
-              sibling: (n) => readSecret(ctx, policyName, n),
-              identity: { workload: grant.workload, tee: grant.tee, insecure: grant.insecure, instance: true },
-            });
+      const aad = `instance:${grant.instance.id}:${policyName}/${name}`;
+      let stored = await ctx.store.getInstanceSecret(grant.instance.id, policyName, name);
+      if (stored === undefined) {
+        const fresh =
+          spec.kind === 'random'
+            ? generateRandomSecret(spec)
+            : await generateStructured(spec, name, {
+                ctx,
+                policy: policyName,
+                sibling: (n) => readSecret(ctx, policyName, n),
+                identity: { workload: grant.workload, tee: grant.tee, insecure: grant.insecure, instance: true },
+              });
+        stored = await ctx.store.putInstanceSecretIfAbsent({ instance: grant.instance.id, policy: policyName, name, sealed: sealValue(ctx.dataKey, fresh, aad), expiresAt: grant.instance.expiresAt });
+        fresh.fill(0);
+      }
+      value = openValue(ctx.dataKey, stored, aad);
     } else if (spec.kind === 'imported' && spec.from) {
       const exporter = await currentPolicy(ctx, spec.from.policy);
       if (!exporter || !(exporter.policy.exports[spec.from.secret] ?? []).includes(policyName)) {
@@ -346,7 +347,7 @@ export async function releaseResource(ctx: KbsContext, grant: ResourceGrant, org
       ...(grant.tcbStatus !== undefined ? { tcbStatus: grant.tcbStatus } : {}),
       ...(grant.advisories ? { advisories: grant.advisories } : {}),
     });
-    if (!appraisal.allowed) throw new CocoonError('POLICY_DENIED', `the current policy no longer accepts this workload: ${appraisal.reason}`);
+    if (!appraisal.allowed) throw new CocoonError(appraisal.initDataUnbound ? 'INIT_DATA_NOT_BOUND' : 'POLICY_DENIED', `the current policy no longer accepts this workload: ${appraisal.reason}`);
     const granted = grantedSecrets(current.policy, grant.workload);
     let plaintext: Buffer;
     let serial: string | undefined;
@@ -361,6 +362,7 @@ export async function releaseResource(ctx: KbsContext, grant: ResourceGrant, org
       if (volumes) plan.volumes = volumes;
       plaintext = Buffer.from(JSON.stringify(plan), 'utf8');
     } else if (name === WORKLOAD_CERT_RESOURCE) {
+      if (!workloadCertGranted(workload)) throw new CocoonError('WORKLOAD_CERT_NOT_GRANTED', `workload ${grant.workload} of ${policyName} declares neither tls nor workloadCert: true; no workload certificate is issued to it`);
       if (!grant.csr) throw new CocoonError('POLICY_DENIED', 'no CSR was bound in the evidence (send runtime-data.csr when attesting)');
       const { publicKeyDer } = await parseCsr(grant.csr);
       const [org0, app0] = policyName.split('/') as [string, string];
@@ -369,10 +371,11 @@ export async function releaseResource(ctx: KbsContext, grant: ResourceGrant, org
         sans: [`${grant.workload}.${app0}.${org0}.cocoon`],
         usage: 'both',
         keyUsage: ['digitalSignature'],
-        validMs: WORKLOAD_CERT_VALID_MS,
+        validMs: ctx.workloadCertValidMs ?? WORKLOAD_CERT_VALID_MS,
         identity: { v: 1, policy: policyName, version: current.record.version, workload: grant.workload, tee: grant.tee, insecure: grant.insecure },
       });
-      serial = issued.serial;
+      serial = issued.serial.toLowerCase();
+      await ctx.store.recordCert({ serial, policy: policyName, workload: grant.workload, issuedAt: ctx.now().getTime(), notAfter: Date.parse(issued.notAfter) });
       plaintext = Buffer.from(JSON.stringify({ cert: issued.cert, chain: issued.chain, notAfter: issued.notAfter }), 'utf8');
     } else {
       if (!granted.has(name)) throw new CocoonError('POLICY_DENIED', `resource ${resource} is not granted to workload ${grant.workload}`);
@@ -381,24 +384,30 @@ export async function releaseResource(ctx: KbsContext, grant: ResourceGrant, org
     const jwe = await encryptToTee(grant.teePubkey, plaintext);
     plaintext.fill(0);
     ctx.metrics.releases.inc({ status: 'released' });
-    await recordEvent(ctx, { kind: 'release', status: 'affirming', tee: grant.tee, target, resource, sessionId: grant.sessionId, insecure: grant.insecure, detail: `released via ${grant.via}` });
-    await audit(ctx, {
-      actor: `tee:${grant.tee}`,
-      action: 'release',
-      policy: policyName,
-      detail: { status: 'released', resource, workload: grant.workload, via: grant.via, session: grant.sessionId, insecure: grant.insecure, ...(serial ? { certificateSerial: serial } : {}) },
-    });
+    await record(
+      ctx,
+      { kind: 'release', status: 'affirming', tee: grant.tee, target, resource, sessionId: grant.sessionId, insecure: grant.insecure, detail: `released via ${grant.via}` },
+      {
+        actor: `tee:${grant.tee}`,
+        action: 'release',
+        policy: policyName,
+        detail: { status: 'released', resource, workload: grant.workload, via: grant.via, session: grant.sessionId, insecure: grant.insecure, ...(serial ? { certificateSerial: serial } : {}) },
+      },
+    );
     return jwe;
   } catch (err) {
     const e = asCocoonError(err);
     ctx.metrics.releases.inc({ status: 'refused' });
-    await recordEvent(ctx, { kind: 'release', status: 'error', tee: grant.tee, target, resource, sessionId: grant.sessionId, insecure: grant.insecure, code: e.code, detail: e.message }).catch(() => undefined);
-    await audit(ctx, {
-      actor: `tee:${grant.tee}`,
-      action: 'release',
-      policy: policyName,
-      detail: { status: 'refused', code: e.code, reason: e.message.slice(0, 500), resource, workload: grant.workload, via: grant.via, session: grant.sessionId },
-    }).catch((auditErr: unknown) => ctx.log.error({ err: auditErr }, 'cannot append the audit entry of a refused release'));
+    await record(
+      ctx,
+      { kind: 'release', status: 'error', tee: grant.tee, target, resource, sessionId: grant.sessionId, insecure: grant.insecure, code: e.code, detail: e.message },
+      {
+        actor: `tee:${grant.tee}`,
+        action: 'release',
+        policy: policyName,
+        detail: { status: 'refused', code: e.code, reason: e.message.slice(0, 500), resource, workload: grant.workload, via: grant.via, session: grant.sessionId },
+      },
+    ).catch((recordErr: unknown) => ctx.log.error({ err: recordErr }, 'cannot record the refused release (event + audit entry)'));
     throw e;
   }
 }
@@ -415,10 +424,12 @@ interface EventInput {
   detail: string;
 }
 
-async function recordEvent(ctx: KbsContext, e: EventInput): Promise<void> {
-  await ctx.store.addEvent({
+/** The event row and the audit entry of one attestation or release, committed together. */
+async function record(ctx: KbsContext, e: EventInput, audit: AuditInput): Promise<void> {
+  const at = ctx.now().getTime();
+  const event: EventRecord = {
     id: randomUUID(),
-    at: ctx.now().getTime(),
+    at,
     kind: e.kind,
     status: e.status,
     tee: e.tee,
@@ -429,5 +440,6 @@ async function recordEvent(ctx: KbsContext, e: EventInput): Promise<void> {
     detail: e.detail.slice(0, 2000),
     insecure: e.insecure,
     sessionId: e.sessionId,
-  });
+  };
+  await ctx.journal.record(event, audit, at);
 }

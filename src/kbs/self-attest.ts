@@ -19,7 +19,32 @@ export interface SelfAttestation {
   attester: Attester;
   /** Lower-case hex SHA-384 the evidence reports as the KBS measurement. */
   measurement: string;
+  /**
+   * Where the measurement was extended at startup (`PCR 23 (sha256)`, `RTMR3`: an event log
+   * goes with the evidence). Undefined for `sim` (the signed report carries it) and for TEEs
+   * without a runtime register (the evidence then does not bind the KBS measurement).
+   */
+  register?: string;
 }
+
+/** The workload event a hardware KBS extends for itself (docs/kbs.md, "KBS self-attestation"). */
+export const KBS_SELF_EVENT = { policy: 'cocoon/kbs', workload: 'kbs' } as const;
+
+/** What the dashboard overview shows about the KBS's own attestation. */
+export type SelfAttestationStatus =
+  | { available: true; tee: string; measurement: string; insecure: boolean; measurementBound: boolean; register: string | null }
+  | { available: false; reason: string };
+
+export const SELF_ATTESTATION_NOT_CONFIGURED = 'not configured: start the KBS with --tee (hardware) or --allow-sim with a sim platform';
+
+export function selfAttestationStatus(self: SelfAttestation | undefined, unavailableReason?: string): SelfAttestationStatus {
+  if (!self) return { available: false, reason: unavailableReason ?? SELF_ATTESTATION_NOT_CONFIGURED };
+  const sim = self.attester.tee === 'sim';
+  return { available: true, tee: self.attester.tee, measurement: self.measurement, insecure: sim, measurementBound: sim || self.register !== undefined, register: self.register ?? null };
+}
+
+/** Waiting evidence requests beyond the one in progress (a TPM or configfs-tsm serves one at a time). */
+const MAX_QUEUED = 8;
 
 /** What the report data binds, in the clear in the response. */
 export interface KbsAttestationBinding {
@@ -57,13 +82,26 @@ export function isAttestationNonce(v: unknown): v is string {
 
 export function selfAttestationRoutes(ctx: KbsContext, self: SelfAttestation, tlsCertPem: string | undefined) {
   const tlsSpki = tlsCertPem ? spkiSha256(tlsCertPem) : null;
+  // one evidence request at a time: the hardware interfaces are not made for concurrent quotes
+  let chain: Promise<unknown> = Promise.resolve();
+  let queued = 0;
+  const serialized = <T>(fn: () => Promise<T>): Promise<T> => {
+    if (queued > MAX_QUEUED) throw new CocoonError('RATE_LIMITED', 'too many KBS attestation requests in progress; retry shortly');
+    queued++;
+    const run = chain.then(fn, fn);
+    const done = (): void => {
+      queued--;
+    };
+    chain = run.then(done, done);
+    return run;
+  };
   return async function plugin(app: FastifyInstance): Promise<void> {
     app.get(KBS_ATTESTATION_PATH, { schema: { summary: 'Evidence of the KBS itself, bound to a nonce, its TLS key and the deployment CA root (public)' } }, async (request) => {
       const nonce = (request.query as Record<string, unknown> | undefined)?.nonce;
       if (!isAttestationNonce(nonce)) throw new CocoonError('INPUT_MALFORMED', 'nonce must be 16–64 bytes of lower-case hex');
       const root = (await ctx.ca.chainPem()).root;
       const binding: KbsAttestationBinding = { nonce, tlsSpkiSha256: tlsSpki, caRootSha256: certSha256(root) };
-      const evidence = await self.attester.getEvidence(kbsAttestationReportData(binding), self.measurement);
+      const evidence = await serialized(() => self.attester.getEvidence(kbsAttestationReportData(binding), self.measurement));
       return { version: KBS_ATTESTATION_VERSION, tee: self.attester.tee, measurement: self.measurement, binding, caRoot: root, evidence };
     });
   };

@@ -1,4 +1,5 @@
 import { createCipheriv, createHash, createPublicKey, diffieHellman, generateKeyPairSync, randomBytes } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
 import { FlattenedEncrypt, importJWK } from 'jose';
 import type { FlattenedJWE, JWK } from 'jose';
 import { CocoonError } from '../errors.js';
@@ -69,6 +70,28 @@ function u32(n: number): Buffer {
 }
 
 /**
+ * Imported tee-pubkeys by coordinates: a session's key is used for every resource it fetches,
+ * and importing a JWK costs more than the ECDH itself. Public keys only; bounded.
+ */
+const recipientCache = new Map<string, KeyObject>();
+const RECIPIENT_CACHE_MAX = 1024;
+
+function recipientKey(jwk: JWK): KeyObject {
+  const id = `${String(jwk.crv)}.${String(jwk.x)}.${String(jwk.y)}`;
+  const cached = recipientCache.get(id);
+  if (cached) return cached;
+  let key: KeyObject;
+  try {
+    key = createPublicKey({ key: { kty: 'EC', crv: jwk.crv, x: jwk.x, y: jwk.y } as never, format: 'jwk' });
+  } catch (err) {
+    throw bad(`tee-pubkey cannot be imported: ${(err as Error).message}`);
+  }
+  if (recipientCache.size >= RECIPIENT_CACHE_MAX) recipientCache.delete(recipientCache.keys().next().value as string);
+  recipientCache.set(id, key);
+  return key;
+}
+
+/**
  * ECDH-ES+A256KW / A256GCM (RFC 7518 §4.6, §4.4, §5.3) on node:crypto: the same JWE jose
  * produces (tests decrypt it with jose), at a fraction of WebCrypto's per-call cost — the
  * release path runs it for every resource. Concat KDF with empty apu/apv.
@@ -76,12 +99,7 @@ function u32(n: number): Buffer {
 function ecdhEsA256kw(jwk: JWK, plaintext: Uint8Array): FlattenedJWE {
   const curve = CURVES[String(jwk.crv)];
   if (!curve) throw bad('tee-pubkey curve must be P-256, P-384 or P-521');
-  let recipient;
-  try {
-    recipient = createPublicKey({ key: { kty: 'EC', crv: jwk.crv, x: jwk.x, y: jwk.y } as never, format: 'jwk' });
-  } catch (err) {
-    throw bad(`tee-pubkey cannot be imported: ${(err as Error).message}`);
-  }
+  const recipient = recipientKey(jwk);
   const eph = generateKeyPairSync('ec', { namedCurve: curve });
   const epk = eph.publicKey.export({ format: 'jwk' });
   const z = diffieHellman({ privateKey: eph.privateKey, publicKey: recipient });

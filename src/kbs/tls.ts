@@ -1,4 +1,4 @@
-import { chmod, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CocoonError } from '../errors.js';
 import { generateKeyPairPem, randomSerial } from './certs.js';
@@ -20,6 +20,7 @@ export async function loadOrCreateSelfSignedTls(dataDir: string, hosts: string[]
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new CocoonError('IO_ERROR', `cannot read ${certFile}: ${(err as Error).message}`);
   }
+  await mkdir(dataDir, { recursive: true, mode: 0o700 });
   const kp = await generateKeyPairPem('P-256');
   const now = Date.now();
   const names = [...new Set(['localhost', '127.0.0.1', '::1', ...hosts])];

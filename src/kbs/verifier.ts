@@ -1,6 +1,7 @@
 import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
 import { CocoonError } from '../errors.js';
 import type { TeeKind, VerificationResult } from '../attestation/types.js';
+import type { TrustInput } from '../attestation/index.js';
 import type { EvidenceVerifier } from './context.js';
 
 export interface BrokerVerifierOptions {
@@ -11,6 +12,12 @@ export interface BrokerVerifierOptions {
    * --trusted-ak`). A TPM quote is accepted only when its AK is one of them.
    */
   trustedAks?: string[];
+  /**
+   * Extra trust inputs for hardware evidence (not `tpm`, not `sim`): DCAP collateral or an
+   * online collateral source, and SNP certificates — what `cocoon attest` takes from the
+   * `cocoon verify` flags (--collateral, --certs, --offline). Default: none.
+   */
+  trust?: Pick<TrustInput, 'collateral' | 'certs'>;
 }
 
 const MAX_EVIDENCE_JSON = 1024 * 1024;
@@ -47,6 +54,7 @@ export function parseTrustedAks(pems: readonly string[]): Map<string, KeyObject>
  */
 export function createBrokerVerifier(options: BrokerVerifierOptions): EvidenceVerifier {
   const trustedAks = parseTrustedAks(options.trustedAks ?? []);
+  const extra = options.trust ?? {};
   return async (tee: TeeKind, evidence: unknown, verifyOptions): Promise<VerificationResult> => {
     const { verifyEvidence } = await import('../attestation/index.js');
     if (tee === 'sim') {
@@ -85,8 +93,23 @@ export function createBrokerVerifier(options: BrokerVerifierOptions): EvidenceVe
       // Only the VCEK/VLEK from the host's certificate table is used; ASK/ARK come from the pinned roots.
       const [vek] = json.certs as unknown[];
       if (typeof vek !== 'string' || vek.length > 16 * 1024) return refused(tee, 'EVIDENCE_MALFORMED', 'certs[0] must be the PEM VCEK/VLEK');
-      return verifyEvidence(tee, encoded, { certs: vek }, verifyOptions);
+      return verifyEvidence(tee, encoded, { ...extra, certs: extra.certs ?? vek }, verifyOptions);
     }
-    return verifyEvidence(tee, encoded, {}, verifyOptions);
+    return verifyEvidence(tee, encoded, extra, verifyOptions);
   };
+}
+
+/** Reads `--trusted-ak` PEM files (serve, attest); an unreadable or unusable key is BAD_USAGE. */
+export async function readTrustedAkFiles(files: readonly string[]): Promise<string[]> {
+  const { readFile } = await import('node:fs/promises');
+  const pems: string[] = [];
+  for (const file of files) {
+    pems.push(
+      await readFile(file, 'utf8').catch((err: unknown) => {
+        throw new CocoonError('BAD_USAGE', `--trusted-ak: cannot read ${file}`, { cause: err });
+      }),
+    );
+  }
+  parseTrustedAks(pems);
+  return pems;
 }

@@ -1,3 +1,4 @@
+import { cocoonEntryOf, decodeKataAnnotation, parseInitDataToml } from '../kbs/init-data.js';
 import { CocoonError } from '../errors.js';
 import { isTeeKind, type TeeKind } from '../attestation/types.js';
 import { parseTcti } from '../attester/tpm/tcti.js';
@@ -24,6 +25,38 @@ export interface LauncherConfig {
   attester: AttesterSettings;
   /** Parent of the protected volumes' encrypted stores (`<dir>/<name>`); default `<launcherDir>/volumes`. */
   volumesDir?: string;
+  /** Attested-TLS certificate lifecycle (docs/tls.md "Revocation and renewal"). */
+  tls?: TlsLifecycleSettings;
+  /** `gramine` inside a Gramine SGX enclave (COCOON_LIBOS, set by the manifest of `cocoon wrap --libos gramine`). */
+  libos?: 'gramine';
+  /** COCOON_EXPECTED_MEASUREMENT: the workload measurement fixed in the Gramine manifest. */
+  expectedMeasurement?: string;
+  /** CoCo init-data TOML from COCOON_INIT_DATA: sent as the attest request's init-data, so the KBS can check it against HOST_DATA / MRCONFIGID. */
+  initData?: string;
+}
+
+/** When the launcher refreshes the deployment CA's CRL and renews its workload certificate. */
+export interface TlsLifecycleSettings {
+  /** CRL refresh interval (COCOON_TLS_CRL_REFRESH_MS, default 5 min). */
+  crlRefreshMs: number;
+  /** Renew when this percentage of the remaining lifetime (at receipt) has passed (COCOON_TLS_RENEW_AT_PERCENT, default 67). */
+  renewAtPercent: number;
+  /** First retry delay of a failed renewal, doubling with jitter (COCOON_TLS_RENEW_RETRY_MS, default 5 s). */
+  renewRetryMs: number;
+  /** Retry delay cap (COCOON_TLS_RENEW_RETRY_MAX_MS, default 5 min). */
+  renewRetryMaxMs: number;
+}
+
+export const DEFAULT_TLS_LIFECYCLE: TlsLifecycleSettings = { crlRefreshMs: 300_000, renewAtPercent: 67, renewRetryMs: 5_000, renewRetryMaxMs: 300_000 };
+
+export function tlsLifecycleFromEnv(env: NodeJS.ProcessEnv): TlsLifecycleSettings {
+  const d = DEFAULT_TLS_LIFECYCLE;
+  return {
+    crlRefreshMs: intFromEnv(env, 'COCOON_TLS_CRL_REFRESH_MS', d.crlRefreshMs, 100, 86_400_000),
+    renewAtPercent: intFromEnv(env, 'COCOON_TLS_RENEW_AT_PERCENT', d.renewAtPercent, 10, 95),
+    renewRetryMs: intFromEnv(env, 'COCOON_TLS_RENEW_RETRY_MS', d.renewRetryMs, 10, 3_600_000),
+    renewRetryMaxMs: intFromEnv(env, 'COCOON_TLS_RENEW_RETRY_MAX_MS', d.renewRetryMaxMs, 10, 86_400_000),
+  };
 }
 
 function intFromEnv(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
@@ -49,7 +82,15 @@ export function launcherConfigFromEnv(env: NodeJS.ProcessEnv): LauncherConfig {
   const teeRaw = env.COCOON_TEE;
   if (teeRaw !== undefined && teeRaw !== '' && !isTeeKind(teeRaw)) throw new CocoonError('BAD_USAGE', `COCOON_TEE: unknown TEE kind "${teeRaw}"`);
   const cocoonDir = env.COCOON_HOME ?? '/cocoon';
+  const libosRaw = env.COCOON_LIBOS;
+  if (libosRaw !== undefined && libosRaw !== '' && libosRaw !== 'gramine') throw new CocoonError('BAD_USAGE', `COCOON_LIBOS: unknown LibOS "${libosRaw.slice(0, 32)}" (supported: gramine)`);
+  const initData = env.COCOON_INIT_DATA ? initDataFromEnv(env.COCOON_INIT_DATA) : undefined;
+  const expected = env.COCOON_EXPECTED_MEASUREMENT;
+  if (expected !== undefined && expected !== '' && !/^[0-9a-f]{96}$/.test(expected)) throw new CocoonError('BAD_USAGE', 'COCOON_EXPECTED_MEASUREMENT must be 96 lowercase hex digits');
   return {
+    ...(libosRaw === 'gramine' ? { libos: 'gramine' as const } : {}),
+    ...(expected ? { expectedMeasurement: expected } : {}),
+    ...(initData !== undefined ? { initData } : {}),
     kbsUrl: parsed.href.replace(/\/$/, ''),
     tee: teeRaw ? (teeRaw as TeeKind) : undefined,
     payloadDir: env.COCOON_PAYLOAD ?? `${cocoonDir}/payload`,
@@ -66,7 +107,19 @@ export function launcherConfigFromEnv(env: NodeJS.ProcessEnv): LauncherConfig {
     execHelper: `${cocoonDir}/bin/cocoon-exec`,
     attester: attesterSettingsFromEnv(env),
     volumesDir: pathFromEnv(env, 'COCOON_VOLUMES', `${cocoonDir}/volumes`),
+    tls: tlsLifecycleFromEnv(env),
   };
+}
+
+/**
+ * COCOON_INIT_DATA: the pod's init-data as the Kata annotation carries it (base64 of the
+ * gzipped TOML; `cocoon k8s render` passes the annotation through the downward API). Checked
+ * here so that a malformed value stops the launcher before it attests.
+ */
+function initDataFromEnv(value: string): string {
+  const toml = decodeKataAnnotation(value);
+  cocoonEntryOf(parseInitDataToml(toml).doc);
+  return toml;
 }
 
 function pathFromEnv(env: NodeJS.ProcessEnv, name: string, fallback: string): string {

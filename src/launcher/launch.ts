@@ -8,18 +8,22 @@ import type { LauncherConfig } from './config.js';
 import { chooseAttester } from './detect.js';
 import { buildAppArgv, buildAppEnv, writeInjectedFile } from './inject.js';
 import type { LauncherLog } from './log.js';
-import { superviseApp } from './supervise.js';
+import { superviseApp, type AppOutput } from './supervise.js';
 import { resolveUser } from './user.js';
 import { openPlanVolumes } from './volumes/session.js';
-import { generateWorkloadKey, startPlanTls, workloadCertIfTls } from './tls/index.js';
+import { generateWorkloadKey, renewViaAttestation, startPlanTls, workloadCertIfTls } from './tls/index.js';
+import { DEFAULT_TLS_LIFECYCLE } from './config.js';
+import { checkGramineLaunch, provisionGramineRootKey } from './gramine.js';
+import { cocoonEntryOf, parseInitDataToml } from '../kbs/init-data.js';
 
 /**
  * The launcher's whole job, in order: check what it is about to run against the measured
  * payload, attest, receive the layer key and secrets, decrypt the application root into
  * memory, inject the secrets, start the app and supervise it until it exits.
  * Nothing of the application runs before every layer is authenticated.
+ * `appOutput` receives the app's stdout/stderr (default: the launcher's own).
  */
-export async function launch(config: LauncherConfig, log: LauncherLog): Promise<number> {
+export async function launch(config: LauncherConfig, log: LauncherLog, appOutput?: AppOutput): Promise<number> {
   const t0 = performance.now();
   const payload = await readPayload(config.payloadDir);
 
@@ -35,9 +39,18 @@ export async function launch(config: LauncherConfig, log: LauncherLog): Promise<
     workload: payload.workload,
   });
   if (measurement !== payload.measurement) throw new CocoonError('MEASUREMENT_MISMATCH', 'payload measurement does not match its inputs');
+  // Outside Gramine the variable is optional; when set it must agree (it can only cause a refusal).
+  if (config.libos !== 'gramine' && config.expectedMeasurement !== undefined && config.expectedMeasurement !== measurement) {
+    throw new CocoonError('MEASUREMENT_MISMATCH', 'COCOON_EXPECTED_MEASUREMENT differs from the recomputed workload measurement');
+  }
   log.info(`workload ${payload.policy}#${payload.workload} measurement ${measurement.slice(0, 16)}…`);
+  const initData = { policy: payload.policy, workload: payload.workload, ...(config.initData !== undefined ? { toml: checkInitData(config.initData, payload) } : {}) };
 
   const { attester, probed } = chooseAttester(config.tee, config.simDir, undefined, config.attester);
+  if (config.libos === 'gramine') {
+    checkGramineLaunch(config.expectedMeasurement, measurement, attester.tee);
+    log.info('Gramine mode: the workload measurement is bound through the manifest (MRENCLAVE)');
+  }
   if (attester.tee === 'sim') log.warn('INSECURE: simulated TEE — no hardware protection; for development only');
   else log.info(`TEE: ${attester.tee} (${probed.join('; ')})`);
   if (attester.measure) {
@@ -53,7 +66,7 @@ export async function launch(config: LauncherConfig, log: LauncherLog): Promise<
     kbsUrl: config.kbsUrl,
     tee: attester.tee,
     evidenceProvider: (reportData) => attester.getEvidence(reportData, measurement),
-    initData: { policy: payload.policy, workload: payload.workload },
+    initData,
     resources: [`${org}/${app}/launch-plan`],
     csr: workloadKey.csrPem,
     moreResources: workloadCertIfTls(`${org}/${app}/launch-plan`),
@@ -66,7 +79,12 @@ export async function launch(config: LauncherConfig, log: LauncherLog): Promise<
   const t2 = performance.now();
   log.info(`attested to ${config.kbsUrl} and received the launch plan (${Math.round(t2 - t1)} ms)`);
 
-  const layers = await decryptPayloadLayers({ payloadDir: config.payloadDir, payload, kek: plan.layerKey, destRoot: config.rootDir });
+  if (config.libos === 'gramine') {
+    // the application root is an encrypted mount: its key is chosen here, after attestation, before any plaintext
+    await provisionGramineRootKey(config.attester.gramineDir);
+    log.info('Gramine: set a fresh in-enclave key for the encrypted application root');
+  }
+  const layers = await decryptPayloadLayers({ payloadDir: config.payloadDir, payload, kek: plan.layerKey, destRoot: config.rootDir, ...(config.libos === 'gramine' ? { options: { libos: 'gramine' as const } } : {}) });
   const t3 = performance.now();
   log.info(`decrypted ${layers.length} layer(s) into the in-memory root (${Math.round(t3 - t2)} ms)`);
 
@@ -80,12 +98,20 @@ export async function launch(config: LauncherConfig, log: LauncherLog): Promise<
     token: fetched.token,
     owner: { uid: user.uid, gid: user.gid },
     reattest: async () =>
-      (await attestAndFetch({ kbsUrl: config.kbsUrl, tee: attester.tee, evidenceProvider: (rd) => attester.getEvidence(rd, measurement), initData: { policy: payload.policy, workload: payload.workload }, resources: [], retry: config.retry, timeoutMs: config.requestTimeoutMs })).token,
+      (await attestAndFetch({ kbsUrl: config.kbsUrl, tee: attester.tee, evidenceProvider: (rd) => attester.getEvidence(rd, measurement), initData, resources: [], retry: config.retry, timeoutMs: config.requestTimeoutMs })).token,
   }, log);
   const env = buildAppEnv(payload.config.env, plan.env, user.home);
   const argv = buildAppArgv(payload.config.entrypoint, payload.config.cmd, plan.args);
   // Proxies bind before the app starts; a port that cannot be bound refuses the launch.
-  const tlsProxies = await startPlanTls(plan, fetched.resources, workloadKey, log);
+  const tlsProxies = await startPlanTls(plan, fetched.resources, workloadKey, log, {
+    lifecycle: {
+      kbsUrl: config.kbsUrl,
+      settings: config.tls ?? DEFAULT_TLS_LIFECYCLE,
+      timeoutMs: config.requestTimeoutMs,
+      // renewal re-attests (a fresh key and CSR in the TEE; counts against maxActivations)
+      renew: renewViaAttestation({ kbsUrl: config.kbsUrl, tee: attester.tee, evidenceProvider: (rd) => attester.getEvidence(rd, measurement), initData, retry: config.retry, timeoutMs: config.requestTimeoutMs }),
+    },
+  });
   log.info(`starting ${argv[0]} as uid ${user.uid} (ready in ${Math.round(performance.now() - t0)} ms: attest ${Math.round(t2 - t1)} ms, decrypt ${Math.round(t3 - t2)} ms)`);
   const status = await superviseApp(
     {
@@ -98,10 +124,23 @@ export async function launch(config: LauncherConfig, log: LauncherLog): Promise<
       argv,
       env,
       stopGraceMs: config.stopGraceMs,
+      output: appOutput,
     },
     log,
   ).finally(() => tlsProxies?.close());
   log.info(`application exited with status ${status}`);
   await volumes?.close();
   return status;
+}
+
+/**
+ * The init-data given to the launcher must select this very workload: the KBS would refuse a
+ * mismatch anyway, but refusing here names the cause before anything is sent.
+ */
+function checkInitData(toml: string, payload: { policy: string; workload: string }): string {
+  const entry = cocoonEntryOf(parseInitDataToml(toml).doc);
+  if (entry.policy !== payload.policy || entry.workload !== payload.workload) {
+    throw new CocoonError('INIT_DATA_MISMATCH', `COCOON_INIT_DATA selects ${entry.policy}#${entry.workload}, but this image is ${payload.policy}#${payload.workload}`);
+  }
+  return toml;
 }

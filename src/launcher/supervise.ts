@@ -13,6 +13,14 @@ export interface AppProcessSpec {
   argv: string[];
   env: string[];
   stopGraceMs: number;
+  /** Where the app's stdout/stderr go; default: inherited from the launcher. */
+  output?: AppOutput;
+}
+
+/** Streams that receive the application's output instead of the launcher's own stdout/stderr. */
+export interface AppOutput {
+  stdout: NodeJS.WritableStream;
+  stderr: NodeJS.WritableStream;
 }
 
 const FORWARDED: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2', 'SIGWINCH'];
@@ -32,8 +40,12 @@ export function superviseApp(spec: AppProcessSpec, log: LauncherLog): Promise<nu
   const groups = spec.groups.length > 0 ? spec.groups.join(',') : '-';
   const child = spawn(spec.execHelper, [spec.root, String(spec.uid), String(spec.gid), groups, spec.cwd, '--', ...spec.argv], {
     env, // exactly the app's environment: nothing of the launcher's leaks through
-    stdio: 'inherit',
+    stdio: spec.output ? ['inherit', 'pipe', 'pipe'] : 'inherit',
   });
+  if (spec.output) {
+    child.stdout?.pipe(spec.output.stdout, { end: false });
+    child.stderr?.pipe(spec.output.stderr, { end: false });
+  }
 
   return new Promise<number>((resolve, reject) => {
     let killTimer: NodeJS.Timeout | undefined;
@@ -61,7 +73,8 @@ export function superviseApp(spec: AppProcessSpec, log: LauncherLog): Promise<nu
       cleanup();
       reject(new CocoonError('APP_START_FAILED', `cannot start the exec helper: ${err.message}`, { cause: err }));
     });
-    child.once('exit', (code, signal) => {
+    // with piped output, 'close' also waits for the last of it to be read
+    child.once(spec.output ? 'close' : 'exit', (code: number | null, signal: NodeJS.Signals | null) => {
       cleanup();
       if (signal) {
         resolve(128 + (constants.signals[signal] ?? 15));

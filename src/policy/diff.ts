@@ -1,3 +1,4 @@
+import { tlsSpecToWire } from './tls.js';
 import type { Policy, Template } from './types.js';
 
 export interface PolicyChange {
@@ -27,6 +28,8 @@ export function policyView(p: Policy): Record<string, unknown> {
           env: Object.fromEntries(Object.entries(w.env).map(([k, t]) => [k, tpl(t)])),
           files: Object.fromEntries(w.files.map((f) => [f.path, { mode: `0${f.mode.toString(8)}`, content: tpl(f.content) }])),
           args: w.args ? w.args.map(tpl) : null,
+          ...(w.tls ? { tls: tlsSpecToWire(w.tls) } : {}),
+          ...(w.workloadCert ? { workloadCert: true } : {}),
         },
       ]),
     ),

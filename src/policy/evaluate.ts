@@ -17,7 +17,18 @@ export interface AppraisalInput {
   advisories?: readonly string[];
 }
 
-export type Appraisal = { allowed: true; ruleIndex: number } | { allowed: false; reason: string; reasons: string[] };
+/** `initDataUnbound`: some rule matched but for its `initData: bound` (the KBS answers INIT_DATA_NOT_BOUND). */
+export type Appraisal = { allowed: true; ruleIndex: number } | { allowed: false; reason: string; reasons: string[]; initDataUnbound?: true };
+
+/** Claims the KBS adds once TOML init-data is bound (src/kbs/init-data.ts): the register, and `<algorithm>:<hex digest>`. */
+export const INIT_DATA_BINDING_CLAIM = 'init_data_binding';
+export const INIT_DATA_DIGEST_CLAIM = 'init_data_digest';
+/** The register that carries the init-data digest, per TEE (CoCo: SNP HOST_DATA, TDX MRCONFIGID). */
+export const INIT_DATA_REGISTERS: Partial<Record<TeeKind, { claim: 'host_data' | 'mr_config_id'; bytes: number }>> = {
+  snp: { claim: 'host_data', bytes: 32 },
+  tdx: { claim: 'mr_config_id', bytes: 48 },
+};
+const INIT_DATA_UNBOUND = 'init-data is not bound';
 
 /** The claim that carries the workload measurement: `workload_measurement`, or `measurement` for sim. */
 export function workloadMeasurementOf(tee: TeeKind, claims: Claims): string | undefined {
@@ -31,7 +42,9 @@ export function evaluateAccept(workload: WorkloadSpec, input: AppraisalInput): A
   const ok = reasons.findIndex((r) => r === null);
   if (ok >= 0) return { allowed: true, ruleIndex: ok };
   const list = reasons.filter((r): r is string => r !== null);
-  return { allowed: false, reason: list.join('; '), reasons: list };
+  // The init-data check runs last: a rule failing on it passed every other check.
+  const initDataUnbound = list.some((r) => r.includes(INIT_DATA_UNBOUND));
+  return { allowed: false, reason: list.join('; '), reasons: list, ...(initDataUnbound ? { initDataUnbound: true as const } : {}) };
 }
 
 function claimAt(claims: Claims, path: string): unknown {
@@ -100,6 +113,12 @@ function ruleMismatch(rule: AcceptRule, input: AppraisalInput, index: number): s
     if (typeof v !== 'number' || v < min) return `${at}: ${k} ${typeof v === 'number' ? v : '(absent)'} below ${min}`;
   }
   if (input.debug && !rule.debug) return `${at}: debug evidence refused`;
+  // Checked last, so that a rule failing only here is recognisable (initDataUnbound).
+  if (rule.initData === 'bound') {
+    const reg = INIT_DATA_REGISTERS[input.tee];
+    if (!reg) return `${at}: ${INIT_DATA_UNBOUND}: ${input.tee} evidence has no init-data register (snp host_data, tdx mr_config_id)`;
+    if (claims[INIT_DATA_BINDING_CLAIM] !== reg.claim) return `${at}: ${INIT_DATA_UNBOUND} to the evidence's ${reg.claim} (send TOML init-data whose digest the host set at launch)`;
+  }
   return null;
 }
 

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument } from 'yaml';
+import { isAlias, isMap, isNode, isScalar, isSeq, LineCounter, parseDocument } from 'yaml';
 import type { Document, Node, Pair, YAMLMap } from 'yaml';
 import { Compile } from 'typebox/compile';
 import { canonicalJson } from '../crypto/canonical-json.js';
@@ -10,7 +10,7 @@ import { TemplateError, parseTemplate, templateSecrets } from './template.js';
 import { POLICY_JSON_SCHEMA } from './schema.js';
 import { TlsSpecError, parseTlsSpec } from './tls.js';
 import { VolumeSpecError, parseVolumesSpec } from './volumes.js';
-import { KEY_TYPES, KEY_USAGES, RANDOM_ENCODINGS, SECRET_FIELDS, isStructuredSecret } from './types.js';
+import { KEY_TYPES, KEY_USAGES, RANDOM_ENCODINGS, SECRET_FIELDS, isStructuredSecret, workloadCertGranted } from './types.js';
 import type { AcceptRule, FileSpec, KeyType, KeyUsageName, Policy, PolicyOwner, RandomEncoding, SecretField, SecretScope, SecretSpec, SgxRule, SourcePosition, Template, WorkloadSpec } from './types.js';
 
 /** Name of the deployment CA as an x509 `issuer`. */
@@ -69,6 +69,21 @@ function checkSchema(doc: Document, ctx: Ctx): void {
   const path = segments.join('.') || '(document)';
   const message = e ? (e.message === 'schema is false' ? `unknown field "${segments[segments.length - 1] ?? ''}"` : `${e.message} (JSON Schema ${e.schemaPath})`) : 'does not match the policy JSON Schema';
   ctx.failAt(range?.[0] ?? 0, message, path);
+}
+
+/**
+ * The node at `rel` (`.ingress[0].allow[1]`, as TlsSpecError paths are written) below `base`,
+ * or the deepest one that exists, so an error points at the offending field.
+ */
+function nodeAt(base: AnyNode, rel: string): AnyNode {
+  let node = base;
+  for (const m of rel.matchAll(/\.([^.[]+)|\[(\d+)\]/g)) {
+    const key = m[1] ?? Number(m[2]);
+    const next = isMap(node) || isSeq(node) ? (node.get(key, true) as unknown) : undefined;
+    if (!isNode(next)) break;
+    node = next;
+  }
+  return node;
 }
 
 /** RFC 7638 thumbprint of an owner's public JWK (EC P-256 or OKP Ed25519). */
@@ -134,8 +149,9 @@ class PolicyParser {
     if (wentries.length > LIMITS.workloads) this.ctx.fail(wmap, `at most ${LIMITS.workloads} workloads`, 'workloads');
     for (const e of wentries) {
       if (!WORKLOAD_NAME_RE.test(e.key)) this.ctx.fail(e.keyNode, 'invalid workload name', `workloads.${e.key}`);
-      workloads[e.key] = this.workload(e.value, `workloads.${e.key}`, secrets);
+      workloads[e.key] = this.workload(e.value, `workloads.${e.key}`, secrets, name);
     }
+    for (const e of wentries) this.checkIngressAllow(e, name, workloads);
     const policy: Policy = { name, org: parts[0] as string, app: parts[1] as string, owners: [], approvals: { threshold: 1 }, exports: {}, secrets, workloads };
     const pred = fields.get('predecessor');
     if (pred) {
@@ -302,9 +318,28 @@ class PolicyParser {
     return out;
   }
 
-  private workload(node: AnyNode, path: string, secrets: Record<string, SecretSpec>): WorkloadSpec {
+  /**
+   * `tls.ingress[].allow` naming a workload of this policy: it must be declared and get a
+   * workload certificate (`tls` or `workloadCert`), or no client could ever match.
+   */
+  private checkIngressAllow(e: Entry, policyName: string, workloads: Record<string, WorkloadSpec>): void {
+    const ingress = workloads[e.key]?.tls?.ingress ?? [];
+    ingress.forEach((ing, i) =>
+      ing.allow?.forEach((peer, j) => {
+        if (peer.policy !== policyName) return;
+        const target = workloads[peer.workload];
+        const rel = `.ingress[${i}].allow[${j}]`;
+        const at = nodeAt(isMap(e.value) ? e.value.get('tls', true) : undefined, rel);
+        const path = `workloads.${e.key}.tls${rel}`;
+        if (!target) this.ctx.fail(at, `unknown workload "${peer.workload}" of this policy (declare it, or name another policy's workload as "org/app#${peer.workload}")`, path);
+        if (!workloadCertGranted(target)) this.ctx.fail(at, `workload "${peer.workload}" gets no workload certificate (it declares neither tls nor workloadCert: true), so it could never connect`, path);
+      }),
+    );
+  }
+
+  private workload(node: AnyNode, path: string, secrets: Record<string, SecretSpec>, policyName: string): WorkloadSpec {
     const map = this.map(node, path);
-    const f = this.fields(map, path, ['accept', 'maxActivations', 'secrets', 'env', 'files', 'args', 'tls', 'volumes'], ['accept']);
+    const f = this.fields(map, path, ['accept', 'maxActivations', 'secrets', 'env', 'files', 'args', 'tls', 'volumes', 'workloadCert'], ['accept']);
     const acceptEntry = f.get('accept') as Entry;
     const acceptSeq = this.seq(acceptEntry.value, `${path}.accept`, LIMITS.accept);
     if (acceptSeq.length === 0) this.ctx.fail(acceptEntry.value, 'at least one accept rule is required', `${path}.accept`);
@@ -373,13 +408,15 @@ class PolicyParser {
       if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 2 ** 31 - 1) this.ctx.fail(maxEntry.value, 'maxActivations must be a positive integer', `${path}.maxActivations`);
       spec.maxActivations = v;
     }
+    const certEntry = f.get('workloadCert');
+    if (certEntry && this.bool(certEntry.value, `${path}.workloadCert`)) spec.workloadCert = true;
     const tlsEntry = f.get('tls');
     if (tlsEntry) {
       try {
-        spec.tls = parseTlsSpec(isMap(tlsEntry.value) || isSeq(tlsEntry.value) || isScalar(tlsEntry.value) ? tlsEntry.value.toJSON() : null);
+        spec.tls = parseTlsSpec(isMap(tlsEntry.value) || isSeq(tlsEntry.value) || isScalar(tlsEntry.value) ? tlsEntry.value.toJSON() : null, { policy: policyName });
       } catch (err) {
         if (!(err instanceof TlsSpecError)) throw err;
-        this.ctx.fail(tlsEntry.value, err.message, `${path}.tls${err.path}`);
+        this.ctx.fail(nodeAt(tlsEntry.value, err.path), err.message, `${path}.tls${err.path}`);
       }
     }
     const volumesEntry = f.get('volumes');
@@ -396,7 +433,7 @@ class PolicyParser {
 
   private acceptRule(node: AnyNode, path: string): AcceptRule {
     const map = this.map(node, path);
-    const f = this.fields(map, path, ['tee', 'measurement', 'sgx', 'tdx', 'snp', 'pcrs', 'tcb', 'minSvn', 'debug'], ['tee']);
+    const f = this.fields(map, path, ['tee', 'measurement', 'sgx', 'tdx', 'snp', 'pcrs', 'tcb', 'minSvn', 'initData', 'debug'], ['tee']);
     const teeEntry = f.get('tee') as Entry;
     const teeSeq = this.seq(teeEntry.value, `${path}.tee`, LIMITS.tee);
     if (teeSeq.length === 0) this.ctx.fail(teeEntry.value, 'at least one TEE kind is required', `${path}.tee`);
@@ -496,6 +533,13 @@ class PolicyParser {
         minSvn[e.key] = uint(e.value, `${p}.${e.key}`);
       }
       rule.minSvn = minSvn;
+    }
+    const idEntry = f.get('initData');
+    if (idEntry) {
+      const v = this.string(idEntry.value, `${path}.initData`);
+      if (v !== 'bound') this.ctx.fail(idEntry.value, 'initData must be "bound" (TOML init-data bound through snp host_data / tdx mr_config_id)', `${path}.initData`);
+      if (!rule.tee.some((t) => t === 'snp' || t === 'tdx')) this.ctx.fail(idEntry.value, 'initData: bound needs tee snp or tdx (the TEEs with an init-data register)', `${path}.initData`);
+      rule.initData = 'bound';
     }
     if (!rule.measurement && !rule.sgx && !rule.tdx && !rule.snp && !rule.pcrs) {
       this.ctx.fail(map, 'an accept rule needs at least one measurement: measurement, sgx, tdx, snp or pcrs', path);

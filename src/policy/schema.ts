@@ -7,6 +7,7 @@ const HEX = (bytes: number) => ({ type: 'string', pattern: `^[0-9a-fA-F]{${bytes
 const HEX_ANY = { type: 'string', pattern: '^[0-9a-fA-F]{2,256}$', maxLength: 256 };
 const NAME = '^[a-z0-9][a-z0-9._-]{0,62}/[a-z0-9][a-z0-9._-]{0,62}$';
 const SECRET = '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$';
+const WORKLOAD = '^[a-z0-9][a-z0-9._-]{0,62}$';
 const TEE = { enum: ['sgx', 'tdx', 'snp', 'tpm', 'az-snp-vtpm', 'az-tdx-vtpm', 'sim'] };
 const KEY_TYPE = { enum: ['P-256', 'P-384', 'Ed25519', 'RSA-2048', 'RSA-3072'] };
 const SCOPE = { enum: ['shared', 'instance'] };
@@ -60,6 +61,7 @@ const acceptRule = obj(
     pcrs: { type: 'object', minProperties: 1, maxProperties: 24, propertyNames: { pattern: '^pcr(0[0-9]|1[0-9]|2[0-3])$' }, additionalProperties: HEX_ANY },
     tcb: obj({ statuses: { type: 'array', maxItems: 16, items: { type: 'string', pattern: '^[A-Za-z]{1,64}$' } }, advisories: { type: 'array', maxItems: 256, items: { type: 'string', pattern: '^[A-Za-z0-9-]{1,64}$' } } }),
     minSvn: { type: 'object', maxProperties: 32, propertyNames: { pattern: '^[a-z][a-z0-9_.]{0,63}$' }, additionalProperties: uint(2 ** 32) },
+    initData: { const: 'bound' },
     debug: bool,
   },
   ['tee'],
@@ -79,13 +81,28 @@ const workload = obj(
     },
     args: { type: 'array', minItems: 1, maxItems: 256, items: { type: 'string', maxLength: 65536 } },
     tls: obj({
-      ingress: { type: 'array', maxItems: 16, items: obj({ listen: PORT, to: PORT, clientCert: { enum: ['required', 'optional', 'none'] } }, ['listen', 'to']) },
+      ingress: {
+        type: 'array',
+        maxItems: 16,
+        items: obj(
+          {
+            listen: PORT,
+            to: PORT,
+            clientCert: { enum: ['required', 'optional', 'none'] },
+            // `web` (this policy), `org/app#web`, or {policy?, workload} like egress's `expect`
+            allow: { type: 'array', minItems: 1, maxItems: 64, items: { oneOf: [{ type: 'string', pattern: `^(${NAME.slice(1, -1)}#)?${WORKLOAD.slice(1)}` }, obj({ policy: { type: 'string', pattern: NAME }, workload: { type: 'string', pattern: WORKLOAD } }, ['workload'])] } },
+          },
+          ['listen', 'to'],
+          { if: { required: ['allow'] }, then: { properties: { clientCert: { const: 'required' } } } },
+        ),
+      },
       egress: {
         type: 'array',
         maxItems: 16,
-        items: obj({ listen: PORT, to: { type: 'string', maxLength: 300, pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]+):[0-9]{1,5}$' }, expect: obj({ policy: { type: 'string', pattern: NAME }, workload: { type: 'string', pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' } }, ['policy', 'workload']) }, ['listen', 'to', 'expect']),
+        items: obj({ listen: PORT, to: { type: 'string', maxLength: 300, pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]+):[0-9]{1,5}$' }, expect: obj({ policy: { type: 'string', pattern: NAME }, workload: { type: 'string', pattern: WORKLOAD } }, ['policy', 'workload']) }, ['listen', 'to', 'expect']),
       },
     }),
+    workloadCert: bool,
     volumes: {
       type: 'array',
       minItems: 1,

@@ -62,6 +62,8 @@ export interface AcceptRule {
   tcb?: { statuses: string[]; advisories: string[] };
   /** Minimum numeric claim values (e.g. isvsvn, guest_svn). */
   minSvn?: Record<string, number>;
+  /** `bound`: TOML init-data whose digest the evidence carries (SNP host_data, TDX mr_config_id) is required. */
+  initData?: 'bound';
   debug: boolean;
 }
 
@@ -95,6 +97,8 @@ export interface WorkloadSpec {
   args: Template[] | null;
   /** TLS proxies the launcher runs with the attested workload certificate (docs/tls.md). */
   tls?: TlsSpec;
+  /** Explicit grant of the deployment-CA workload certificate without `tls` (docs/tls.md); `tls` implies it. */
+  workloadCert?: boolean;
   /** Protected volumes (docs/volumes.md). */
   volumes?: VolumeSpec[];
 }
@@ -129,4 +133,9 @@ export interface SourcePosition {
   file: string;
   line: number;
   column: number;
+}
+
+/** Whether `<org>/<app>/workload-cert` may be issued to this workload: it declares `tls` or `workloadCert: true`. */
+export function workloadCertGranted(spec: WorkloadSpec): boolean {
+  return spec.tls !== undefined || spec.workloadCert === true;
 }

@@ -4,7 +4,7 @@ import { useEffect, useRef, useState } from 'preact/hooks';
 import { ApiError, api, setCsrf } from './api.js';
 import { lineDiff } from './line-diff.js';
 import { highlightYaml } from './yaml-highlight.js';
-import type { AuditEntry, AuditVerdict, Overview, PendingView, PolicyDetail, PolicySummary, SecretView, Session, UiEvent, VersionView, WorkloadView } from './types.js';
+import type { AuditEntry, AuditVerdict, Overview, PendingView, PolicyDetail, PolicySummary, SecretView, SelfAttestationStatus, Session, UiEvent, VersionView, WorkloadView } from './types.js';
 
 // ---------- small helpers ----------
 
@@ -74,6 +74,18 @@ function Diff({ before, after, label }: { before: string; after: string; label: 
   </div>`;
 }
 
+/** What `cocoon attest` would see: the TEE, the measurement and whether the evidence binds it. */
+function selfAttestationFacts(sa: SelfAttestationStatus): VNode {
+  if (!sa.available) return html`<span class="muted">not available: ${sa.reason}</span>`;
+  return html`<div>
+      <span class=${sa.insecure ? 'badge badge-error' : 'badge badge-affirming'}>${sa.tee}</span>
+      ${sa.insecure ? html` <strong>INSECURE:</strong> simulated TEE` : null}
+      <span class="muted"> · GET /cocoon/v1/attestation (cocoon attest)</span>
+    </div>
+    <div>measurement <code class="wrap">${sa.measurement}</code></div>
+    <div class="muted">${sa.measurementBound ? (sa.register ? `extended into ${sa.register}; the event log goes with the evidence` : 'signed in the simulated report') : 'not bound by the evidence (no runtime measurement register): verifiers check the TEE launch measurement'}</div>`;
+}
+
 // ---------- views ----------
 
 function OverviewView({ tick }: { tick: number }): VNode {
@@ -96,7 +108,7 @@ function OverviewView({ tick }: { tick: number }): VNode {
       <dt>Identity</dt><dd><code class="wrap">${kbs.id}</code></dd>
       <dt>Protocol</dt><dd>CoCo KBS ${kbs.protocol}</dd>
       <dt>Simulated TEEs</dt><dd>${kbs.allowSim ? html`<span class="badge badge-error">accepted (--allow-sim)</span>` : html`<span class="badge badge-affirming">refused</span>`}</dd>
-      <dt>Self-attestation</dt><dd class="muted">${kbs.selfAttestation.available ? 'available' : kbs.selfAttestation.reason}</dd>
+      <dt>Self-attestation</dt><dd>${selfAttestationFacts(kbs.selfAttestation)}</dd>
     </dl>
     <h2>Deployment CA</h2>
     ${ca.available

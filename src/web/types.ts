@@ -28,8 +28,13 @@ export interface CertInfo {
   notAfter: string;
 }
 
+/** The KBS's own attestation (GET /cocoon/v1/attestation; `cocoon serve --tee`). */
+export type SelfAttestationStatus =
+  | { available: true; tee: string; measurement: string; insecure: boolean; measurementBound: boolean; register: string | null }
+  | { available: false; reason: string };
+
 export interface Overview {
-  kbs: { id: string; protocol: string; allowSim: boolean; warning: string | null; selfAttestation: { available: boolean; reason?: string } };
+  kbs: { id: string; protocol: string; allowSim: boolean; warning: string | null; selfAttestation: SelfAttestationStatus };
   counts: Record<string, number>;
   ca: { available: boolean; root?: CertInfo | null; intermediate?: CertInfo | null; reason?: string };
 }

@@ -1,20 +1,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
-import { distCli, hasCommand, isRoot, testImage } from '../helpers/env.js';
+import { testImage } from '../helpers/env.js';
+import { cocoon, missing } from '../helpers/e2e.js';
 
-const execFileAsync = promisify(execFile);
-
-const reason = !isRoot ? 'needs root' : !hasCommand('runc') ? 'needs runc (scripts/setup.sh)' : undefined;
-
-test('cocoon demo --json: Redis runs confidentially under sim, PONG with the password, NOAUTH without, modified image refused', { skip: reason ?? false, timeout: 900_000 }, async () => {
+test('cocoon demo --json: Redis runs confidentially under sim, PONG with the password, NOAUTH without, modified image refused', { skip: missing('root', 'runc'), timeout: 900_000 }, async () => {
   const image = testImage('redis');
   if ('skip' in image) {
     assert.fail(`test image unavailable: ${image.skip}`);
   }
-  const { stdout } = await execFileAsync(process.execPath, [distCli, 'demo', '--json'], { maxBuffer: 8 * 1024 * 1024, timeout: 600_000 });
-  const summary = JSON.parse(stdout);
+  const demo = await cocoon(['demo', '--json'], 600_000);
+  assert.equal(demo.code, 0, demo.stderr);
+  const summary = JSON.parse(demo.stdout);
   assert.equal(summary.ok, true);
   assert.match(summary.insecure, /INSECURE/);
   assert.match(summary.wrap.measurement, /^[0-9a-f]{96}$/);
@@ -28,6 +24,7 @@ test('cocoon demo --json: Redis runs confidentially under sim, PONG with the pas
   assert.ok(summary.negative.launcherLog.some((l: string) => /application was not started/.test(l)));
   for (const key of ['kbsStartMs', 'wrapMs', 'policyMs', 'coldStartMs']) assert.equal(typeof summary.timings[key], 'number', key);
   // the demo cleans up after itself
-  const { stdout: ps } = await execFileAsync(process.execPath, [distCli, 'ps', '--json']);
-  assert.ok(!JSON.parse(ps).some((c: { name: string }) => c.name === summary.run.container));
+  const ps = await cocoon(['ps', '--json']);
+  assert.equal(ps.code, 0, ps.stderr);
+  assert.ok(!JSON.parse(ps.stdout).some((c: { name: string }) => c.name === summary.run.container));
 });

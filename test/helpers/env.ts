@@ -19,8 +19,12 @@ export function hasCommand(cmd: string): boolean {
 
 export const cacheDir = process.env.COCOON_CACHE ?? '/var/cache/cocoon';
 
+/** The images scripts/build-test-image.sh builds, with the reference each layout holds. */
+export const TEST_IMAGE_REFS = { redis: 'redis:7', 'python-web': 'python-web:1' } as const;
+export type TestImage = keyof typeof TEST_IMAGE_REFS;
+
 /** Builds (or reuses from the cache) a test image; returns its layout dir, or a reason to skip. */
-export function testImage(name: 'redis'): { layout: string } | { skip: string } {
+export function testImage(name: TestImage): { layout: string } | { skip: string } {
   if (!isRoot) return { skip: 'needs root' };
   if (!existsSync(distCli)) return { skip: 'dist/ not built (npm run build)' };
   try {

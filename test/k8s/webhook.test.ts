@@ -65,6 +65,7 @@ describe('admission webhook (AdmissionReview v1 fixtures)', () => {
     assert.deepEqual(c.env, [
       { name: 'COCOON_KBS_URL', value: 'http://cocoon-kbs.cocoon.svc:8080' },
       { name: 'COCOON_TEE', value: 'snp' },
+      { name: 'COCOON_INIT_DATA', valueFrom: { fieldRef: { fieldPath: "metadata.annotations['io.katacontainers.config.hypervisor.cc_init_data']" } } },
     ]);
     assert.equal(pod.metadata.annotations['cocoon.dev/policy'], 'shop/redis');
     // Idempotent: the patched pod comes back unchanged.
@@ -83,7 +84,7 @@ describe('admission webhook (AdmissionReview v1 fixtures)', () => {
     const out = reviewAdmission(review((r) => (r.request.object = partial)), config);
     assert.deepEqual(patchOf(out), [
       { op: 'add', path: '/metadata/annotations/cocoon.dev~1target', value: 'kata-cc' },
-      { op: 'add', path: '/spec/containers/0/env/-', value: { name: 'COCOON_TEE', value: 'snp' } },
+      { op: 'add', path: '/spec/containers/0/env/-', value: { name: 'COCOON_INIT_DATA', valueFrom: { fieldRef: { fieldPath: "metadata.annotations['io.katacontainers.config.hypervisor.cc_init_data']" } } } },
     ]);
   });
 

@@ -1,10 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import Database from 'better-sqlite3';
 import { exportJWK, generateKeyPair } from 'jose';
 import { buildKbsApp } from '../../src/kbs/app.js';
@@ -12,19 +10,7 @@ import { ownerSigningKey } from '../../src/kbs/owner-key.js';
 import { SEAL_KEY_FILE } from '../../src/kbs/sealer.js';
 import { POLICY_YAML, fakeVerifier, ownerRequest, rcarAttest } from './helpers.js';
 import type { TestKbs } from './helpers.js';
-
-const run = promisify(execFile);
-const MAIN = join(import.meta.dirname, '..', '..', 'src', 'cli', 'main.ts');
-
-async function cocoon(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, ['--import', 'tsx', MAIN, ...args], { timeout: 60_000 });
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { code: typeof e.code === 'number' ? e.code : -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
+import { cocoon } from './cli-runner.js';
 
 test('CLI: policy check/diff offline, audit verify finds a tampered row, recover share + apply', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'cocoon-cli-'));

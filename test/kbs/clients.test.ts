@@ -11,7 +11,8 @@ import type { AttestAndFetchOptions } from '../../src/kbs/client/rcar.js';
 import { OwnerClient } from '../../src/kbs/client/owner.js';
 import { parseLaunchPlan } from '../../src/kbs/launch-plan.js';
 import { createOwnerKey, loadOwnerPublicJwk } from '../../src/kbs/owner-key.js';
-import { CocoonError } from '../../src/errors.js';
+import { CocoonError, isCocoonError } from '../../src/errors.js';
+import { renderInitData } from '../../src/kbs/init-data.js';
 import { MEASUREMENT, POLICY_YAML, fakeEvidence, fakeVerifier } from './helpers.js';
 
 interface Env {
@@ -160,3 +161,24 @@ test('launcher client bounds the response size', async () => {
     (e: unknown) => e instanceof CocoonError && e.code === 'INPUT_TOO_LARGE',
   );
 });
+
+test('launcher client sends CoCo TOML init-data when it has it; the KBS selects the workload from it', () =>
+  withEnv(async ({ kbs, owner }) => {
+    await owner.applyPolicy(POLICY_YAML);
+    await owner.putSecret('demo/redis', 'layer-key', Buffer.alloc(32, 1));
+    const { toml } = renderInitData({ policy: 'demo/redis', workload: 'redis' });
+    const sent: unknown[] = [];
+    const capture: typeof fetch = async (input, init) => {
+      if (String(input).endsWith('/kbs/v0/attest')) sent.push(JSON.parse(String(init?.body))['init-data']);
+      return fetch(input, init);
+    };
+    const out = await attestAndFetch(launcherOptions(kbs.url, { fetchImpl: capture, initData: { policy: 'demo/redis', workload: 'redis', toml } }));
+    assert.ok(out.resources['demo/redis/launch-plan']);
+    assert.deepEqual(sent, [{ format: 'toml', body: toml }]);
+    // without it: Cocoon's unbound JSON selection, exactly {policy, workload}
+    await attestAndFetch(launcherOptions(kbs.url, { fetchImpl: capture }));
+    assert.deepEqual(sent[1], { format: 'json', body: '{"policy":"demo/redis","workload":"redis"}' });
+    // a TOML for another workload selects that workload, whatever policy/workload say
+    const other = renderInitData({ policy: 'demo/redis', workload: 'worker' }).toml;
+    await assert.rejects(attestAndFetch(launcherOptions(kbs.url, { initData: { policy: 'demo/redis', workload: 'redis', toml: other } })), (e) => isCocoonError(e, 'POLICY_DENIED'));
+  }));

@@ -6,7 +6,6 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pg from 'pg';
 import { createSimPlatform } from '../../src/attester/sim-platform.js';
 import { SimAttester } from '../../src/attester/sim.js';
 import { CocoonError } from '../../src/errors.js';
@@ -17,7 +16,7 @@ import { loadOrCreateIdentity } from '../../src/kbs/identity.js';
 import { FileSealer } from '../../src/kbs/sealer.js';
 import { openPostgresStore } from '../../src/kbs/store/postgres.js';
 import { MEASUREMENT, makeOwnerKey } from './helpers.js';
-import { startTempPostgres } from './pg-harness.js';
+import { createDatabase, startTempPostgres } from './pg-harness.js';
 
 const SERVE = join(import.meta.dirname, 'fixtures', 'serve-main.ts');
 
@@ -69,11 +68,7 @@ test('HA: two `cocoon serve` replicas on one PostgreSQL; SIGKILL one under load;
   const dir = mkdtempSync(join(tmpdir(), 'cocoon-ha-'));
   const children: ChildProcess[] = [];
   try {
-    const admin = new pg.Client({ connectionString: pgi.url });
-    await admin.connect();
-    await admin.query('CREATE DATABASE ha');
-    await admin.end();
-    const dbUrl = pgi.url.replace(/\/postgres$/, '/ha');
+    const dbUrl = await createDatabase(pgi, 'ha');
     // shared state of the replicas besides the database: identity key and seal key (a k8s Secret)
     await loadOrCreateIdentity(join(dir, 'data'));
     await FileSealer.open(join(dir, 'data'));

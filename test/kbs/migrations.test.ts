@@ -34,7 +34,7 @@ test('migrations: a store created by the first release upgrades in place (owners
     const check = new Database(file, { readonly: true });
     const applied = check.prepare('SELECT name FROM kbs_migration ORDER BY name').all() as { name: string }[];
     check.close();
-    assert.deepEqual(applied.map((r) => r.name), ['0001_initial', '0002_governance_audit_ca', '0003_volumes']);
+    assert.deepEqual(applied.map((r) => r.name), ['0001_initial', '0002_governance_audit_ca', '0003_volumes', '0004_issued_certs', '0005_instance_secrets']);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

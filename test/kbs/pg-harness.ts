@@ -4,6 +4,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import pg from 'pg';
 
 const run = promisify(execFile);
 const PG_BIN = '/usr/lib/postgresql/15/bin';
@@ -11,6 +12,19 @@ const PG_BIN = '/usr/lib/postgresql/15/bin';
 export interface TempPostgres {
   url: string;
   stop(): Promise<void>;
+}
+
+/** Creates database `name` in the cluster; returns its connection URL. */
+export async function createDatabase(cluster: TempPostgres, name: string): Promise<string> {
+  if (!/^[a-z][a-z0-9_]{0,62}$/.test(name)) throw new Error(`bad database name ${name}`);
+  const admin = new pg.Client({ connectionString: cluster.url });
+  await admin.connect();
+  try {
+    await admin.query(`CREATE DATABASE ${name}`);
+  } finally {
+    await admin.end();
+  }
+  return cluster.url.replace(/\/postgres$/, `/${name}`);
 }
 
 async function freePort(): Promise<number> {

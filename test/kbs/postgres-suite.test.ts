@@ -2,12 +2,11 @@ import { test } from 'node:test';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pg from 'pg';
 import { buildKbsApp } from '../../src/kbs/app.js';
 import { openPostgresStore } from '../../src/kbs/store/postgres.js';
 import { fakeVerifier, makeOwnerKey } from './helpers.js';
 import type { TestKbs } from './helpers.js';
-import { startTempPostgres } from './pg-harness.js';
+import { createDatabase, startTempPostgres } from './pg-harness.js';
 import { auditScenario, deploymentCaScenario, governanceScenario, nonOwnerScenario, secretKindsScenario } from './scenarios.js';
 
 const scenarios = { governanceScenario, nonOwnerScenario, auditScenario, secretKindsScenario, deploymentCaScenario };
@@ -21,12 +20,7 @@ test('PostgreSQL: the broker scenarios of the SQLite suite, each on its own data
   try {
     for (const [name, scenario] of Object.entries(scenarios)) {
       await t.test(name, async () => {
-        const db = name.toLowerCase();
-        const admin = new pg.Client({ connectionString: pgInstance.url });
-        await admin.connect();
-        await admin.query(`CREATE DATABASE ${db}`);
-        await admin.end();
-        const store = await openPostgresStore(pgInstance.url.replace(/\/postgres$/, `/${db}`));
+        const store = await openPostgresStore(await createDatabase(pgInstance, name.toLowerCase()));
         const dir = mkdtempSync(join(tmpdir(), 'cocoon-kbs-pgs-'));
         const owner = await makeOwnerKey();
         const app = await buildKbsApp({ dataDir: dir, store, verifier: fakeVerifier, allowSim: true, owners: [owner.publicJwk], logger: false });

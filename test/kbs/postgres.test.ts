@@ -3,14 +3,13 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pg from 'pg';
 import { buildKbsApp } from '../../src/kbs/app.js';
 import { FileSealer } from '../../src/kbs/sealer.js';
 import { loadOrCreateIdentity } from '../../src/kbs/identity.js';
 import { openPostgresStore } from '../../src/kbs/store/postgres.js';
 import { POLICY_YAML, fakeEvidence, fakeVerifier, makeOwnerKey, ownerRequest, ownerToken, sessionCookieOf, teeKey } from './helpers.js';
 import { rcarReportData } from '../../src/kbs/rcar-protocol.js';
-import { startTempPostgres } from './pg-harness.js';
+import { createDatabase, startTempPostgres } from './pg-harness.js';
 import { storeContract } from './store-contract.js';
 
 test('PostgreSQL: store contract, and two KBS replicas sharing one database', async (t) => {
@@ -21,12 +20,7 @@ test('PostgreSQL: store contract, and two KBS replicas sharing one database', as
   }
   const dir = mkdtempSync(join(tmpdir(), 'cocoon-kbs-pg-'));
   try {
-    const admin = new pg.Client({ connectionString: pgInstance.url });
-    await admin.connect();
-    await admin.query('CREATE DATABASE contract');
-    await admin.query('CREATE DATABASE kbs');
-    await admin.end();
-    const contractStore = await openPostgresStore(pgInstance.url.replace(/\/postgres$/, '/contract'));
+    const contractStore = await openPostgresStore(await createDatabase(pgInstance, 'contract'));
     try {
       await storeContract(contractStore);
     } finally {
@@ -34,7 +28,7 @@ test('PostgreSQL: store contract, and two KBS replicas sharing one database', as
     }
 
     // Replicas share the store, the identity key and the sealing key (a shared volume/secret in k8s).
-    const kbsUrl = pgInstance.url.replace(/\/postgres$/, '/kbs');
+    const kbsUrl = await createDatabase(pgInstance, 'kbs');
     const identity = await loadOrCreateIdentity(dir);
     const owner = await makeOwnerKey();
     const [storeA, storeB] = [await openPostgresStore(kbsUrl), await openPostgresStore(kbsUrl)];

@@ -50,6 +50,10 @@ test('TLS: a self-signed KBS certificate in the data dir (key 0600), served over
     assert.equal(tls.created, true);
     assert.equal(statSync(join(dir, TLS_KEY_FILE)).mode & 0o777, 0o600);
     assert.equal((await loadOrCreateSelfSignedTls(dir)).cert, tls.cert, 'reused on the next start');
+    // a data dir that does not exist yet (first start with --tls) is created, owner-only
+    const fresh = join(dir, 'not', 'yet');
+    assert.equal((await loadOrCreateSelfSignedTls(fresh)).created, true);
+    assert.equal(statSync(fresh).mode & 0o777, 0o700);
     const kbs = await startKbs({ dataDir: dir, verifier: fakeVerifier, logger: false, port: 0, tls: { cert: tls.cert, key: tls.key } });
     try {
       assert.match(kbs.url, /^https:\/\/127\.0\.0\.1:\d+$/);

@@ -255,6 +255,18 @@ export async function secretKindsScenario(kbs: TestKbs): Promise<void> {
     const second = (await plan(kbs)).plan!;
     assert.equal(second.env.SHARED, p1.env.SHARED, 'shared values are shared');
     assert.notEqual(second.env.INSTANCE, p1.env.INSTANCE, 'per-instance values differ');
+    // ...between instances; within one instance they are stable: the plan, a separate fetch in
+    // the same session and a fetch with the session's attestation token all see one value.
+    const fetchOwn = async (name: string, headers: Record<string, string>) => {
+      const res = await kbs.app.inject({ method: 'GET', url: `/kbs/v0/resource/shop/web/${name}`, headers });
+      assert.equal(res.statusCode, 200, res.body);
+      return Buffer.from((await flattenedDecrypt(res.json() as never, first.a.key.privateKey)).plaintext).toString();
+    };
+    assert.equal(await fetchOwn('per-instance', { cookie: first.a.cookie }), p1.env.INSTANCE, 'same session, same per-instance value');
+    assert.equal((JSON.parse(await fetchOwn('client', { cookie: first.a.cookie })) as { cert: string }).cert.trim(), file('/run/client.pem').trim(), 'per-instance certificates too');
+    const token = (first.a.attest.json() as { token: string }).token;
+    const viaToken = await fetchOwn('per-instance', { authorization: `Bearer ${token}` });
+    assert.equal(viaToken, await fetchOwn('per-instance', { authorization: `Bearer ${token}` }), 'one token, one value');
     const imported = await kbs.app.inject({ method: 'GET', url: '/kbs/v0/resource/shop/web/vault-key', headers: { cookie: first.a.cookie } });
     assert.equal(Buffer.from((await flattenedDecrypt(imported.json() as never, first.a.key.privateKey)).plaintext).toString(), 'vault-secret');
 
@@ -282,8 +294,16 @@ async function makeCsr(): Promise<{ pem: string; keys: webcrypto.CryptoKeyPair }
 
 export async function deploymentCaScenario(kbs: TestKbs): Promise<void> {
   {
-    await put(kbs, 'shop/web', WEB().replace('  vault-key: { kind: imported, from: shop/vault/api-key }\n', '').replace(', vault-key]', ']'));
+    await put(kbs, 'shop/web', WEB().replace('  vault-key: { kind: imported, from: shop/vault/api-key }\n', '').replace(', vault-key]', ']').replace('    maxActivations: 4\n', '    maxActivations: 4\n    workloadCert: true\n'));
     const { pem, keys } = await makeCsr();
+    // the gate: a workload that declares neither tls nor workloadCert gets no certificate, even with a bound CSR
+    const ungranted = await rcarAttest(kbs, { policy: 'shop/web', workload: 'nothing', measurement: 'cd'.repeat(48), csr: (await makeCsr()).pem });
+    assert.equal(ungranted.attest.statusCode, 200, ungranted.attest.body);
+    const refused = await kbs.app.inject({ method: 'GET', url: '/kbs/v0/resource/shop/web/workload-cert', headers: { cookie: ungranted.cookie } });
+    assert.deepEqual(code(refused), [403, 'WORKLOAD_CERT_NOT_GRANTED'], refused.body);
+    assert.match((refused.json() as { detail: string }).detail, /neither tls nor workloadCert/);
+    const refusedAudit = ((await ownerRequest(kbs, 'GET', '/cocoon/v1/audit?policy=shop/web')).json() as { entries: AuditRecord[] }).entries.map((e) => JSON.parse(e.detail) as Record<string, unknown>);
+    assert.ok(refusedAudit.some((d) => d.status === 'refused' && d.code === 'WORKLOAD_CERT_NOT_GRANTED' && d.resource === 'shop/web/workload-cert' && d.workload === 'nothing'), 'the refusal is audited');
     const a = await rcarAttest(kbs, { policy: 'shop/web', workload: 'web', csr: pem });
     assert.equal(a.attest.statusCode, 200, a.attest.body);
     const res = await kbs.app.inject({ method: 'GET', url: '/kbs/v0/resource/shop/web/workload-cert', headers: { cookie: a.cookie } });
@@ -306,12 +326,35 @@ export async function deploymentCaScenario(kbs: TestKbs): Promise<void> {
     const viaToken = await kbs.app.inject({ method: 'GET', url: '/kbs/v0/resource/shop/web/workload-cert', headers: { authorization: `Bearer ${token}` } });
     assert.equal(viaToken.statusCode, 200, viaToken.body);
 
-    // revocation shows up in the CRL
-    const rev = await ownerRequest(kbs, 'POST', '/cocoon/v1/ca/revoke', { serial: cert.serialNumber });
+    const tokenCert = new x509.X509Certificate((JSON.parse(Buffer.from((await flattenedDecrypt(viaToken.json() as never, a.key.privateKey)).plaintext).toString()) as { cert: string }).cert);
+
+    // revocation shows up in the CRL, with its reason code; revoking again is a no-op
+    const rev = await ownerRequest(kbs, 'POST', '/cocoon/v1/ca/revoke', { serial: cert.serialNumber.toUpperCase(), reason: 'keyCompromise' });
     assert.equal(rev.statusCode, 200, rev.body);
+    const serial = cert.serialNumber.toLowerCase();
+    assert.deepEqual(rev.json(), { serial, reason: 'keyCompromise', revoked: true, certificates: [{ serial, alreadyRevoked: false, policy: 'shop/web', workload: 'web' }] });
+    const twice = await ownerRequest(kbs, 'POST', '/cocoon/v1/ca/revoke', { serial, reason: 'keyCompromise' });
+    assert.equal(twice.statusCode, 200, twice.body);
+    assert.deepEqual((twice.json() as { revoked: boolean; certificates: { alreadyRevoked: boolean }[] }).revoked, false);
+    assert.equal((twice.json() as { certificates: { alreadyRevoked: boolean }[] }).certificates[0]?.alreadyRevoked, true);
+    // unknown serials are refused with a stable code, unless an administrator forces it
+    assert.deepEqual(code(await ownerRequest(kbs, 'POST', '/cocoon/v1/ca/revoke', { serial: '0badc0de' })), [404, 'CERT_UNKNOWN']);
+    assert.equal((await ownerRequest(kbs, 'POST', '/cocoon/v1/ca/revoke', { serial: '0badc0de', force: true })).statusCode, 200);
+    assert.deepEqual(code(await ownerRequest(kbs, 'POST', '/cocoon/v1/ca/revoke', { serial: '0badc0de', workload: 'shop/web#web' })), [400, 'BAD_USAGE']);
+    assert.deepEqual(code(await ownerRequest(kbs, 'POST', '/cocoon/v1/ca/revoke', { serial, reason: 'removeFromCRL' })), [400, 'INPUT_MALFORMED']);
+    assert.deepEqual(code(await ownerRequest(kbs, 'POST', '/cocoon/v1/ca/revoke', { workload: 'shop/web#ghost' })), [404, 'CERT_UNKNOWN']);
+    // by workload: every still-valid certificate of shop/web#web (the bearer-token one is new, the other already revoked)
+    const byWorkload = await ownerRequest(kbs, 'POST', '/cocoon/v1/ca/revoke', { workload: 'shop/web#web', reason: 'superseded' });
+    assert.equal(byWorkload.statusCode, 200, byWorkload.body);
+    const bw = byWorkload.json() as { revoked: boolean; certificates: { serial: string; alreadyRevoked: boolean }[] };
+    assert.equal(bw.revoked, true);
+    assert.deepEqual(bw.certificates.map((c) => [c.serial, c.alreadyRevoked]).sort(), [[serial, true], [tokenCert.serialNumber.toLowerCase(), false]].sort());
+    const revAudit = ((await ownerRequest(kbs, 'GET', '/cocoon/v1/audit?policy=shop/web')).json() as { entries: AuditRecord[] }).entries.filter((e) => e.action === 'ca.revoke');
+    assert.equal(revAudit.length, 3, 'each revocation request of a shop/web certificate is audited');
     const crlPem = (await kbs.app.inject({ method: 'GET', url: '/cocoon/v1/ca/crl' })).body;
     const crl = new x509.X509Crl(crlPem);
-    assert.ok(crl.findRevoked(cert));
+    assert.equal(crl.findRevoked(cert)?.reason, x509.X509CrlReason.keyCompromise);
+    assert.equal(crl.findRevoked(tokenCert)?.reason, x509.X509CrlReason.superseded);
     // an independent implementation agrees: OpenSSL verifies the chain, and with the CRL refuses the leaf
     if (existsSync('/usr/bin/openssl')) {
       const tmp = mkdtempSync(join(tmpdir(), 'cocoon-ossl-'));

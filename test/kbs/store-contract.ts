@@ -88,6 +88,29 @@ export async function storeContract(store: Store): Promise<void> {
     assert.equal(await store.revokeSerial('ab', 1, 'x'), true);
     assert.equal(await store.revokeSerial('ab', 2, 'x'), false);
     assert.deepEqual((await store.listRevoked()).map((r) => r.serial), ['ab']);
+    assert.deepEqual(await store.getRevoked('ab'), { serial: 'ab', at: 1, reason: 'x' });
+    assert.equal(await store.getRevoked('cd'), undefined);
+    // issued workload certificates (migration 0004)
+    await store.recordCert({ serial: 'c1', policy: 'demo/app', workload: 'w', issuedAt: 10, notAfter: 100 });
+    await store.recordCert({ serial: 'c2', policy: 'demo/app', workload: 'w', issuedAt: 20, notAfter: 200 });
+    await store.recordCert({ serial: 'c3', policy: 'demo/app', workload: 'other', issuedAt: 30, notAfter: 300 });
+    await store.recordCert({ serial: 'c1', policy: 'x/y', workload: 'z', issuedAt: 40, notAfter: 400 });
+    assert.deepEqual(await store.getCert('c1'), { serial: 'c1', policy: 'demo/app', workload: 'w', issuedAt: 10, notAfter: 100 });
+    assert.equal(await store.getCert('nope'), undefined);
+    assert.deepEqual((await store.listCerts('demo/app', 'w', 50, 10)).map((c) => c.serial), ['c2', 'c1']);
+    assert.deepEqual((await store.listCerts('demo/app', 'w', 150, 10)).map((c) => c.serial), ['c2']);
+
+    // per-instance secret values (migration 0005): first writer wins, also under concurrency; purged at expiry
+    const inst = { instance: 'session:s1', policy: 'demo/app', name: 'pw', expiresAt: 500 };
+    assert.equal(await store.getInstanceSecret('session:s1', 'demo/app', 'pw'), undefined);
+    const writers = await Promise.all(['v1.a', 'v1.b', 'v1.c'].map((sealed) => store.putInstanceSecretIfAbsent({ ...inst, sealed })));
+    assert.equal(new Set(writers).size, 1, `every writer sees the winner: ${writers.join(',')}`);
+    assert.equal(await store.getInstanceSecret('session:s1', 'demo/app', 'pw'), writers[0]);
+    assert.equal(await store.putInstanceSecretIfAbsent({ ...inst, instance: 'session:s2', sealed: 'v1.z' }), 'v1.z', 'other instances are independent');
+    await store.purgeExpired(499);
+    assert.equal(await store.getInstanceSecret('session:s1', 'demo/app', 'pw'), writers[0]);
+    await store.purgeExpired(500);
+    assert.equal(await store.getInstanceSecret('session:s1', 'demo/app', 'pw'), undefined);
 
     // activations: atomic counting against a maximum, also under concurrency
     const counts = await Promise.all(Array.from({ length: 6 }, () => store.countActivation('demo/app', 'w', 4)));

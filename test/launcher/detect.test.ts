@@ -54,3 +54,19 @@ test('attester settings from the environment are strictly parsed', () => {
   ];
   for (const env of bad) assert.throws(() => launcherConfigFromEnv({ COCOON_KBS_URL: 'http://x', ...env }), (e) => isCocoonError(e, 'BAD_USAGE'), JSON.stringify(env));
 });
+
+test('COCOON_INIT_DATA: the Kata annotation encoding (base64 gzip TOML), checked before anything is sent', async () => {
+  const { renderInitData } = await import('../../src/kbs/init-data.js');
+  const { gzipSync } = await import('node:zlib');
+  const rendered = renderInitData({ policy: 'shop/web', workload: 'web', kbsUrl: 'https://kbs.example' });
+  const c = launcherConfigFromEnv({ COCOON_KBS_URL: 'http://x', COCOON_INIT_DATA: rendered.annotation });
+  assert.equal(c.initData, rendered.toml);
+  assert.equal(launcherConfigFromEnv({ COCOON_KBS_URL: 'http://x' }).initData, undefined);
+  const bad: Array<[string, string]> = [
+    ['not base64 gzip', 'bm90IGd6aXA='],
+    ['gzip of something that is not TOML', gzipSync('version = ').toString('base64')],
+    ['TOML without cocoon.json', gzipSync('version = "0.1.0"\nalgorithm = "sha256"\n[data]\n').toString('base64')],
+    ['a gzip bomb past 64 KiB', gzipSync(Buffer.alloc(200 * 1024, 0x61)).toString('base64')],
+  ];
+  for (const [what, value] of bad) assert.throws(() => launcherConfigFromEnv({ COCOON_KBS_URL: 'http://x', COCOON_INIT_DATA: value }), (e) => isCocoonError(e) && ['INPUT_MALFORMED', 'INPUT_TOO_LARGE'].includes(e.code), what);
+});

@@ -8,109 +8,39 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
-import { createServer, connect as netConnect } from 'node:net';
-import type { AddressInfo, Server } from 'node:net';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startKbs, type RunningKbs } from '../../src/kbs/app.js';
-import { createBrokerVerifier } from '../../src/kbs/verifier.js';
-import { OwnerClient } from '../../src/kbs/client/owner.js';
-import { attestAndFetch } from '../../src/kbs/client/rcar.js';
-import { createOwnerKey, loadOwnerPublicJwk } from '../../src/kbs/owner-key.js';
+import type { RunningKbs } from '../../src/kbs/app.js';
+import type { OwnerClient } from '../../src/kbs/client/owner.js';
 import { parseLaunchPlan, renderLaunchPlan } from '../../src/kbs/launch-plan.js';
 import { createRootCa, generateKeyPairPem, issueLeaf } from '../../src/kbs/certs.js';
-import { createSimPlatform } from '../../src/attester/sim-platform.js';
-import { SimAttester } from '../../src/attester/sim.js';
 import { parsePolicy } from '../../src/policy/parse.js';
 import { isCocoonError } from '../../src/errors.js';
-import { createLauncherLog } from '../../src/launcher/log.js';
-import { generateWorkloadKey, startPlanTls, workloadCertIfTls } from '../../src/launcher/tls/index.js';
+import { generateWorkloadKey, startPlanTls } from '../../src/launcher/tls/index.js';
 import type { TlsMaterial } from '../../src/launcher/tls/index.js';
 import { parseWorkloadCert } from '../../src/launcher/tls/material.js';
 import { checkPeerIdentity, peerIdentity } from '../../src/launcher/tls/identity.js';
-import { startTlsProxies } from '../../src/launcher/tls/proxy.js';
+import { clientRefusalReason, startTlsProxies, verificationReason } from '../../src/launcher/tls/proxy.js';
+import { parseTlsSpec } from '../../src/policy/tls.js';
+import { M_CLIENT, M_SERVER, TlsDeployment, exchange, freePort, policy, startApp } from './tls-harness.js';
 
-const M_SERVER = 'a1'.repeat(48);
-const M_CLIENT = 'b2'.repeat(48);
 const M_OTHER = 'c3'.repeat(48);
 
+const deployment = new TlsDeployment();
+const { logLines, log } = deployment;
 let work: string;
 let kbs: RunningKbs;
 let owner: OwnerClient;
-let sim: SimAttester;
-const logLines: string[] = [];
-const log = createLauncherLog({ write: (s: string) => logLines.push(s) } as unknown as NodeJS.WritableStream);
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const { port } = s.address() as AddressInfo;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
-
-function policy(name: string, workloads: Record<string, { m: string; tls?: string }>): string {
-  let y = `name: ${name}\nsecrets:\n  layer-key: { kind: layer-key }\nworkloads:\n`;
-  for (const [w, v] of Object.entries(workloads)) {
-    y += `  ${w}:\n    accept:\n      - tee: [sim]\n        measurement: "${v.m}"\n`;
-    if (v.tls) y += `    tls:\n${v.tls.replace(/^/gm, '      ')}\n`;
-  }
-  return y;
-}
 
 /** What the launcher does: attest with a CSR, fetch the plan and (when it declares tls) the certificate. */
-async function attestWorkload(pol: string, workload: string, measurement: string) {
-  const key = await generateWorkloadKey();
-  const planName = `${pol}/launch-plan`;
-  const fetched = await attestAndFetch({
-    kbsUrl: kbs.url,
-    tee: 'sim',
-    evidenceProvider: (rd) => sim.getEvidence(rd, measurement),
-    initData: { policy: pol, workload },
-    resources: [planName],
-    csr: key.csrPem,
-    moreResources: workloadCertIfTls(planName),
-    retry: { attempts: 1, baseDelayMs: 1, maxDelayMs: 1 },
-  });
-  return { key, fetched, plan: parseLaunchPlan(fetched.resources[planName]) };
-}
+const attestWorkload = (pol: string, workload: string, measurement: string) => deployment.attest(kbs.url, pol, workload, measurement);
 
 async function materialFor(pol: string, workload: string, measurement: string): Promise<TlsMaterial> {
   const { key, fetched } = await attestWorkload(pol, workload, measurement);
   return parseWorkloadCert(fetched.resources[`${pol}/workload-cert`], key.keyPem);
-}
-
-/** The "app": a line server answering PONG to PING and echoing anything else. */
-async function startApp(): Promise<{ server: Server; port: number }> {
-  const server = createServer((s) => {
-    s.on('error', () => s.destroy());
-    s.on('data', (d) => s.write(d.toString() === 'PING\r\n' ? '+PONG\r\n' : d));
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return { server, port: (server.address() as AddressInfo).port };
-}
-
-/** Sends `data` through a plaintext connection; resolves with what came back before close or 2 s. */
-function exchange(port: number, data: string): Promise<string> {
-  return new Promise((resolve) => {
-    const s = netConnect(port, '127.0.0.1');
-    let got = '';
-    const done = () => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve(got);
-    };
-    const timer = setTimeout(done, 2000);
-    s.on('connect', () => s.write(data));
-    s.on('data', (d) => {
-      got += d.toString();
-      if (got.includes('\n')) done();
-    });
-    s.on('error', done);
-    s.on('close', done);
-  });
 }
 
 /** A TLS client with an explicit key/cert (or none); resolves with the reply or the error. */
@@ -138,28 +68,29 @@ function tlsExchange(port: number, ca: string, cert?: { key: string; cert: strin
   });
 }
 
-before(async () => {
-  work = await mkdtemp(join(tmpdir(), 'cocoon-tls-'));
-  const cfg = join(work, 'cfg');
-  await mkdir(cfg);
-  await createOwnerKey(join(cfg, 'owner.key.json'), join(cfg, 'owner.pub.json'));
-  const platform = await createSimPlatform(join(cfg, 'sim'));
-  sim = new SimAttester(platform.platformDir);
-  kbs = await startKbs({
-    dataDir: join(work, 'kbs'),
-    port: 0,
-    allowSim: true,
-    owners: [await loadOwnerPublicJwk(join(cfg, 'owner.pub.json'))],
-    verifier: createBrokerVerifier({ simRoots: [platform.rootPem] }),
-    logger: false,
+/** A workload certificate (identity shop/redis#redis) from a CA that only looks like the deployment CA. */
+async function rogueCertificate() {
+  const kp = await generateKeyPairPem('P-256');
+  const rogueCa = await generateKeyPairPem('P-384');
+  const rogueRoot = await createRootCa(rogueCa.keys, { subject: 'CN=Cocoon deployment root CA, O=Cocoon', validMs: 86_400_000, now: new Date() });
+  const rogueLeaf = await issueLeaf({ cert: rogueRoot, key: rogueCa.keys.privateKey }, kp.keys.publicKey, {
+    subject: 'CN=redis.redis.shop',
+    sans: [],
+    usage: 'both',
+    keyUsage: ['digitalSignature'],
+    validMs: 86_400_000,
+    now: new Date(),
+    identity: { v: 1, policy: 'shop/redis', version: 1, workload: 'redis', tee: 'sim', insecure: true },
   });
-  owner = await OwnerClient.create({ kbsUrl: kbs.url, ownerKeyFile: join(cfg, 'owner.key.json') });
+  return { kp, rogueRoot, rogueLeaf };
+}
+
+before(async () => {
+  await deployment.start('cocoon-tls-');
+  ({ work, kbs, owner } = deployment);
 });
 
-after(async () => {
-  await kbs?.close();
-  await rm(work, { recursive: true, force: true });
-});
+after(() => deployment.close());
 
 test('policy tls: parsed strictly, carried in the launch plan, errors name the field', () => {
   const yaml = policy('shop/redis', {
@@ -245,18 +176,7 @@ test('two workloads talk only through launcher-provided mTLS; unattested clients
     const none = await tlsExchange(ingressPort, serverMaterial.rootPem);
     assert.equal(none.reply, '', 'no data without a client certificate');
     // a certificate from another CA
-    const kp = await generateKeyPairPem('P-256');
-    const rogueCa = await generateKeyPairPem('P-384');
-    const rogueRoot = await createRootCa(rogueCa.keys, { subject: 'CN=Cocoon deployment root CA, O=Cocoon', validMs: 86_400_000, now: new Date() });
-    const rogueLeaf = await issueLeaf({ cert: rogueRoot, key: rogueCa.keys.privateKey }, kp.keys.publicKey, {
-      subject: 'CN=redis.redis.shop',
-      sans: [],
-      usage: 'both',
-      keyUsage: ['digitalSignature'],
-      validMs: 86_400_000,
-      now: new Date(),
-      identity: { v: 1, policy: 'shop/redis', version: 1, workload: 'redis', tee: 'sim', insecure: true },
-    });
+    const { kp, rogueRoot, rogueLeaf } = await rogueCertificate();
     const rogue = await tlsExchange(ingressPort, serverMaterial.rootPem, { key: kp.key, cert: rogueLeaf.toString('pem') });
     assert.equal(rogue.reply, '', 'no data with a certificate from another CA');
     assert.ok(logLines.some((l) => /refused a client/.test(l)));
@@ -314,6 +234,77 @@ test('two workloads talk only through launcher-provided mTLS; unattested clients
     await serverTls.close();
     await new Promise<void>((r) => app.server.close(() => r()));
   }
+});
+
+test('ingress allow list: only the named workloads get through; every refusal says why', async () => {
+  const [M_DB, M_WEB, M_BATCH] = ['d4'.repeat(48), 'e5'.repeat(48), 'f6'.repeat(48)];
+  const dbPort = await freePort();
+  const egress = (port: number) => `egress: [{ listen: ${port}, to: "127.0.0.1:${dbPort}", expect: { policy: shop/mall, workload: db } }]`;
+  await owner.applyPolicy(
+    policy('shop/mall', {
+      db: { m: M_DB, tls: `ingress: [{ listen: ${dbPort}, to: 5432, clientCert: required, allow: [web] }]` },
+      web: { m: M_WEB, tls: egress(await freePort()) },
+      batch: { m: M_BATCH, tls: egress(await freePort()) },
+    }),
+  );
+  await owner.putSecret('shop/mall', 'layer-key', randomBytes(32));
+  const db = await attestWorkload('shop/mall', 'db', M_DB);
+  // `allow: [web]` reaches the launcher as this policy's workload
+  assert.deepEqual(db.plan.tls?.ingress[0]?.allow, [{ policy: 'shop/mall', workload: 'web' }]);
+  const dbMaterial = parseWorkloadCert(db.fetched.resources['shop/mall/workload-cert'], db.key.keyPem);
+  const web = await materialFor('shop/mall', 'web', M_WEB);
+  const batch = await materialFor('shop/mall', 'batch', M_BATCH);
+  const app = await startApp();
+  const only = await startTlsProxies({ ingress: [{ ...db.plan.tls!.ingress[0]!, to: app.port }], egress: [] }, dbMaterial, log, { ingressHost: '127.0.0.1' });
+  // the same ingress naming another policy's workload as well (as the launch plan writes it)
+  const twoPort = await freePort();
+  const two = await startTlsProxies(parseTlsSpec({ ingress: [{ listen: twoPort, to: app.port, allow: ['shop/mall#web', 'shop/web#app'] }] }), dbMaterial, log, { ingressHost: '127.0.0.1' });
+  const as = (m: TlsMaterial) => ({ key: m.keyPem, cert: m.certChainPem });
+  const refusedWith = (re: RegExp) => assert.ok(logLines.some((l) => re.test(l)), `${re}\n${logLines.join('')}`);
+  try {
+    refusedWith(new RegExp(`tls ingress :${dbPort} → app :\\d+ listening \\(client certificate required, allow shop/mall#web\\)`));
+    logLines.length = 0;
+    // the allowed workload of the same policy
+    assert.equal((await tlsExchange(dbPort, dbMaterial.rootPem, as(web))).reply, '+PONG\r\n');
+    refusedWith(/tls ingress :\d+ → app :\d+: connection from 127\.0\.0\.1, shop\/mall#web \(sim, INSECURE simulated TEE\)/);
+    // another workload of the same policy and CA
+    assert.equal((await tlsExchange(dbPort, dbMaterial.rootPem, as(batch))).reply, '');
+    refusedWith(/refused client 127\.0\.0\.1: workload shop\/mall#batch is not in the allow list of this ingress \(shop\/mall#web\)/);
+    // another policy's workload, refused unless named
+    assert.equal((await tlsExchange(dbPort, dbMaterial.rootPem, as(clientMaterial))).reply, '');
+    refusedWith(/refused client 127\.0\.0\.1: workload shop\/web#app is not in the allow list of this ingress \(shop\/mall#web\)/);
+    assert.equal((await tlsExchange(twoPort, dbMaterial.rootPem, as(clientMaterial))).reply, '+PONG\r\n');
+    refusedWith(new RegExp(`tls ingress :${twoPort} → app :\\d+: connection from 127\\.0\\.0\\.1, shop/web#app`));
+    assert.equal((await tlsExchange(twoPort, dbMaterial.rootPem, as(web))).reply, '+PONG\r\n');
+    assert.equal((await tlsExchange(twoPort, dbMaterial.rootPem, as(batch))).reply, '');
+    refusedWith(/workload shop\/mall#batch is not in the allow list of this ingress \(shop\/mall#web, shop\/web#app\)/);
+
+    // refusals during the handshake name the reason and the client's address
+    logLines.length = 0;
+    assert.equal((await tlsExchange(dbPort, dbMaterial.rootPem)).reply, '');
+    const { kp, rogueLeaf } = await rogueCertificate();
+    assert.equal((await tlsExchange(dbPort, dbMaterial.rootPem, { key: kp.key, cert: rogueLeaf.toString('pem') })).reply, '');
+    // a genuine leaf sent without its intermediate does not chain to the root either
+    assert.equal((await tlsExchange(dbPort, dbMaterial.rootPem, { key: web.keyPem, cert: web.certChainPem.split(/(?<=-----END CERTIFICATE-----\n)/)[0]! })).reply, '');
+    assert.equal(await exchange(dbPort, 'PING\r\n'), '');
+    // (the server logs a refusal when it has closed the connection, maybe just after the client saw it)
+    for (let i = 0; i < 200 && logLines.filter((l) => /refused a client from 127\.0\.0\.1: /.test(l)).length < 4; i++) await new Promise((r) => setTimeout(r, 25));
+    refusedWith(/refused a client from 127\.0\.0\.1: no client certificate \(peer did not return a certificate\)/);
+    refusedWith(/refused a client from 127\.0\.0\.1: certificate not issued by the deployment CA, or sent without its intermediate \((UNABLE_TO_GET_ISSUER_CERT_LOCALLY|UNABLE_TO_VERIFY_LEAF_SIGNATURE)\)/);
+    assert.equal(logLines.filter((l) => /certificate not issued by the deployment CA/.test(l)).length, 2, logLines.join(''));
+    refusedWith(/refused a client from 127\.0\.0\.1: not a TLS client \(wrong version number\)/);
+    assert.doesNotMatch(logLines.join(''), /socket hang up|BEGIN|PRIVATE/);
+  } finally {
+    await only.close();
+    await two.close();
+    await new Promise<void>((r) => app.server.close(() => r()));
+  }
+  // the reasons, one by one
+  assert.match(verificationReason('DEPTH_ZERO_SELF_SIGNED_CERT'), /^certificate not issued by the deployment CA/);
+  assert.match(verificationReason('CERT_HAS_EXPIRED'), /expired/);
+  assert.match(clientRefusalReason(Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' })), /closed the connection during the TLS handshake/);
+  assert.match(clientRefusalReason(Object.assign(new Error('x:error:0A00009C:SSL routines:ssl3_get_record:http request:../ssl3_record.c:341:'), { code: 'ERR_SSL_HTTP_REQUEST' })), /^not a TLS client \(http request\)$/);
+  assert.match(clientRefusalReason(Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' }), 'SELF_SIGNED_CERT_IN_CHAIN'), /not issued by the deployment CA/);
 });
 
 test('startPlanTls: no tls → nothing; a port in use → TLS_PROXY_FAILED and nothing left listening', async () => {

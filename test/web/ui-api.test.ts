@@ -5,6 +5,8 @@ import { join } from 'node:path';
 import { brotliDecompressSync } from 'node:zlib';
 import type { OwnerSigningKey } from '../../src/kbs/owner-key.js';
 import { UI_CSP } from '../../src/kbs/routes/ui.js';
+import { SELF_ATTESTATION_NOT_CONFIGURED } from '../../src/kbs/self-attest.js';
+import { SimAttester } from '../../src/attester/sim.js';
 import { EventHub, SseClient, sseFrame } from '../../src/kbs/ui/live.js';
 import type { EventRecord, Store } from '../../src/kbs/store/types.js';
 import { mintUiLoginToken } from '../../src/kbs/ui/login-token.js';
@@ -398,4 +400,35 @@ test('event hub: primes on the first poll, forwards new events once, asks for a 
   assert.deepEqual(got, ['e2', 'e3']);
   off();
   assert.equal(hub.size, 0);
+});
+
+test('overview: KBS self-attestation status (TEE, measurement, insecure, bound) or "not available" with the reason', async () => {
+  const overviewOf = async (kbs: TestKbs) => {
+    const { cookie } = await login(kbs, 'auditor');
+    const res = await kbs.app.inject({ method: 'GET', url: '/ui/api/overview', headers: { cookie } });
+    assert.equal(res.statusCode, 200, res.body);
+    assert.equal(res.headers['content-security-policy'], UI_CSP);
+    return (res.json() as { kbs: { selfAttestation: Record<string, unknown> } }).kbs.selfAttestation;
+  };
+  const measurement = 'cd'.repeat(48);
+  const fakeTpm = { tee: 'tpm' as const, getEvidence: async () => ({}) };
+  const cases: Array<[Parameters<typeof makeKbs>[0], Record<string, unknown>]> = [
+    [{}, { available: false, reason: SELF_ATTESTATION_NOT_CONFIGURED }],
+    [{ selfAttestationUnavailable: '--tee auto: no supported TEE found; probed: TPM at /dev/tpmrm0: absent' }, { available: false, reason: '--tee auto: no supported TEE found; probed: TPM at /dev/tpmrm0: absent' }],
+    [{ selfAttestation: { attester: new SimAttester('/nonexistent'), measurement } }, { available: true, tee: 'sim', measurement, insecure: true, measurementBound: true, register: null }],
+    [{ selfAttestation: { attester: fakeTpm, measurement, register: 'PCR 23 (sha256)' } }, { available: true, tee: 'tpm', measurement, insecure: false, measurementBound: true, register: 'PCR 23 (sha256)' }],
+    [{ selfAttestation: { attester: { ...fakeTpm, tee: 'snp' as const }, measurement } }, { available: true, tee: 'snp', measurement, insecure: false, measurementBound: false, register: null }],
+  ];
+  for (const [overrides, want] of cases) {
+    const kbs = await makeKbs(overrides);
+    try {
+      assert.deepEqual(await overviewOf(kbs), want);
+      // the endpoint itself exists exactly when an attester is configured
+      const ep = await kbs.app.inject({ method: 'GET', url: `/cocoon/v1/attestation?nonce=${'ab'.repeat(32)}` });
+      if (want.available) assert.notEqual(ep.statusCode, 404);
+      else assert.equal(ep.statusCode, 404);
+    } finally {
+      await kbs.cleanup();
+    }
+  }
 });

@@ -23,7 +23,7 @@ export interface SimReport {
 
 export interface SimEvidence {
   report: string; // base64 of the report's canonical JSON bytes
-  signature: string; // base64 IEEE-P1363 ECDSA P-384 / SHA-384
+  signature: string; // base64 IEEE-P1363 ECDSA: P-256 / SHA-256, or P-384 / SHA-384 (platforms before 0.2)
   certs: string[]; // PEM, platform certificate first
 }
 
@@ -65,6 +65,14 @@ export function parseSimEvidence(input: unknown): { evidence: SimEvidence; repor
   return { evidence: { report, signature, certs: certs as string[] }, report: reportObj, reportBytes };
 }
 
+/** The report signature's hash, fixed by the platform key's curve; other keys are refused. */
+export function simSignatureHash(key: KeyObject): 'sha256' | 'sha384' {
+  const curve = key.asymmetricKeyType === 'ec' ? key.asymmetricKeyDetails?.namedCurve : undefined;
+  if (curve === 'prime256v1') return 'sha256';
+  if (curve === 'secp384r1') return 'sha384';
+  throw malformed('platform key must be ECDSA P-256 or P-384');
+}
+
 function loadCert(pem: string, what: string): X509Certificate {
   try {
     return new X509Certificate(pem);
@@ -86,7 +94,7 @@ interface CheckedPlatform {
 
 /**
  * Parsed platform certificates with their chain verdict, keyed by the exact certificate and
- * root bytes: parsing and the P-384 chain signature are the same for every report of one
+ * root bytes: parsing and the chain signature are the same for every report of one
  * platform. Validity windows are still checked against each call's time.
  */
 const platformCache = new Map<string, CheckedPlatform>();
@@ -116,7 +124,7 @@ export async function verifySimEvidence(input: unknown, trust: SimTrust, options
     errors.push({ code: 'EVIDENCE_CHAIN_INVALID', stage: 'cert_validity', message: 'sim certificate outside its validity window' });
   }
 
-  const verifier = createVerify('sha384').update(reportBytes);
+  const verifier = createVerify(simSignatureHash(key)).update(reportBytes);
   const signatureOk = verifier.verify({ key, dsaEncoding: 'ieee-p1363' }, Buffer.from(evidence.signature, 'base64'));
   if (!signatureOk) errors.push({ code: 'EVIDENCE_SIGNATURE_INVALID', stage: 'report_signature', message: 'sim report signature does not verify' });
 

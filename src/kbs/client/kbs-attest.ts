@@ -9,9 +9,11 @@ import { request as httpsRequest } from 'node:https';
 import { connect as tlsConnect } from 'node:tls';
 import type { TLSSocket } from 'node:tls';
 import { isTeeKind } from '../../attestation/types.js';
-import type { TeeKind } from '../../attestation/types.js';
+import type { Claims, TeeKind } from '../../attestation/types.js';
+import type { TrustInput } from '../../attestation/index.js';
+import { EVENT_LOG_KEY, parseEventLog, WORKLOAD_EVENT } from '../../attestation/eventlog.js';
 import { CocoonError } from '../../errors.js';
-import { certSha256, KBS_ATTESTATION_PATH, KBS_ATTESTATION_VERSION, kbsAttestationReportData } from '../self-attest.js';
+import { certSha256, KBS_ATTESTATION_PATH, KBS_ATTESTATION_VERSION, KBS_SELF_EVENT, kbsAttestationReportData } from '../self-attest.js';
 import type { KbsAttestationBinding } from '../self-attest.js';
 import { createBrokerVerifier } from '../verifier.js';
 
@@ -24,6 +26,13 @@ export interface KbsAttestOptions {
   expectMeasurement?: string;
   /** Accept INSECURE simulated evidence, verified against these sim roots. */
   insecureSimRoots?: string[];
+  /** PEM public keys of the TPM attestation keys whose quotes are accepted (`tpm` evidence). */
+  trustedAks?: string[];
+  /**
+   * Collateral / certificates for hardware evidence, asked once the TEE kind is known
+   * (`cocoon attest` passes the `cocoon verify` collateral flags through collateralTrust).
+   */
+  trustFor?: (tee: TeeKind) => Promise<Pick<TrustInput, 'collateral' | 'certs'>>;
   timeoutMs?: number;
 }
 
@@ -31,7 +40,14 @@ export interface KbsAttestResult {
   kbsUrl: string;
   tee: TeeKind;
   insecure: boolean;
-  measurement: string;
+  /**
+   * The KBS measurement the evidence binds (sim: the signed report; tpm / tdx: the replayed
+   * event log), null when the TEE has no runtime register and the evidence binds none.
+   */
+  measurement: string | null;
+  /** The verified claims of the evidence (hardware launch measurements, TCB, PCRs, …). */
+  claims: Claims;
+  tcbStatus?: string;
   caRootPem: string;
   caRootSha256: string;
   /** SHA-256 of the KBS TLS SubjectPublicKeyInfo seen on the connection (https), null for http. */
@@ -87,7 +103,7 @@ async function getJson(url: URL, timeoutMs: number): Promise<{ body: unknown; pe
       });
       res.on('end', () => {
         const text = Buffer.concat(chunks).toString('utf8');
-        if (res.statusCode === 404) return reject(new CocoonError('NOT_FOUND', `${url.origin} serves no attestation (${KBS_ATTESTATION_PATH}); start it with --allow-sim and a sim platform, or on a TEE`));
+        if (res.statusCode === 404) return reject(new CocoonError('NOT_FOUND', `${url.origin} serves no attestation (${KBS_ATTESTATION_PATH}); start it with --tee (hardware TEE) or --allow-sim and a sim platform`));
         if (res.statusCode !== 200) return reject(new CocoonError('KBS_NOT_TRUSTED', `KBS attestation: HTTP ${res.statusCode ?? '?'}: ${text.slice(0, 200)}`));
         try {
           resolve(JSON.parse(text));
@@ -143,27 +159,55 @@ export async function attestKbs(options: KbsAttestOptions): Promise<KbsAttestRes
   if (peerDer && binding.tlsSpkiSha256 !== tlsSpki) throw new CocoonError('KBS_NOT_TRUSTED', 'KBS attestation: the TLS key of this connection is not the one the evidence binds (a TLS-terminating proxy or an impostor)');
 
   if (tee === 'sim' && !options.insecureSimRoots) throw new CocoonError('SIM_NOT_ALLOWED', 'the KBS presents INSECURE simulated evidence; pass --insecure-sim to accept it (development only)');
-  const verifier = createBrokerVerifier({ simRoots: options.insecureSimRoots ?? [] });
+  const trust = tee === 'sim' || tee === 'tpm' || !options.trustFor ? {} : await options.trustFor(tee);
+  const verifier = createBrokerVerifier({ simRoots: options.insecureSimRoots ?? [], trustedAks: options.trustedAks ?? [], trust });
   const reportData = kbsAttestationReportData(binding);
   const result = await verifier(tee, o.evidence, { at: new Date(), reportData });
   if (!result.verified) {
     const e = result.errors[0];
+    if (e?.code === 'AK_NOT_TRUSTED') {
+      const ak = (o.evidence as Record<string, unknown> | null)?.ak_public;
+      const akHash = typeof ak === 'string' ? createHash('sha256').update(Buffer.from(ak, 'base64')).digest('hex') : '?';
+      throw new CocoonError('AK_NOT_TRUSTED', `the KBS's TPM attestation key (SPKI sha256:${akHash}) is not one of the ${options.trustedAks?.length ?? 0} --trusted-ak key(s)`, { details: { errors: result.errors.slice(0, 8) } });
+    }
     throw new CocoonError('KBS_NOT_TRUSTED', `KBS evidence does not verify: ${e ? `${e.code}: ${e.message}` : 'unknown reason'}`, { details: { errors: result.errors.slice(0, 8) } });
   }
-  if (result.claims.report_data !== Buffer.from(reportData).toString('hex')) throw new CocoonError('REPORT_DATA_MISMATCH', 'KBS evidence does not bind the nonce, TLS key and CA root');
-  const measured = result.claims.measurement ?? result.claims.workload_measurement;
-  if (measured !== o.measurement) throw new CocoonError('KBS_NOT_TRUSTED', 'KBS evidence measurement differs from the one the KBS reports');
-  if (options.expectMeasurement !== undefined && measured !== options.expectMeasurement) {
-    throw new CocoonError('MEASUREMENT_MISMATCH', `KBS measurement ${String(measured)} is not the expected ${options.expectMeasurement}`);
+  // Azure vTPM evidence binds the report data as the vTPM quote's qualifying data (checked by the verifier)
+  const boundRd = result.claims.report_data ?? (tee === 'az-snp-vtpm' || tee === 'az-tdx-vtpm' ? result.claims.tpm_nonce : undefined);
+  if (boundRd !== Buffer.from(reportData).toString('hex')) throw new CocoonError('REPORT_DATA_MISMATCH', 'KBS evidence does not bind the nonce, TLS key and CA root');
+  const measured = boundMeasurement(tee, o.evidence, result.claims);
+  if (measured !== null && measured !== o.measurement) throw new CocoonError('KBS_NOT_TRUSTED', 'KBS evidence measurement differs from the one the KBS reports');
+  if (options.expectMeasurement !== undefined) {
+    if (measured === null) throw new CocoonError('MEASUREMENT_MISMATCH', `the ${tee} evidence binds no KBS measurement (no runtime register, no event log): --expect-measurement cannot be checked; compare the TEE's launch measurement in the claims instead`);
+    if (measured !== options.expectMeasurement) throw new CocoonError('MEASUREMENT_MISMATCH', `KBS measurement ${measured} is not the expected ${options.expectMeasurement}`);
   }
   return {
     kbsUrl: base.origin,
     tee,
     insecure: result.insecure === true || tee === 'sim',
-    measurement: o.measurement,
+    measurement: measured,
+    claims: result.claims,
+    ...(result.tcbStatus ? { tcbStatus: result.tcbStatus } : {}),
     caRootPem: o.caRoot.endsWith('\n') ? o.caRoot : `${o.caRoot}\n`,
     caRootSha256,
     tlsSpkiSha256: tlsSpki,
     tlsCertPem: peerDer ? derToPem(peerDer) : null,
   };
+}
+
+/**
+ * The KBS measurement that verified evidence binds: sim signs it in its report; tpm / tdx
+ * carry it in the replayed event log (the verifier exposes it as `workload_measurement` only
+ * after the replay matched the signed register), whose event must be the KBS's own
+ * (`cocoon/kbs#kbs`, not a workload's). Null when the evidence has no event log.
+ */
+function boundMeasurement(tee: TeeKind, evidence: unknown, claims: Claims): string | null {
+  if (tee === 'sim') return typeof claims.measurement === 'string' ? claims.measurement : null;
+  if (typeof claims.workload_register !== 'string') return null;
+  const log = parseEventLog((evidence as Record<string, unknown>)[EVENT_LOG_KEY]);
+  const event = log.events.find((e) => e.event.type === WORKLOAD_EVENT)?.event;
+  if (!event || event.policy !== KBS_SELF_EVENT.policy || event.workload !== KBS_SELF_EVENT.workload) {
+    throw new CocoonError('KBS_NOT_TRUSTED', `KBS evidence: the event log records workload ${event ? `${event.policy}#${event.workload}` : '?'}, not the KBS (${KBS_SELF_EVENT.policy}#${KBS_SELF_EVENT.workload})`);
+  }
+  return typeof claims.workload_measurement === 'string' ? claims.workload_measurement : null;
 }

@@ -68,6 +68,15 @@ export interface CaCertificates {
   workloadIdentityOid: string;
 }
 
+export interface RevokeResult {
+  serial?: string;
+  workload?: string;
+  reason: string;
+  /** True when at least one certificate was not revoked before. */
+  revoked: boolean;
+  certificates: { serial: string; alreadyRevoked: boolean; policy: string | null; workload: string | null }[];
+}
+
 export interface PolicyVersionInfo extends PolicyRef {
   predecessor: string | null;
   createdAt: string;
@@ -206,8 +215,10 @@ export class OwnerClient {
     return (await this.call('GET', '/cocoon/v1/ca/crl', undefined, false, true)) as string;
   }
 
-  async revoke(serial: string, reason?: string): Promise<{ serial: string; revoked: boolean }> {
-    return (await this.call('POST', '/cocoon/v1/ca/revoke', { serial, ...(reason ? { reason } : {}) })) as { serial: string; revoked: boolean };
+  /** Revokes one serial, or (`{workload: 'org/app#name'}`) every current certificate of a workload. */
+  async revoke(target: string | { serial?: string; workload?: string; reason?: string; force?: boolean }, reason?: string): Promise<RevokeResult> {
+    const body = typeof target === 'string' ? { serial: target, ...(reason ? { reason } : {}) } : target;
+    return (await this.call('POST', '/cocoon/v1/ca/revoke', body)) as RevokeResult;
   }
 
   /** Mints a single-use owner token bound to this request's method and path. */

@@ -17,7 +17,12 @@ export interface AttestAndFetchOptions {
   tee: string;
   /** Produces evidence whose report_data is the given 64 bytes. */
   evidenceProvider: (reportData: Uint8Array) => Promise<unknown>;
-  initData: { policy: string; workload: string };
+  /**
+   * Selects the policy and workload. With `toml` (a CoCo init-data document whose digest the
+   * host put into SNP HOST_DATA / TDX MRCONFIGID) it is sent as `format: "toml"` — the binding
+   * the KBS checks; otherwise as Cocoon's unbound `format: "json"` selection.
+   */
+  initData: { policy: string; workload: string; toml?: string };
   /** `org/app/name` resources to fetch, e.g. `demo/redis/launch-plan`. */
   resources: string[];
   /** PKCS#10 CSR (PEM or base64 DER) to bind into report_data; then `<org>/<app>/workload-cert` issues a certificate for it. */
@@ -102,7 +107,10 @@ async function exchange(base: string, options: AttestAndFetchOptions, teePubkey:
     method: 'POST',
     headers,
     body: {
-      'init-data': { format: 'json', body: JSON.stringify(options.initData) },
+      'init-data':
+        options.initData.toml !== undefined
+          ? { format: 'toml', body: options.initData.toml }
+          : { format: 'json', body: JSON.stringify({ policy: options.initData.policy, workload: options.initData.workload }) },
       'runtime-data': { nonce: challenge.nonce, 'tee-pubkey': teePubkey, ...(options.csr !== undefined ? { csr: options.csr } : {}) },
       'tee-evidence': { primary_evidence: evidence, additional_evidence: '' },
     },

@@ -9,6 +9,8 @@ import { verifyOwnerToken } from '../owner-auth.js';
 import { appendAudit, withRetry } from '../audit.js';
 import type { AuditInput } from '../audit.js';
 import { WORKLOAD_IDENTITY_OID } from '../certs.js';
+import { revokeCertificates } from '../revoke.js';
+import { REVOCATION_REASONS } from '../revocation-reasons.js';
 import { applyPolicy, approvePending, currentPolicy, isAdmin, pendingView, rejectPending, requirePolicyAccess } from '../policies.js';
 import { diffPolicies } from '../../policy/diff.js';
 import { parsePolicy } from '../../policy/parse.js';
@@ -75,7 +77,22 @@ const AuditQuery = Type.Object(
   { additionalProperties: false },
 );
 const CaInfo = Type.Object({ root: Type.String(), intermediate: Type.String(), chain: Type.String(), workloadIdentityOid: Type.String() });
-const RevokeBody = Type.Object({ serial: Type.String({ pattern: '^[0-9a-fA-F]{2,64}$' }), reason: Type.Optional(Type.String({ maxLength: 64, pattern: '^[A-Za-z0-9 ._-]*$' })) }, { additionalProperties: false });
+const RevokeBody = Type.Object(
+  {
+    serial: Type.Optional(Type.String({ pattern: '^[0-9a-fA-F]{2,64}$' })),
+    workload: Type.Optional(Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}/[a-z0-9][a-z0-9._-]{0,62}#[a-z0-9][a-z0-9._-]{0,62}$' })),
+    reason: Type.Optional(Type.Union(REVOCATION_REASONS.map((r) => Type.Literal(r)))),
+    force: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
+const RevokeResult = Type.Object({
+  serial: Type.Optional(Type.String()),
+  workload: Type.Optional(Type.String()),
+  reason: Type.String(),
+  revoked: Type.Boolean(),
+  certificates: Type.Array(Type.Object({ serial: Type.String(), alreadyRevoked: Type.Boolean(), policy: Type.Union([Type.String(), Type.Null()]), workload: Type.Union([Type.String(), Type.Null()]) })),
+});
 const VersionInfo = Type.Object({
   name: Type.String(),
   version: Type.Integer(),
@@ -269,20 +286,15 @@ export function ownerRoutes(ctx: KbsContext) {
         return { publicKey: ctx.identity.publicJwk as Record<string, unknown>, entries };
       });
 
-      a.post('/cocoon/v1/ca/revoke', { schema: { summary: 'Revoke a certificate serial (listed in the CRL)', security, body: RevokeBody, response: { 200: Type.Object({ serial: Type.String(), revoked: Type.Boolean() }), ...errors } } }, async (request) => {
-        if (!(await isAdmin(ctx, request.owner ?? ''))) throw new CocoonError('FORBIDDEN', 'only KBS administrators may revoke certificates');
-        const serial = request.body.serial.toLowerCase();
-        const at = ctx.now().getTime();
-        const revoked = await withRetry(() =>
-          ctx.store.transaction(async (tx) => {
-            const fresh = await tx.revokeSerial(serial, at, request.body.reason ?? 'unspecified');
-            await appendAudit(tx, ctx.auditKey, { actor: request.owner ?? '', action: 'ca.revoke', detail: { serial, fresh } }, at);
-            return fresh;
-          }),
-        );
-        request.audited = true;
-        return { serial, revoked };
-      });
+      a.post(
+        '/cocoon/v1/ca/revoke',
+        { schema: { summary: 'Revoke a workload certificate by serial, or all current ones of a workload (listed in the CRL; idempotent)', security, body: RevokeBody, response: { 200: RevokeResult, ...errors } } },
+        async (request) => {
+          const result = await revokeCertificates(ctx, request.owner ?? '', request.body);
+          request.audited = true;
+          return result;
+        },
+      );
 
       a.get(
         '/cocoon/v1/policies/:org/:app/history',

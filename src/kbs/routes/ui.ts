@@ -16,6 +16,7 @@ import { DEFAULT_UI_SESSION_TTL_S, UiSessionStore, clearedCookie, csrfMatches, r
 import type { UiSession } from '../ui/session.js';
 import { AuditVerifier, EVENT_SCAN_LIMIT, activationCounts, PolicyIndex, caInfo, eventClaims, eventVisible, filterEvents, policyDetail, readablePolicy, secretsView, visibleEvents, visiblePolicies, workloadsView } from '../ui/views.js';
 import { NAME_SEGMENT, PolicyParams } from './common.js';
+import { SELF_ATTESTATION_NOT_CONFIGURED, type SelfAttestationStatus } from '../self-attest.js';
 
 export interface UiOptions {
   /** Built dashboard (dist/web); default: COCOON_WEB_DIR or the package's dist/web. */
@@ -26,6 +27,8 @@ export interface UiOptions {
   heartbeatMs?: number;
   sseQueue?: number;
   maxStreams?: number;
+  /** The KBS's own attestation, for the overview (default: not configured). */
+  selfAttestation?: SelfAttestationStatus;
 }
 
 /** Strict CSP: only this origin's files, no inline script or style, no framing. */
@@ -202,7 +205,7 @@ export function uiRoutes(ctx: KbsContext, options: UiOptions = {}) {
             protocol: '0.4.0',
             allowSim: ctx.allowSim,
             warning: ctx.allowSim ? 'INSECURE: simulated TEE evidence is accepted by this KBS (--allow-sim)' : null,
-            selfAttestation: { available: false, reason: 'not available on this KBS' },
+            selfAttestation: options.selfAttestation ?? { available: false, reason: SELF_ATTESTATION_NOT_CONFIGURED },
           },
           counts: {
             policies: policies.length,

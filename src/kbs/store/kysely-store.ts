@@ -2,7 +2,7 @@ import { sql } from 'kysely';
 import type { Kysely, Selectable } from 'kysely';
 import { CocoonError } from '../../errors.js';
 import type { Database } from './schema.js';
-import type { ApplyPolicyInput, ApprovalRecord, AuditRecord, CaRecord, EventRecord, OwnerRecord, PendingRecord, PolicyVersionRecord, SecretRecord, SessionRecord, Store, VolumeRecord } from './types.js';
+import type { ApplyPolicyInput, ApprovalRecord, AuditRecord, CaRecord, EventRecord, InstanceSecretRecord, IssuedCertRecord, OwnerRecord, PendingRecord, PolicyVersionRecord, SecretRecord, SessionRecord, Store, VolumeRecord } from './types.js';
 
 const num = (v: number | string): number => (typeof v === 'number' ? v : Number(v));
 
@@ -135,6 +135,29 @@ export class KyselyStore implements Store {
   async listRevoked(): Promise<{ serial: string; at: number; reason: string }[]> {
     const rows = await this.db.selectFrom('kbs_revoked').selectAll().orderBy('at').limit(100_000).execute();
     return rows.map((r) => ({ serial: r.serial, at: num(r.at), reason: r.reason }));
+  }
+
+  async getRevoked(serial: string): Promise<{ serial: string; at: number; reason: string } | undefined> {
+    const r = await this.db.selectFrom('kbs_revoked').selectAll().where('serial', '=', serial).executeTakeFirst();
+    return r && { serial: r.serial, at: num(r.at), reason: r.reason };
+  }
+
+  async recordCert(rec: IssuedCertRecord): Promise<void> {
+    await this.db
+      .insertInto('kbs_certs')
+      .values({ serial: rec.serial, policy: rec.policy, workload: rec.workload, issued_at: rec.issuedAt, not_after: rec.notAfter })
+      .onConflict((oc) => oc.column('serial').doNothing())
+      .execute();
+  }
+
+  async getCert(serial: string): Promise<IssuedCertRecord | undefined> {
+    const r = await this.db.selectFrom('kbs_certs').selectAll().where('serial', '=', serial).executeTakeFirst();
+    return r && certFromRow(r);
+  }
+
+  async listCerts(policy: string, workload: string, validAt: number, limit: number): Promise<IssuedCertRecord[]> {
+    const rows = await this.db.selectFrom('kbs_certs').selectAll().where('policy', '=', policy).where('workload', '=', workload).where('not_after', '>', validAt).orderBy('issued_at', 'desc').limit(limit).execute();
+    return rows.map(certFromRow);
   }
 
   async listActivations(policy: string): Promise<Record<string, number>> {
@@ -370,7 +393,24 @@ export class KyselyStore implements Store {
     await this.db.transaction().execute(async (trx) => {
       await trx.deleteFrom('kbs_sessions').where('expires_at', '<=', now).execute();
       await trx.deleteFrom('kbs_jti').where('expires_at', '<=', now).execute();
+      await trx.deleteFrom('kbs_instance_secrets').where('expires_at', '<=', now).execute();
     });
+  }
+
+  async putInstanceSecretIfAbsent(rec: InstanceSecretRecord): Promise<string> {
+    await this.db
+      .insertInto('kbs_instance_secrets')
+      .values({ instance: rec.instance, policy: rec.policy, name: rec.name, sealed: rec.sealed, expires_at: rec.expiresAt })
+      .onConflict((oc) => oc.columns(['instance', 'policy', 'name']).doNothing())
+      .execute();
+    const sealed = await this.getInstanceSecret(rec.instance, rec.policy, rec.name);
+    if (sealed === undefined) throw new CocoonError('IO_ERROR', 'instance secret vanished after insert');
+    return sealed;
+  }
+
+  async getInstanceSecret(instance: string, policy: string, name: string): Promise<string | undefined> {
+    const row = await this.db.selectFrom('kbs_instance_secrets').select('sealed').where('instance', '=', instance).where('policy', '=', policy).where('name', '=', name).executeTakeFirst();
+    return row?.sealed;
   }
 
   async rememberJti(jti: string, expiresAt: number, now: number): Promise<boolean> {
@@ -484,4 +524,8 @@ function toEvent(row: Selectable<Database['kbs_events']>): EventRecord & { seq: 
 
 function volumeFromRow(r: Selectable<Database['kbs_volumes']>): VolumeRecord {
   return { policy: r.policy, workload: r.workload, volume: r.volume, version: num(r.version), sealedKey: r.sealed_key, createdAt: num(r.created_at), updatedAt: num(r.updated_at) };
+}
+
+function certFromRow(r: Selectable<Database['kbs_certs']>): IssuedCertRecord {
+  return { serial: r.serial, policy: r.policy, workload: r.workload, issuedAt: num(r.issued_at), notAfter: num(r.not_after) };
 }

@@ -164,6 +164,36 @@ export function migrations(dialect: 'sqlite' | 'postgres'): Record<string, Migra
         .execute();
     },
   },
+  '0004_issued_certs': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      // Workload certificates issued by the deployment CA: revocation by workload, unknown serials refused.
+      await db.schema
+        .createTable('kbs_certs')
+        .addColumn('serial', 'varchar(64)', (c) => c.primaryKey())
+        .addColumn('policy', 'varchar(160)', (c) => c.notNull())
+        .addColumn('workload', 'varchar(128)', (c) => c.notNull())
+        .addColumn('issued_at', 'bigint', (c) => c.notNull())
+        .addColumn('not_after', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('kbs_certs_workload').on('kbs_certs').columns(['policy', 'workload', 'not_after']).execute();
+    },
+  },
+  '0005_instance_secrets': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      // Per-instance secret values, generated once per attested instance (session or token) and
+      // kept, sealed, until it expires: a launch plan and a later fetch see the same value.
+      await db.schema
+        .createTable('kbs_instance_secrets')
+        .addColumn('instance', 'varchar(96)', (c) => c.notNull())
+        .addColumn('policy', 'varchar(160)', (c) => c.notNull())
+        .addColumn('name', 'varchar(128)', (c) => c.notNull())
+        .addColumn('sealed', 'text', (c) => c.notNull())
+        .addColumn('expires_at', 'bigint', (c) => c.notNull())
+        .addPrimaryKeyConstraint('kbs_instance_secrets_pk', ['instance', 'policy', 'name'])
+        .execute();
+      await db.schema.createIndex('kbs_instance_secrets_expiry').on('kbs_instance_secrets').column('expires_at').execute();
+    },
+  },
   };
 }
 

@@ -57,6 +57,8 @@ export interface Database {
   kbs_audit: { seq: number | string; at: number | string; actor: string; action: string; policy: string | null; detail: string; prev: string; hash: string; sig: string };
   kbs_ca: { id: string; kind: string; serial: string; cert: string; sealed_key: string; created_at: number | string; not_after: number | string };
   kbs_revoked: { serial: string; at: number | string; reason: string };
+  kbs_certs: { serial: string; policy: string; workload: string; issued_at: number | string; not_after: number | string };
+  kbs_instance_secrets: { instance: string; policy: string; name: string; sealed: string; expires_at: number | string };
   kbs_activations: { policy: string; workload: string; count: number };
   kbs_volumes: { policy: string; workload: string; volume: string; version: number | string; sealed_key: string; created_at: number | string; updated_at: number | string };
 }

@@ -51,6 +51,15 @@ export interface AuditRecord {
   sig: string;
 }
 
+/** A deployment-CA workload certificate the KBS issued (revocation by serial or by workload). */
+export interface IssuedCertRecord {
+  serial: string;
+  policy: string;
+  workload: string;
+  issuedAt: number;
+  notAfter: number;
+}
+
 export interface CaRecord {
   id: string;
   kind: 'root' | 'intermediate';
@@ -95,6 +104,15 @@ export interface SessionRecord {
   teePubkey: string | null;
   /** JSON of the attestation outcome (policy, workload, insecure, token expiry). */
   attestation: string | null;
+}
+
+export interface InstanceSecretRecord {
+  /** `session:<id>` or `token:<jti>`. */
+  instance: string;
+  policy: string;
+  name: string;
+  sealed: string;
+  expiresAt: number;
 }
 
 export interface EventRecord {
@@ -160,7 +178,14 @@ export interface Store {
   /** Atomically marks the session's nonce used; false if it was already used, expired or absent. */
   consumeNonce(id: string, now: number): Promise<boolean>;
   completeSession(id: string, teePubkey: string, attestation: string, expiresAt: number): Promise<void>;
+  /** Sessions, jtis and per-instance secret values past their expiry. */
   purgeExpired(now: number): Promise<void>;
+  /**
+   * Keeps `rec` unless a value for (instance, policy, name) exists; returns the stored sealed
+   * value either way (the first writer wins, also across replicas).
+   */
+  putInstanceSecretIfAbsent(rec: InstanceSecretRecord): Promise<string>;
+  getInstanceSecret(instance: string, policy: string, name: string): Promise<string | undefined>;
 
   /** Records a token id; false when it was seen before (replay). */
   rememberJti(jti: string, expiresAt: number, now: number): Promise<boolean>;
@@ -201,6 +226,12 @@ export interface Store {
   listCa(kind: CaRecord['kind'], limit: number): Promise<CaRecord[]>;
   revokeSerial(serial: string, at: number, reason: string): Promise<boolean>;
   listRevoked(): Promise<{ serial: string; at: number; reason: string }[]>;
+  getRevoked(serial: string): Promise<{ serial: string; at: number; reason: string } | undefined>;
+  /** Issued workload certificates (migration 0004). */
+  recordCert(rec: IssuedCertRecord): Promise<void>;
+  getCert(serial: string): Promise<IssuedCertRecord | undefined>;
+  /** Certificates of a workload still valid at `validAt`, newest first. */
+  listCerts(policy: string, workload: string, validAt: number, limit: number): Promise<IssuedCertRecord[]>;
 
   /** Counts one activation unless `max` is reached; returns the new count or false. */
   countActivation(policy: string, workload: string, max: number | undefined): Promise<number | false>;

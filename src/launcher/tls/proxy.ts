@@ -10,9 +10,11 @@ import type { Server as NetServer, Socket } from 'node:net';
 import { connect as tlsConnect, createSecureContext, createServer as createTlsServer } from 'node:tls';
 import type { SecureContext, Server as TlsServer, TLSSocket } from 'node:tls';
 import { CocoonError, asCocoonError } from '../../errors.js';
+import { peerNameText } from '../../policy/tls.js';
 import type { TlsEgress, TlsIngress, TlsSpec } from '../../policy/tls.js';
 import type { LauncherLog } from '../log.js';
-import { checkPeerIdentity, describeIdentity, peerIdentity } from './identity.js';
+import { checkPeerAllowed, checkPeerIdentity, describeIdentity } from './identity.js';
+import type { WorkloadIdentity } from './identity.js';
 import type { TlsMaterial } from './material.js';
 
 export const HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -23,6 +25,11 @@ export interface ProxyOptions {
   ingressHost?: string;
   /** Where the app listens inside the TEE (default 127.0.0.1). */
   appHost?: string;
+  /**
+   * Called with the serial (hex) of every verified peer certificate, ingress and egress; throws
+   * TLS_PEER_REJECTED to refuse it (the deployment CA's CRL, docs/tls.md "Revocation").
+   */
+  checkRevocation?: (serialHex: string) => void;
 }
 
 export interface TlsProxies {
@@ -46,6 +53,50 @@ function pipeBoth(a: Socket, b: Socket): void {
 
 function oneLine(message: string): string {
   return message.replace(/[\r\n]+/g, ' ').slice(0, 300);
+}
+
+/** X.509 verification results that mean "this certificate does not chain to the deployment root". */
+const NOT_OUR_CA = new Set(['DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'CERT_SIGNATURE_FAILURE', 'CERT_UNTRUSTED', 'INVALID_CA']);
+
+/** Why a client certificate did not verify, from Node's `authorizationError` (a code such as UNABLE_TO_GET_ISSUER_CERT_LOCALLY). */
+export function verificationReason(authorizationError: unknown): string {
+  const code = authorizationError instanceof Error ? ((authorizationError as { code?: string }).code ?? authorizationError.message) : String(authorizationError ?? 'not verified');
+  if (NOT_OUR_CA.has(code)) return `certificate not issued by the deployment CA, or sent without its intermediate (${code})`;
+  if (code === 'CERT_HAS_EXPIRED') return `client certificate expired (${code})`;
+  if (code === 'CERT_NOT_YET_VALID') return `client certificate not yet valid (${code})`;
+  return `client certificate does not verify against the deployment CA (${oneLine(code).slice(0, 80)})`;
+}
+
+/**
+ * Why an ingress handshake failed (the `tlsClientError` of the server), for the log: the
+ * certificate verification result when there was one, otherwise the TLS alert or OpenSSL
+ * reason in words. Never certificate or key bytes.
+ */
+export function clientRefusalReason(err: Error, authorizationError?: unknown): string {
+  if (authorizationError) return verificationReason(authorizationError);
+  const code = (err as { code?: string }).code ?? '';
+  const ssl = /SSL routines:[^:]*:([^:]+)/.exec(err.message)?.[1];
+  if (code === 'ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE') return 'no client certificate (peer did not return a certificate)';
+  if (code === 'ERR_SSL_WRONG_VERSION_NUMBER' || code === 'ERR_SSL_HTTP_REQUEST' || code === 'ERR_SSL_PACKET_LENGTH_TOO_LONG') return `not a TLS client (${ssl ?? code})`;
+  if (code === 'ERR_TLS_HANDSHAKE_TIMEOUT') return `TLS handshake not done within ${HANDSHAKE_TIMEOUT_MS} ms`;
+  if (code === 'ECONNRESET') return 'the client closed the connection during the TLS handshake';
+  return `TLS handshake failed: ${oneLine(ssl ?? err.message)}`;
+}
+
+/**
+ * Clients' addresses by TCP socket, noted on accept: after Node has destroyed a TLS socket (a
+ * refused certificate) it no longer knows its peer, so `tlsClientError` looks the address up
+ * through the TCP socket the TLS socket wraps.
+ */
+function rememberAddresses(server: TlsServer): (socket: TLSSocket) => string {
+  const addresses = new WeakMap<Socket, string>();
+  server.on('connection', (raw: Socket) => {
+    if (raw.remoteAddress) addresses.set(raw, raw.remoteAddress);
+  });
+  return (socket) => {
+    const raw = (socket as unknown as { _parent?: Socket | null })._parent;
+    return socket.remoteAddress ?? (raw ? addresses.get(raw) : undefined) ?? '?';
+  };
 }
 
 function contextFor(m: TlsMaterial): SecureContext {
@@ -90,8 +141,9 @@ async function startIngress(spec: TlsIngress, material: () => TlsMaterial, log: 
     minVersion: 'TLSv1.2',
   });
   server.maxConnections = MAX_CONNECTIONS;
+  const remoteOf = rememberAddresses(server);
   server.on('tlsClientError', (err, socket) => {
-    log.warn(`${what}: refused a client from ${socket.remoteAddress ?? '?'}: ${oneLine(err.message)}`);
+    log.warn(`${what}: refused a client from ${remoteOf(socket)}: ${clientRefusalReason(err, socket.authorizationError)}`);
   });
   server.on('secureConnection', (socket: TLSSocket) => {
     tracker.add(socket);
@@ -101,11 +153,14 @@ async function startIngress(spec: TlsIngress, material: () => TlsMaterial, log: 
       const peer = socket.getPeerCertificate();
       const presented = peer && Object.keys(peer).length > 0 && peer.raw !== undefined;
       if (presented || spec.clientCert === 'required') {
+        let id: WorkloadIdentity | undefined;
         try {
-          if (!socket.authorized) throw new CocoonError('TLS_PEER_REJECTED', `client certificate does not chain to the deployment CA (${String(socket.authorizationError ?? 'not verified')})`);
-          who = describeIdentity(peerIdentity(presented ? peer.raw : Buffer.alloc(0)));
+          if (!socket.authorized) throw new CocoonError('TLS_PEER_REJECTED', presented ? verificationReason(socket.authorizationError) : 'no client certificate');
+          id = checkPeerAllowed(presented ? peer.raw : Buffer.alloc(0), spec.allow);
+          opts.checkRevocation?.(peer.serialNumber);
+          who = describeIdentity(id);
         } catch (err) {
-          log.warn(`${what}: refused client ${socket.remoteAddress ?? '?'}: ${oneLine(asCocoonError(err).message)}`);
+          log.warn(`${what}: refused client ${socket.remoteAddress ?? '?'}${id ? `, ${describeIdentity(id)}` : ''}: ${oneLine(asCocoonError(err).message)}`);
           socket.destroy();
           return;
         }
@@ -118,13 +173,13 @@ async function startIngress(spec: TlsIngress, material: () => TlsMaterial, log: 
     pipeBoth(socket, app);
   });
   await listen(server, spec.listen, opts.ingressHost ?? '0.0.0.0', what);
-  log.info(`${what} listening (client certificate ${spec.clientCert})`);
+  log.info(`${what} listening (client certificate ${spec.clientCert}${spec.allow ? `, allow ${spec.allow.map(peerNameText).join(', ')}` : ''})`);
   return server;
 }
 
-async function startEgress(spec: TlsEgress, material: () => TlsMaterial, log: LauncherLog, tracker: Tracker): Promise<NetServer> {
+async function startEgress(spec: TlsEgress, material: () => TlsMaterial, log: LauncherLog, tracker: Tracker, opts: ProxyOptions): Promise<NetServer> {
   const what = `tls egress 127.0.0.1:${spec.listen} → ${spec.to}`;
-  const expected = `${spec.expect.policy}#${spec.expect.workload}`;
+  const expected = peerNameText(spec.expect);
   const server = createNetServer({ pauseOnConnect: true }, (local) => {
     tracker.add(local);
     local.on('error', () => local.destroy());
@@ -143,7 +198,9 @@ async function startEgress(spec: TlsEgress, material: () => TlsMaterial, log: La
       // is the attested workload identity, not the DNS name
       checkServerIdentity: (_host, cert) => {
         try {
-          identity = describeIdentity(checkPeerIdentity(cert.raw, spec.expect));
+          const id = describeIdentity(checkPeerIdentity(cert.raw, spec.expect));
+          opts.checkRevocation?.(cert.serialNumber);
+          identity = id;
           return undefined;
         } catch (err) {
           return asCocoonError(err);
@@ -188,7 +245,7 @@ export async function startTlsProxies(spec: TlsSpec, initial: TlsMaterial, log: 
       ingress.push(s);
       servers.push(s);
     }
-    for (const e of spec.egress) servers.push(await startEgress(e, material, log, tracker));
+    for (const e of spec.egress) servers.push(await startEgress(e, material, log, tracker, opts));
   } catch (err) {
     await close();
     throw err;
