@@ -22,7 +22,6 @@ import type { ChildProcess } from 'node:child_process';
 import { createPrivateKey, createPublicKey, createSign } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import { createServer } from 'node:net';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -36,6 +35,7 @@ import { OwnerClient } from '../src/kbs/client/owner.js';
 import { ownerSigningKey } from '../src/kbs/owner-key.js';
 import { exportJWK, generateKeyPair } from 'jose';
 import { createDatabase, startTempPostgres } from '../test/kbs/pg-harness.js';
+import { freePort } from '../src/util/net.js';
 
 const arg = (name: string, dflt: number) => (process.argv.includes(name) ? Number(process.argv[process.argv.indexOf(name) + 1]) : dflt);
 const seconds = arg('--seconds', 5);
@@ -94,14 +94,6 @@ function httpFetch(maxSockets: number): typeof fetch {
   }) as typeof fetch;
 }
 const clientFetch: typeof fetch = clientKind === 'http' ? httpFetch(concurrency) : fetch;
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return port;
-}
 
 async function waitReady(url: string, child: ChildProcess): Promise<void> {
   let err = '';

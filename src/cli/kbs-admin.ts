@@ -1,4 +1,4 @@
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import Table from 'cli-table3';
@@ -169,15 +169,18 @@ export function registerKbsAdmin(program: Command): void {
   storeOptions(
     recover
       .command('share')
-      .description('decrypt this owner\'s recovery share with the owner private key and write it to a file (0600)')
-      .requiredOption('--owner-key <file>', 'owner private key (P-256 JWK)')
+      .description('decrypt this owner\'s recovery share with the owner private key, or the private key of its recovery recipient, and write it to a file (0600)')
+      .option('--owner-key <file>', 'owner private key (P-256 JWK) whose share is encrypted to the owner key itself')
+      .option('--recipient-key <file>', 'instead of --owner-key: private key (P-256, P-384 or X25519 JWK, e.g. from `cocoon recover keygen`) of the recovery recipient the KBS was given for this owner (serve --recovery-recipient; Ed25519 owners)')
       .requiredOption('--out <file>', 'share file to write (hand it to whoever runs `recover apply`)'),
   ).action(
-    action(async (opts: { dataDir: string; postgres?: string; ownerKey: string; out: string; json?: boolean }) => {
-      const { decryptShare, loadRecovery, readOwnerPrivateJwk } = await import('../kbs/recovery.js');
+    action(async (opts: { dataDir: string; postgres?: string; ownerKey?: string; recipientKey?: string; out: string; json?: boolean }) => {
+      if ((opts.ownerKey === undefined) === (opts.recipientKey === undefined)) throw new CocoonError('BAD_USAGE', 'pass exactly one of --owner-key or --recipient-key');
+      const { decryptShare, loadRecovery, readRecoveryPrivateJwk } = await import('../kbs/recovery.js');
+      const key = await readRecoveryPrivateJwk((opts.ownerKey ?? opts.recipientKey) as string);
       const store = await openStore(opts);
       try {
-        const share = await decryptShare(await loadRecovery(store), await readOwnerPrivateJwk(opts.ownerKey));
+        const share = await decryptShare(await loadRecovery(store), key);
         await writeFile(opts.out, JSON.stringify(share) + '\n', { mode: 0o600, flag: 'wx' });
         createOutput(opts).result(`wrote recovery share ${share.x} to ${opts.out} (keep it secret; delete it after use)`, { x: share.x, kid: share.kid, file: opts.out });
       } finally {
@@ -185,6 +188,21 @@ export function registerKbsAdmin(program: Command): void {
       }
     }),
   );
+
+  recover
+    .command('keygen')
+    .description('create a recovery recipient key pair (private JWK 0600 + public .pub.jwk) for an owner whose signing key cannot receive shares (Ed25519); give the public file to the KBS operator for `serve --recovery-recipient OWNER_KID=FILE`')
+    .requiredOption('--out <file>', 'private key file to create (never overwritten); the public key goes next to it as <name>.pub.jwk')
+    .addOption(new Option('--curve <crv>', 'key type').choices(['X25519', 'P-256', 'P-384']).default('X25519'))
+    .option('--json', 'print JSON')
+    .action(
+      action(async (opts: { out: string; curve: 'X25519' | 'P-256' | 'P-384'; json?: boolean }) => {
+        const { createRecoveryKey } = await import('../kbs/recovery.js');
+        const publicFile = `${opts.out.replace(/\.jwk$/, '')}.pub.jwk`;
+        const r = await createRecoveryKey(opts.out, publicFile, opts.curve);
+        createOutput(opts).result(`created recovery recipient key ${opts.out} (0600; keep it offline) and ${publicFile} (${opts.curve}, thumbprint ${r.thumbprint})`, { privateKey: opts.out, publicKey: publicFile, curve: opts.curve, thumbprint: r.thumbprint });
+      }),
+    );
 
   storeOptions(
     recover

@@ -18,6 +18,20 @@ export function parseListen(listen: string): { host: string; port: number } {
   return { host: m[1] || m[2] || '127.0.0.1', port };
 }
 
+const UNIT_MS = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
+export const WORKLOAD_CERT_VALIDITY_MIN_MS = 5 * 60_000;
+export const WORKLOAD_CERT_VALIDITY_MAX_MS = 30 * 86_400_000;
+
+/** `--workload-cert-validity`: one whole number and one unit (s, m, h, d), 5m–30d; anything else BAD_USAGE. */
+export function parseWorkloadCertValidity(text: string): number {
+  const m = /^([1-9]\d{0,6})([smhd])$/.exec(text);
+  const ms = m ? Number(m[1]) * UNIT_MS[m[2] as keyof typeof UNIT_MS] : NaN;
+  if (!(ms >= WORKLOAD_CERT_VALIDITY_MIN_MS && ms <= WORKLOAD_CERT_VALIDITY_MAX_MS)) {
+    throw new CocoonError('BAD_USAGE', `--workload-cert-validity must be a duration from 5m to 30d such as 90m, 24h or 7d (a whole number and one of s, m, h, d), got "${text}"`);
+  }
+  return ms;
+}
+
 export function registerServe(program: Command): void {
   program
     .command('serve')
@@ -35,7 +49,9 @@ export function registerServe(program: Command): void {
     .option('--log-level <level>', 'fatal|error|warn|info|debug', 'info')
     .option('--postgres <url>', 'use PostgreSQL (postgres://user@host:port/db) instead of SQLite; several replicas may share it')
     .option('--tpm <tcti>', 'seal the data key with a TPM 2.0 via tpm2-tools, e.g. swtpm:host=127.0.0.1,port=2321 or device:/dev/tpmrm0 (default: file sealer)')
-    .option('--recovery-threshold <m>', 'split the data key m-of-n among the owners with P-256 keys (see `cocoon recover`)')
+    .option('--recovery-threshold <m>', 'split the data key m-of-n among the admin owners with P-256 keys or a --recovery-recipient (see `cocoon recover`)')
+    .option('--recovery-recipient <kid=file>', "encrypt this admin owner's recovery share to another public key: OWNER_KID=FILE, FILE a public JWK of kty EC (P-256/P-384) or OKP (X25519), e.g. from `cocoon recover keygen` — how Ed25519 owners get a share; the owner's kid is in its .pub.jwk; repeatable, needs --recovery-threshold", collect, [])
+    .option('--workload-cert-validity <duration>', 'lifetime of the workload certificates issued to attested workloads: 5m–30d, a whole number with s, m, h or d (capped at the intermediate CA\'s own expiry)', '24h')
     .option('--tls', 'serve HTTPS with a self-signed certificate kept in the data dir (kbs-tls.crt/.key)')
     .option('--tls-cert <file>', 'serve HTTPS with this PEM certificate chain (with --tls-key)')
     .option('--tls-key <file>', 'PEM private key of --tls-cert')
@@ -58,6 +74,8 @@ export function registerServe(program: Command): void {
         postgres?: string;
         tpm?: string;
         recoveryThreshold?: string;
+        recoveryRecipient: string[];
+        workloadCertValidity: string;
         tls?: boolean;
         tlsCert?: string;
         tlsKey?: string;
@@ -91,6 +109,10 @@ export function registerServe(program: Command): void {
         if (!/^\d{1,6}$/.test(opts.rateLimit)) throw new CocoonError('BAD_USAGE', '--rate-limit must be a number of requests per second');
         if (!/^\d{4,9}$/.test(opts.bodyLimit)) throw new CocoonError('BAD_USAGE', '--body-limit must be 1000–999999999 bytes');
         if (opts.recoveryThreshold !== undefined && !/^[1-9]\d?$/.test(opts.recoveryThreshold)) throw new CocoonError('BAD_USAGE', '--recovery-threshold must be 1–99');
+        const workloadCertValidMs = parseWorkloadCertValidity(opts.workloadCertValidity);
+        if (opts.recoveryRecipient.length > 0 && opts.recoveryThreshold === undefined) throw new CocoonError('BAD_USAGE', '--recovery-recipient needs --recovery-threshold');
+        const { readRecoveryRecipients } = await import('../kbs/recovery.js');
+        const recoveryRecipients = await readRecoveryRecipients(opts.recoveryRecipient);
         if (Boolean(opts.tlsCert) !== Boolean(opts.tlsKey)) throw new CocoonError('BAD_USAGE', '--tls-cert and --tls-key go together');
         let tls: { cert: string; key: string } | undefined;
         if (opts.tlsCert && opts.tlsKey) {
@@ -135,6 +157,8 @@ export function registerServe(program: Command): void {
           ...(selfAtt.self ? { selfAttestation: selfAtt.self } : {}),
           ...(selfAtt.reason ? { selfAttestationUnavailable: selfAtt.reason } : {}),
           ...(opts.recoveryThreshold ? { recoveryThreshold: Number(opts.recoveryThreshold) } : {}),
+          ...(opts.recoveryRecipient.length > 0 ? { recoveryRecipients } : {}),
+          workloadCertValidMs,
         }).catch(async (err: unknown) => {
           await store?.close();
           throw err;

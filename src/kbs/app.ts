@@ -7,7 +7,7 @@ import swagger from '@fastify/swagger';
 import type { JWK } from 'jose';
 import type { LoggerOptions } from 'pino';
 import { appendAudit, withRetry } from './audit.js';
-import { DeploymentCa } from './ca.js';
+import { DeploymentCa, pruneCaRecords } from './ca.js';
 import type { EvidenceVerifier, KbsContext } from './context.js';
 import { EAR_TTL_S, INSECURE_NOTICE } from './ear.js';
 import { loadOrCreateIdentity } from './identity.js';
@@ -55,10 +55,17 @@ export interface KbsOptions {
   /** Clock (tests). */
   now?: () => Date;
   /**
-   * Split the data key m-of-n among the admin owners with P-256 keys (docs/kbs.md "Sealing and
-   * recovery"); re-done whenever the threshold or the owner set changes.
+   * Split the data key m-of-n among the admin owners with P-256 keys or a recovery recipient
+   * (docs/kbs.md "Sealing and recovery"); re-done whenever the threshold, the owner set or the
+   * recipients change.
    */
   recoveryThreshold?: number;
+  /**
+   * Admin owner kid → public JWK (EC P-256/P-384 or OKP X25519) the owner's recovery share is
+   * encrypted to instead of its own key (`serve --recovery-recipient KID=FILE`); how owners
+   * with Ed25519 keys get a share. Needs recoveryThreshold.
+   */
+  recoveryRecipients?: Record<string, JWK>;
   /** Requests per second and burst per client address (token bucket). Default 200 / 400; 0 disables. */
   rateLimit?: { perSecond: number; burst: number };
   /** HTTPS: PEM certificate chain and key. */
@@ -70,6 +77,8 @@ export interface KbsOptions {
 }
 
 export const DEFAULT_BODY_LIMIT = 1024 * 1024;
+/** Expired sessions, jtis and per-instance values are purged, and the CA's records pruned, this often. */
+export const PURGE_INTERVAL_MS = 60_000;
 
 /** Never logged: credentials and cookies. Bodies are not logged at all. */
 const REDACT = ['req.headers.authorization', 'req.headers.cookie', 'res.headers["set-cookie"]', '*.value', '*.yaml', '*.token'];
@@ -83,7 +92,8 @@ export async function buildKbsApp(options: KbsOptions): Promise<FastifyInstance>
     const dataKey = await loadDataKey(store, sealer);
     const now = options.now ?? (() => new Date());
     if (options.owners?.length) await registerOwners(store, options.owners, now().getTime());
-    if (options.recoveryThreshold !== undefined) await ensureRecovery(store, dataKey, options.recoveryThreshold, now().getTime(), KeyObject.from(identity.privateKey));
+    if (options.recoveryRecipients && Object.keys(options.recoveryRecipients).length > 0 && options.recoveryThreshold === undefined) throw new CocoonError('BAD_USAGE', 'recovery recipients need a recovery threshold');
+    const withoutShare = options.recoveryThreshold !== undefined ? await ensureRecovery(store, dataKey, options.recoveryThreshold, options.recoveryRecipients ?? {}, now().getTime(), KeyObject.from(identity.privateKey)) : [];
 
     const loggerOptions = options.logger === false ? false : { level: 'info', ...(typeof options.logger === 'object' ? options.logger : {}), redact: { paths: REDACT, censor: '[redacted]' } };
     const app = Fastify({
@@ -112,6 +122,7 @@ export async function buildKbsApp(options: KbsOptions): Promise<FastifyInstance>
       journal: new Journal(store, KeyObject.from(identity.privateKey)),
       ca: new DeploymentCa(store, dataKey, now),
     };
+    for (const o of withoutShare) app.log.warn({ owner: o.kid }, `recovery: admin owner ${o.kid} gets no recovery share: ${o.reason}`);
     if (ctx.allowSim) app.log.warn(`${INSECURE_NOTICE}: this KBS accepts simulated evidence (--allow-sim); never use it in production`);
 
     await app.register(swagger, {
@@ -135,8 +146,15 @@ export async function buildKbsApp(options: KbsOptions): Promise<FastifyInstance>
     await app.register((await import('./routes/ui.js')).uiRoutes(ctx, { selfAttestation: selfAttestationStatus(options.selfAttestation, options.selfAttestationUnavailable) }));
 
     const purge = setInterval(() => {
-      store.purgeExpired(now().getTime()).catch((err: unknown) => app.log.error({ err }, 'purging expired sessions failed'));
-    }, 60_000);
+      const t = now().getTime();
+      store.purgeExpired(t).catch((err: unknown) => app.log.error({ err }, 'purging expired sessions failed'));
+      pruneCaRecords(store, t).then(
+        (n) => {
+          if (n.certs > 0 || n.revoked > 0) app.log.info({ certs: n.certs, revoked: n.revoked }, 'pruned expired certificate records and revocations');
+        },
+        (err: unknown) => app.log.error({ err }, 'pruning expired certificate records failed'),
+      );
+    }, PURGE_INTERVAL_MS);
     purge.unref();
     app.addHook('onClose', async () => {
       clearInterval(purge);
@@ -150,19 +168,31 @@ export async function buildKbsApp(options: KbsOptions): Promise<FastifyInstance>
   }
 }
 
-/** Creates (or re-creates, when the admin owners or the threshold changed) the recovery shares. */
-async function ensureRecovery(store: Store, dataKey: Buffer, threshold: number, now: number, auditKey: KeyObject): Promise<void> {
-  const { RECOVERY_META, setupRecovery } = await import('./recovery.js');
-  const { calculateJwkThumbprint } = await import('jose');
-  const admins = (await store.listOwners()).filter((o) => o.role !== 'policy').map((o) => JSON.parse(o.jwk) as JWK).filter((j) => j.kty === 'EC' && j.crv === 'P-256');
-  const kids = (await Promise.all(admins.map((j) => calculateJwkThumbprint({ kty: 'EC', crv: 'P-256', x: j.x, y: j.y }, 'sha256')))).sort();
+/**
+ * Creates (or re-creates, when the admin owners, their recovery recipients or the threshold
+ * changed) the recovery shares. Returns the admin owners that get none (reported at start).
+ */
+async function ensureRecovery(store: Store, dataKey: Buffer, threshold: number, recipients: Record<string, JWK>, now: number, auditKey: KeyObject): Promise<{ kid: string; reason: string }[]> {
+  const { RECOVERY_META, planRecovery, setupRecovery } = await import('./recovery.js');
+  const admins = (await store.listOwners()).filter((o) => o.role !== 'policy').map((o) => JSON.parse(o.jwk) as JWK);
+  const plan = await planRecovery(admins, recipients);
+  const holders = plan.holders.map((h) => `${h.kid}:${h.recipient ?? ''}`).sort();
   const existing = await store.getMeta(RECOVERY_META);
   if (existing) {
-    const r = JSON.parse(existing) as { threshold: number; shares: { kid: string }[] };
-    if (r.threshold === threshold && JSON.stringify(r.shares.map((x) => x.kid).sort()) === JSON.stringify(kids)) return;
+    const r = JSON.parse(existing) as { threshold: number; shares: { kid: string; recipient?: string }[] };
+    if (r.threshold === threshold && JSON.stringify(r.shares.map((x) => `${x.kid}:${x.recipient ?? ''}`).sort()) === JSON.stringify(holders)) return plan.skipped;
   }
-  await setupRecovery(store, dataKey, admins, threshold, now);
-  await withRetry(() => store.transaction((tx) => appendAudit(tx, auditKey, { actor: 'kbs', action: 'recovery.setup', detail: { threshold, owners: kids } }, now)));
+  await setupRecovery(store, dataKey, admins, threshold, now, recipients);
+  const kids = plan.holders.map((h) => h.kid).sort();
+  const viaRecipient = Object.fromEntries(plan.holders.filter((h) => h.recipient).map((h) => [h.kid, h.recipient as string]));
+  const detail = {
+    threshold,
+    owners: kids,
+    ...(Object.keys(viaRecipient).length > 0 ? { recipients: viaRecipient } : {}),
+    ...(plan.skipped.length > 0 ? { withoutShare: plan.skipped.map((o) => o.kid).sort() } : {}),
+  };
+  await withRetry(() => store.transaction((tx) => appendAudit(tx, auditKey, { actor: 'kbs', action: 'recovery.setup', detail }, now)));
+  return plan.skipped;
 }
 
 export interface StartKbsOptions extends KbsOptions {

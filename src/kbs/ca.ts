@@ -11,6 +11,18 @@ export const INTERMEDIATE_VALID_MS = 90 * 86_400_000;
 /** Workload certificates for attested CSRs: short-lived, renewed by attesting again. */
 export const WORKLOAD_CERT_VALID_MS = 24 * 3_600_000;
 const ROOT_ID = 'root';
+/**
+ * Housekeeping (pruneCaRecords): an issued workload certificate's record, and its revocation,
+ * are kept this long past its notAfter — a revoked serial leaves the CRL only once the
+ * certificate has expired (RFC 5280 §3.3), with a day's margin for relying parties' clocks.
+ */
+export const CERT_RECORD_GRACE_MS = 86_400_000;
+/**
+ * Revocations of serials the KBS has no issuance record of (forced: x509 secrets' certificates,
+ * certificates issued before issuance was recorded) are kept this long after the revocation:
+ * the longest validity a deployment-CA leaf can have (x509 `validityDays` ≤ 825) plus a day.
+ */
+export const UNRECORDED_REVOCATION_RETENTION_MS = 826 * 86_400_000;
 
 interface LoadedCa extends Issuer {
   record: CaRecord;
@@ -118,6 +130,14 @@ export class DeploymentCa {
     this.crlCache = { key, pem: text, until: now.getTime() + 60_000 };
     return text;
   }
+}
+
+/**
+ * Periodic housekeeping of the CA's records (run with the store's purge, every minute, by every
+ * replica; idempotent): expired issued certificates and the revocations that no longer matter.
+ */
+export async function pruneCaRecords(store: Store, now: number): Promise<{ certs: number; revoked: number }> {
+  return store.pruneCertificates(now - CERT_RECORD_GRACE_MS, now - UNRECORDED_REVOCATION_RETENTION_MS);
 }
 
 /** RFC 5280 reason code of a stored reason name (older free-text reasons: unspecified). */

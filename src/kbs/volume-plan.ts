@@ -13,6 +13,8 @@ export interface VolumeGrantWire {
   key: string;
   /** The KBS's version counter (0: never committed). */
   version: number;
+  /** Periodic commit interval in seconds (policy `commitEvery`); only present when set. */
+  commitEvery?: number;
 }
 
 export interface VolumeGrant {
@@ -21,6 +23,7 @@ export interface VolumeGrant {
   allowRollback: boolean;
   key: Buffer;
   version: number;
+  commitEvery?: number;
 }
 
 /** Strict parse of the launch plan's `volumes` member (launcher side). */
@@ -31,13 +34,14 @@ export function parseVolumeGrants(v: unknown): VolumeGrant[] {
   return v.map((x, i) => {
     if (typeof x !== 'object' || x === null || Array.isArray(x)) throw bad(`[${i}] must be an object`);
     const o = x as Record<string, unknown>;
-    for (const k of Object.keys(o)) if (!['name', 'mountPath', 'allowRollback', 'key', 'version'].includes(k)) throw bad(`[${i}] unknown member ${k.slice(0, 32)}`);
+    for (const k of Object.keys(o)) if (!['name', 'mountPath', 'allowRollback', 'key', 'version', 'commitEvery'].includes(k)) throw bad(`[${i}] unknown member ${k.slice(0, 32)}`);
     if (typeof o.name !== 'string' || !/^[a-z0-9][a-z0-9_-]{0,62}$/.test(o.name) || names.has(o.name)) throw bad(`[${i}].name invalid`);
     names.add(o.name);
     if (typeof o.mountPath !== 'string' || !/^(\/[^/\0]+)+$/.test(o.mountPath) || o.mountPath.length > 1024 || o.mountPath.split('/').some((s) => s === '.' || s === '..')) throw bad(`[${i}].mountPath invalid`);
     if (typeof o.allowRollback !== 'boolean') throw bad(`[${i}].allowRollback must be a boolean`);
     if (typeof o.key !== 'string' || !/^[A-Za-z0-9+/]{43}=$/.test(o.key)) throw bad(`[${i}].key must be 32 bytes of base64`);
     if (typeof o.version !== 'number' || !Number.isSafeInteger(o.version) || o.version < 0) throw bad(`[${i}].version invalid`);
-    return { name: o.name, mountPath: o.mountPath, allowRollback: o.allowRollback, key: Buffer.from(o.key, 'base64'), version: o.version };
+    if (o.commitEvery !== undefined && (typeof o.commitEvery !== 'number' || !Number.isSafeInteger(o.commitEvery) || o.commitEvery < 1 || o.commitEvery > 86_400)) throw bad(`[${i}].commitEvery invalid`);
+    return { name: o.name, mountPath: o.mountPath, allowRollback: o.allowRollback, key: Buffer.from(o.key, 'base64'), version: o.version, ...(o.commitEvery !== undefined ? { commitEvery: o.commitEvery } : {}) };
   });
 }

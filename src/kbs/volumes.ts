@@ -33,7 +33,7 @@ export async function volumeGrantsFor(ctx: KbsContext, policyName: string, polic
       key.fill(0);
     }
     const key = openValue(ctx.dataKey, rec.sealedKey, aad(policyName, workload, spec.name));
-    out.push({ name: spec.name, mountPath: spec.mountPath, allowRollback: spec.allowRollback, key: key.toString('base64'), version: rec.version });
+    out.push({ name: spec.name, mountPath: spec.mountPath, allowRollback: spec.allowRollback, key: key.toString('base64'), version: rec.version, ...(spec.commitEvery !== undefined ? { commitEvery: spec.commitEvery } : {}) });
     key.fill(0);
   }
   return out;

@@ -111,6 +111,9 @@ export async function launch(config: LauncherConfig, log: LauncherLog, appOutput
       // renewal re-attests (a fresh key and CSR in the TEE; counts against maxActivations)
       renew: renewViaAttestation({ kbsUrl: config.kbsUrl, tee: attester.tee, evidenceProvider: (rd) => attester.getEvidence(rd, measurement), initData, retry: config.retry, timeoutMs: config.requestTimeoutMs }),
     },
+  }).catch((err: unknown) => {
+    volumes?.abort();
+    throw err;
   });
   log.info(`starting ${argv[0]} as uid ${user.uid} (ready in ${Math.round(performance.now() - t0)} ms: attest ${Math.round(t2 - t1)} ms, decrypt ${Math.round(t3 - t2)} ms)`);
   const status = await superviseApp(
@@ -127,7 +130,12 @@ export async function launch(config: LauncherConfig, log: LauncherLog, appOutput
       output: appOutput,
     },
     log,
-  ).finally(() => tlsProxies?.close());
+  )
+    .catch((err: unknown) => {
+      volumes?.abort(); // the app did not start: nothing of this run to seal
+      throw err;
+    })
+    .finally(() => tlsProxies?.close());
   log.info(`application exited with status ${status}`);
   await volumes?.close();
   return status;

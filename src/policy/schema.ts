@@ -107,7 +107,7 @@ const workload = obj(
       type: 'array',
       minItems: 1,
       maxItems: 16,
-      items: obj({ name: { type: 'string', pattern: '^[a-z0-9][a-z0-9_-]{0,62}$' }, mountPath: { type: 'string', pattern: '^/[^\\u0000]+$', maxLength: 1024 }, allowRollback: bool }, ['name', 'mountPath']),
+      items: obj({ name: { type: 'string', pattern: '^[a-z0-9][a-z0-9_-]{0,62}$' }, mountPath: { type: 'string', pattern: '^/[^\\u0000]+$', maxLength: 1024 }, allowRollback: bool, commitEvery: { type: 'string', pattern: '^[1-9][0-9]{0,5}(s|m|h)$' } }, ['name', 'mountPath']),
     },
   },
   ['accept'],

@@ -1,6 +1,7 @@
 /**
  * `volumes:` of a workload (docs/volumes.md): protected, rollback-protected directories that
- * the launcher decrypts into the application root and encrypts back on clean shutdown.
+ * the launcher decrypts into the application root and encrypts back on clean shutdown (and,
+ * with `commitEvery`, periodically while the app runs).
  */
 export interface VolumeSpec {
   /** `[a-z0-9][a-z0-9_-]{0,62}`; `cocoon run --volume NAME=HOSTDIR` supplies its store. */
@@ -9,6 +10,23 @@ export interface VolumeSpec {
   mountPath: string;
   /** Accept a store older than the KBS counter (default false: VOLUME_ROLLBACK). */
   allowRollback: boolean;
+  /**
+   * Periodic commit while the app runs, in seconds (`commitEvery: 5m` in the policy);
+   * absent: the volume is committed only on clean shutdown (and on SIGPWR to the launcher).
+   */
+  commitEvery?: number;
+}
+
+/** Bounds of `commitEvery` in seconds (docs/volumes.md, "Periodic commits"). */
+export const MIN_COMMIT_EVERY_S = 10;
+export const MAX_COMMIT_EVERY_S = 86_400;
+const DURATION_RE = /^([1-9][0-9]{0,5})(s|m|h)$/;
+
+/** `30s`, `5m`, `1h` → seconds; undefined when not such a duration. */
+export function parseCommitEvery(v: string): number | undefined {
+  const m = DURATION_RE.exec(v);
+  if (!m) return undefined;
+  return Number(m[1]) * (m[2] === 'h' ? 3600 : m[2] === 'm' ? 60 : 1);
 }
 
 export const MAX_VOLUMES = 16;
@@ -39,9 +57,9 @@ export function parseVolumesSpec(v: unknown): VolumeSpec[] {
   const paths: string[] = [];
   return v.map((item, i) => {
     const at = `[${i}]`;
-    if (typeof item !== 'object' || item === null || Array.isArray(item)) throw new VolumeSpecError('a volume must be a map {name, mountPath, allowRollback}', at);
+    if (typeof item !== 'object' || item === null || Array.isArray(item)) throw new VolumeSpecError('a volume must be a map {name, mountPath, allowRollback, commitEvery}', at);
     const o = item as Record<string, unknown>;
-    for (const k of Object.keys(o)) if (!['name', 'mountPath', 'allowRollback'].includes(k)) throw new VolumeSpecError(`unknown field "${k.slice(0, 64)}" (name, mountPath, allowRollback)`, `${at}.${k.slice(0, 64)}`);
+    for (const k of Object.keys(o)) if (!['name', 'mountPath', 'allowRollback', 'commitEvery'].includes(k)) throw new VolumeSpecError(`unknown field "${k.slice(0, 64)}" (name, mountPath, allowRollback, commitEvery)`, `${at}.${k.slice(0, 64)}`);
     if (typeof o.name !== 'string' || !POLICY_VOLUME_NAME_RE.test(o.name)) throw new VolumeSpecError('name must match [a-z0-9][a-z0-9_-]{0,62}', `${at}.name`);
     if (names.has(o.name)) throw new VolumeSpecError(`duplicate volume name "${o.name}"`, `${at}.name`);
     names.add(o.name);
@@ -55,6 +73,13 @@ export function parseVolumesSpec(v: unknown): VolumeSpec[] {
     }
     paths.push(mp);
     if (o.allowRollback !== undefined && typeof o.allowRollback !== 'boolean') throw new VolumeSpecError('allowRollback must be true or false', `${at}.allowRollback`);
-    return { name: o.name, mountPath: mp, allowRollback: o.allowRollback === true };
+    let commitEvery: number | undefined;
+    if (o.commitEvery !== undefined) {
+      commitEvery = typeof o.commitEvery === 'string' ? parseCommitEvery(o.commitEvery) : undefined;
+      if (commitEvery === undefined || commitEvery < MIN_COMMIT_EVERY_S || commitEvery > MAX_COMMIT_EVERY_S) {
+        throw new VolumeSpecError(`commitEvery must be a duration such as 30s, 5m or 1h, from ${MIN_COMMIT_EVERY_S}s to 24h`, `${at}.commitEvery`);
+      }
+    }
+    return { name: o.name, mountPath: mp, allowRollback: o.allowRollback === true, ...(commitEvery !== undefined ? { commitEvery } : {}) };
   });
 }

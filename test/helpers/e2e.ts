@@ -12,14 +12,14 @@
  * fixture's one hook orders them (and its clean-up must run before the KBS stops).
  */
 import { after, afterEach, before } from 'node:test';
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcessByStdio } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
+import { Writable, type Readable } from 'node:stream';
 import { startKbs, type RunningKbs } from '../../src/kbs/app.js';
 import { createBrokerVerifier } from '../../src/kbs/verifier.js';
 import { OwnerClient } from '../../src/kbs/client/owner.js';
@@ -42,6 +42,7 @@ import { SimAttester } from '../../src/attester/sim.js';
 import { generateWorkloadKey, type TlsMaterial } from '../../src/launcher/tls/index.js';
 import { parseWorkloadCert } from '../../src/launcher/tls/material.js';
 import { distCli, hasCommand, isRoot, launcherDir, TEST_IMAGE_REFS, testImage, type TestImage } from './env.js';
+export { freePort } from '../../src/util/net.js';
 
 export type Need = 'root' | 'runc' | 'dist' | 'swtpm' | 'curl' | 'openssl';
 
@@ -69,18 +70,6 @@ export function cocoon(args: string[], timeout = 120_000): Promise<CliResult> {
     execFile(process.execPath, [distCli, ...args], { timeout, maxBuffer: 8 * 1024 * 1024 }, (err, stdout, stderr) => {
       const code = err ? (err as { code?: unknown }).code : 0;
       resolve({ code: typeof code === 'number' ? code : -1, stdout, stderr });
-    });
-  });
-}
-
-/** A free TCP port on 127.0.0.1 (free when asked). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
     });
   });
 }
@@ -165,6 +154,14 @@ class Buffered extends Writable {
   text(): string {
     return Buffer.concat(this.chunks).toString();
   }
+}
+
+/** A launcher running as a child process (`E2eFixture.spawnLauncher`). */
+export interface SpawnedLauncher {
+  child: ChildProcessByStdio<null, Readable, Readable>;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Its log and the app's output so far. */
+  output(): string;
 }
 
 export interface E2eOptions {
@@ -348,6 +345,23 @@ export class E2eFixture {
   /** Runs the launcher in this process on `rootfs`; its log goes to `logLines`, the app's output to `appOutput`. */
   launch(rootfs: string, extra: Record<string, string> = {}): Promise<number> {
     return launch(launcherConfigFromEnv(this.launcherEnv(rootfs, extra)), this.log, this.appOutput);
+  }
+
+  /**
+   * Runs the launcher of `rootfs` (dist's bundle, copied in by `wrapAndUnpack`) as a child
+   * process with the same environment as `launch`, so that a test can signal or SIGKILL it like
+   * a container's PID 1. Its log (stderr) and the app's output are kept in `output()`.
+   */
+  spawnLauncher(rootfs: string, extra: Record<string, string> = {}): SpawnedLauncher {
+    const child = spawn(process.execPath, [join(rootfs, 'cocoon', 'launcher.mjs'), 'launch'], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...this.launcherEnv(rootfs, extra) }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const out = new Buffered();
+    child.stdout.pipe(out);
+    child.stderr.pipe(out);
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+    this.cleanups.push(async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    });
+    return { child, exited, output: () => out.text() };
   }
 
   /**

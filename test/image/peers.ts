@@ -1,9 +1,10 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, readdir, readFile, lstat, readlink, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { join, relative } from 'node:path';
 import { promisify } from 'node:util';
 import { createHash } from 'node:crypto';
+import { freePort } from '../../src/util/net.js';
+export { freePort } from '../../src/util/net.js';
 
 /** Real peers for image tests: docker-registry on loopback, skopeo, umoci, the CLI under tsx. */
 
@@ -14,18 +15,6 @@ export async function has(cmd: string, args: string[] = ['--version']): Promise<
     () => true,
     () => false,
   );
-}
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      const port = typeof a === 'object' && a ? a.port : 0;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 export interface Registry {

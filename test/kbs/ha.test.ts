@@ -3,7 +3,6 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createSimPlatform } from '../../src/attester/sim-platform.js';
@@ -17,16 +16,9 @@ import { FileSealer } from '../../src/kbs/sealer.js';
 import { openPostgresStore } from '../../src/kbs/store/postgres.js';
 import { MEASUREMENT, makeOwnerKey } from './helpers.js';
 import { createDatabase, startTempPostgres } from './pg-harness.js';
+import { freePort } from '../../src/util/net.js';
 
 const SERVE = join(import.meta.dirname, 'fixtures', 'serve-main.ts');
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return port;
-}
 
 export function startServe(args: string[]): ChildProcess {
   return spawn(process.execPath, ['--import', 'tsx', SERVE, 'serve', ...args], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, NODE_ENV: 'production' } });

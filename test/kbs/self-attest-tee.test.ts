@@ -17,7 +17,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { distCli } from '../helpers/env.js';
 import { startSwtpm, swtpmMissing, type Swtpm } from '../attester/swtpm-helper.js';
-import { createServer } from 'node:net';
 import { createSimPlatform } from '../../src/attester/sim-platform.js';
 import { TpmClient } from '../../src/attester/tpm/client.js';
 import { parseTcti } from '../../src/attester/tpm/tcti.js';
@@ -29,6 +28,7 @@ import { startKbs } from '../../src/kbs/app.js';
 import { createBrokerVerifier } from '../../src/kbs/verifier.js';
 import { attestKbs } from '../../src/kbs/client/kbs-attest.js';
 import { isCocoonError } from '../../src/errors.js';
+import { freePort } from '../../src/util/net.js';
 
 const skip = !existsSync(distCli) ? 'dist/ not built (npm run build)' : swtpmMissing;
 /** What the KBS reports as its measurement: SHA-384 of the running CLI entry script. */
@@ -45,17 +45,6 @@ interface Served {
 }
 
 const children = new Set<ChildProcess>();
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 /** `cocoon serve …`; resolves once it listens (its startup line), rejects when it exits first. */
 async function serve(args: string[], env: Record<string, string> = {}): Promise<Served> {

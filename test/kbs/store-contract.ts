@@ -100,6 +100,32 @@ export async function storeContract(store: Store): Promise<void> {
     assert.deepEqual((await store.listCerts('demo/app', 'w', 50, 10)).map((c) => c.serial), ['c2', 'c1']);
     assert.deepEqual((await store.listCerts('demo/app', 'w', 150, 10)).map((c) => c.serial), ['c2']);
 
+    // housekeeping (pruneCertificates): expired issuance records leave with their revocations; a
+    // revocation of a still-valid recorded certificate stays however old it is; revocations of
+    // unrecorded serials (forced) stay until their own retention cutoff
+    await store.revokeSerial('c1', 60, 'keyCompromise');
+    await store.revokeSerial('c2', 1, 'superseded');
+    await store.revokeSerial('f1', 5, 'unspecified');
+    await store.revokeSerial('f2', 900, 'unspecified');
+    const revokedNow = async () => (await store.listRevoked()).map((r) => r.serial).sort();
+    assert.deepEqual(await revokedNow(), ['ab', 'c1', 'c2', 'f1', 'f2']);
+    assert.deepEqual(await store.pruneCertificates(99, 0), { certs: 0, revoked: 0 }, 'nothing expired yet');
+    assert.deepEqual(await store.pruneCertificates(100, 0), { certs: 1, revoked: 1 }, 'c1 expired at its notAfter: record and revocation go');
+    assert.equal(await store.getCert('c1'), undefined);
+    assert.deepEqual(await revokedNow(), ['ab', 'c2', 'f1', 'f2']);
+    assert.deepEqual(await store.pruneCertificates(150, 10), { certs: 0, revoked: 2 }, 'forced revocations at ≤ 10 go; c2 (revoked at 1, valid until 200) stays');
+    assert.deepEqual(await revokedNow(), ['c2', 'f2']);
+    assert.ok(await store.getCert('c2'));
+    await store.transaction(async (tx) => {
+      assert.deepEqual(await tx.pruneCertificates(300, 10), { certs: 2, revoked: 1 }, 'joins an open transaction');
+    });
+    assert.deepEqual(await revokedNow(), ['f2']);
+    assert.deepEqual(await store.listCerts('demo/app', 'other', 0, 10), []);
+    assert.deepEqual(await store.pruneCertificates(300, 10), { certs: 0, revoked: 0 }, 'idempotent');
+    assert.equal(await store.revokeSerial('c1', 901, 'x'), true, 'a pruned serial can be revoked again (forced)');
+    assert.deepEqual(await store.pruneCertificates(10_000, 900), { certs: 0, revoked: 1 }, 'f2 revoked at 900 reaches its cutoff');
+    assert.deepEqual(await revokedNow(), ['c1']);
+
     // per-instance secret values (migration 0005): first writer wins, also under concurrency; purged at expiry
     const inst = { instance: 'session:s1', policy: 'demo/app', name: 'pw', expiresAt: 500 };
     assert.equal(await store.getInstanceSecret('session:s1', 'demo/app', 'pw'), undefined);

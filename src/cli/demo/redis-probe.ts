@@ -55,16 +55,3 @@ export async function waitForPort(port: number, timeoutMs: number, stillAlive: (
   return false;
 }
 
-/** A free TCP port on loopback (the OS picks; released before use). */
-export async function freePort(): Promise<number> {
-  const { createServer } = await import('node:net');
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}

@@ -9,7 +9,8 @@ import { CocoonError } from '../../errors.js';
 import { packageRoot, defaultLauncherDir } from '../../util/package-root.js';
 import { configPaths } from '../config.js';
 import type { Output } from '../output.js';
-import { freePort, redisCommands, waitForPort } from './redis-probe.js';
+import { redisCommands, waitForPort } from './redis-probe.js';
+import { freePort } from '../../util/net.js';
 import { writeModifiedImage } from './variant.js';
 
 const execFileAsync = promisify(execFile);

@@ -160,6 +160,24 @@ export class KyselyStore implements Store {
     return rows.map(certFromRow);
   }
 
+  async pruneCertificates(certsExpiredBefore: number, unrecordedRevokedBefore: number): Promise<{ certs: number; revoked: number }> {
+    return this.transaction(async (tx) => {
+      const db = (tx as KyselyStore).db;
+      // Order matters: revocations first, while the issuance records still tell which serials expired.
+      const ofExpired = await db
+        .deleteFrom('kbs_revoked')
+        .where('serial', 'in', (eb) => eb.selectFrom('kbs_certs').select('kbs_certs.serial').where('kbs_certs.not_after', '<=', certsExpiredBefore))
+        .executeTakeFirst();
+      const unrecorded = await db
+        .deleteFrom('kbs_revoked')
+        .where('at', '<=', unrecordedRevokedBefore)
+        .where((eb) => eb.not(eb.exists(eb.selectFrom('kbs_certs').select('kbs_certs.serial').whereRef('kbs_certs.serial', '=', 'kbs_revoked.serial'))))
+        .executeTakeFirst();
+      const certs = await db.deleteFrom('kbs_certs').where('not_after', '<=', certsExpiredBefore).executeTakeFirst();
+      return { certs: Number(certs.numDeletedRows), revoked: Number(ofExpired.numDeletedRows) + Number(unrecorded.numDeletedRows) };
+    });
+  }
+
   async listActivations(policy: string): Promise<Record<string, number>> {
     const rows = await this.db.selectFrom('kbs_activations').select(['workload', 'count']).where('policy', '=', policy).limit(1000).execute();
     return Object.fromEntries(rows.map((r) => [r.workload, num(r.count)]));

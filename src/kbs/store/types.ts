@@ -232,6 +232,14 @@ export interface Store {
   getCert(serial: string): Promise<IssuedCertRecord | undefined>;
   /** Certificates of a workload still valid at `validAt`, newest first. */
   listCerts(policy: string, workload: string, validAt: number, limit: number): Promise<IssuedCertRecord[]>;
+  /**
+   * Housekeeping of the deployment CA's records, one transaction (docs/kbs.md "Revocation"):
+   * deletes issued certificates with `notAfter <= certsExpiredBefore` together with their
+   * revocations, and revocations of serials without an issuance record (forced revocations)
+   * made at or before `unrecordedRevokedBefore`. A revocation of a recorded certificate that is
+   * still valid is never removed. Returns how many rows of each kind went.
+   */
+  pruneCertificates(certsExpiredBefore: number, unrecordedRevokedBefore: number): Promise<{ certs: number; revoked: number }>;
 
   /** Counts one activation unless `max` is reached; returns the new count or false. */
   countActivation(policy: string, workload: string, max: number | undefined): Promise<number | false>;

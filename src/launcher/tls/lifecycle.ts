@@ -15,6 +15,7 @@ import type { TlsProxies } from './proxy.js';
 
 /** Never schedule closer than this (a certificate that is almost expired on arrival). */
 const MIN_DELAY_MS = 10;
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export function leafSerial(m: TlsMaterial): string {
   try {
@@ -58,7 +59,9 @@ export class CertRenewer {
   private arm(delayMs: number): void {
     if (this.stopped) return;
     if (this.timer) clearTimeout(this.timer);
-    this.timer = setTimeout(() => void this.renewNow(), delayMs);
+    // Node fires a timer of more than 2^31-1 ms (≈ 24.8 days) at once: wake up early and re-arm instead.
+    const step = Math.min(delayMs, MAX_TIMER_MS);
+    this.timer = setTimeout(() => (step < delayMs ? this.arm(delayMs - step) : void this.renewNow()), step);
     this.timer.unref();
   }
 

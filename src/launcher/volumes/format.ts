@@ -1,6 +1,8 @@
 import { createCipheriv, createDecipheriv, createHash, hkdfSync, randomBytes } from 'node:crypto';
 import { constants as fsc } from 'node:fs';
+import type { BigIntStats } from 'node:fs';
 import { chmod, chown, lstat, mkdir, open, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CocoonError } from '../../errors.js';
 
@@ -267,11 +269,54 @@ export async function restoreVolume(storeDir: string, key: Uint8Array, manifest:
   return { files, bytes };
 }
 
+/** How often a file that changes while it is read is read again before its previous version is kept. */
+export const STABLE_READ_ATTEMPTS = 4;
+
+export interface SealOptions {
+  /**
+   * When nothing changed since `previous` (same entries, no blob written), write nothing and
+   * return `unchanged: true` (periodic commits of an idle volume).
+   */
+  skipUnchanged?: boolean;
+  /** Test hook: called after each read of a file (to change it mid-seal). */
+  onRead?: (path: string, attempt: number) => Promise<void> | void;
+}
+
+export interface SealResult {
+  manifest: VolumeManifest;
+  written: number;
+  reused: number;
+  skipped: number;
+  /** Files that kept changing while they were read: their previous version (or none) went into this version. */
+  unstable: string[];
+  /** Nothing changed (`skipUnchanged`): no new version was written. */
+  unchanged?: boolean;
+}
+
+/** `/proc/self/fd` anchors the walk to opened directories (no path re-resolution a concurrent rename could redirect). */
+let procFd: boolean | undefined;
+async function hasProcFd(): Promise<boolean> {
+  if (procFd === undefined) procFd = await lstat('/proc/self/fd').then((s) => s.isDirectory(), () => false);
+  return procFd;
+}
+
+const GONE = new Set(['ENOENT', 'ENOTDIR', 'ELOOP', 'ENXIO', 'EISDIR']);
+const gone = (err: unknown): boolean => GONE.has((err as NodeJS.ErrnoException).code ?? '');
+
 /**
  * Encrypts `srcDir` (the app's view of the volume) into the store as `version`. New blobs and
- * the new manifest are written and fsynced first; the manifest is replaced atomically (rename);
- * blobs no longer referenced are removed afterwards. Unchanged files keep their blob.
- * Symlinks, sockets and devices are skipped (counted in `skipped`).
+ * the new manifest are written and fsynced first; the manifest is replaced atomically (rename),
+ * so a crash at any point leaves the previous or the new version, never a mix (blob names are
+ * random and never reused); blobs no longer referenced are removed afterwards. Unchanged files
+ * keep their blob. Symlinks, sockets and devices are skipped (counted in `skipped`).
+ *
+ * The app may still be running (periodic commits): every file is sealed from a *stable read*
+ * (fstat, read, and — unless it equals the previous version — a second read, fstat; sizes,
+ * mtime, ctime and both digests must agree), else read again up to STABLE_READ_ATTEMPTS times,
+ * after which its previous version (or nothing, for a new file) goes into this volume version.
+ * Entries that disappear during the walk are left out. Directories are opened with O_NOFOLLOW
+ * and their children reached through `/proc/self/fd` where it exists, so a directory the app
+ * swaps for a symlink mid-walk cannot redirect the launcher outside the volume.
  */
 export async function sealVolume(
   storeDir: string,
@@ -280,49 +325,93 @@ export async function sealVolume(
   previous: VolumeManifest | undefined,
   srcDir: string,
   version: number,
-): Promise<{ manifest: VolumeManifest; written: number; reused: number; skipped: number }> {
+  options: SealOptions = {},
+): Promise<SealResult> {
   await mkdir(join(storeDir, 'blobs'), { recursive: true, mode: 0o700 });
   const prevByPath = new Map((previous?.entries ?? []).map((e) => [e.path, e]));
   const entries: VolumeEntry[] = [];
+  const unstable: string[] = [];
   let written = 0;
   let reused = 0;
   let skipped = 0;
-  const walk = async (rel: string): Promise<void> => {
-    const names = (await readdir(rel === '' ? srcDir : join(srcDir, rel))).sort();
-    for (const name of names) {
-      const path = rel === '' ? name : `${rel}/${name}`;
-      if (!isVolumePath(path)) {
-        skipped++;
-        continue;
+  const anchored = await hasProcFd();
+  const walk = async (rel: string, dirPath: string): Promise<void> => {
+    // the directory itself: opened without following a symlink, then addressed through its fd
+    let dirFh: FileHandle;
+    try {
+      dirFh = await open(dirPath, fsc.O_RDONLY | fsc.O_DIRECTORY | fsc.O_NOFOLLOW);
+    } catch (err) {
+      if (rel !== '' && gone(err)) return; // removed or swapped during the walk: left empty
+      throw err;
+    }
+    try {
+      const base = anchored ? `/proc/self/fd/${dirFh.fd}` : dirPath;
+      let names: string[];
+      try {
+        names = (await readdir(base)).sort();
+      } catch (err) {
+        if (rel !== '' && gone(err)) return;
+        throw err;
       }
-      const st = await lstat(join(srcDir, path));
-      if (entries.length >= MAX_ENTRIES) throw new CocoonError('INPUT_TOO_LARGE', `protected volume ${volume}: more than ${MAX_ENTRIES} entries`);
-      const base = { path, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid };
-      if (st.isDirectory()) {
-        entries.push({ ...base, type: 'dir' });
-        await walk(path);
-      } else if (st.isFile()) {
-        if (st.size > MAX_FILE_BYTES) throw new CocoonError('INPUT_TOO_LARGE', `protected volume ${volume}: ${path} is larger than ${MAX_FILE_BYTES} bytes`);
-        const plain = await readNoFollow(join(srcDir, path));
-        const sha256 = createHash('sha256').update(plain).digest('hex');
-        const prev = prevByPath.get(path);
-        if (prev?.type === 'file' && prev.sha256 === sha256 && prev.size === plain.length) {
-          entries.push({ ...prev, ...base, type: 'file' });
-          reused++;
-        } else {
-          const entry: VolumeEntry = { ...base, type: 'file', size: plain.length, blob: randomBytes(16).toString('hex'), fileVersion: (prev?.type === 'file' ? (prev.fileVersion ?? 0) : 0) + 1, writtenAt: version, sha256 };
-          await writeDurable(join(storeDir, 'blobs', entry.blob as string), encryptBlob(key, volume, entry, plain));
-          entries.push(entry);
-          written++;
+      for (const name of names) {
+        const path = rel === '' ? name : `${rel}/${name}`;
+        if (!isVolumePath(path)) {
+          skipped++;
+          continue;
         }
-        plain.fill(0);
-      } else {
-        skipped++;
+        let st: Awaited<ReturnType<typeof lstat>>;
+        try {
+          st = await lstat(join(base, name));
+        } catch (err) {
+          if (gone(err)) continue; // deleted since readdir
+          throw err;
+        }
+        if (entries.length >= MAX_ENTRIES) throw new CocoonError('INPUT_TOO_LARGE', `protected volume ${volume}: more than ${MAX_ENTRIES} entries`);
+        const meta = { path, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid };
+        if (st.isDirectory()) {
+          entries.push({ ...meta, type: 'dir' });
+          await walk(path, join(base, name));
+        } else if (st.isFile()) {
+          const prev = prevByPath.get(path);
+          const read = await readStable(join(base, name), volume, path, prev?.type === 'file' ? prev : undefined, options.onRead);
+          if (read === 'gone') continue;
+          if (read === 'not-a-file') {
+            skipped++;
+            continue;
+          }
+          if (read === 'unstable') {
+            unstable.push(path);
+            if (prev?.type === 'file') {
+              entries.push(prev);
+              reused++;
+            }
+            continue;
+          }
+          const fmeta = { ...meta, mode: read.mode, uid: read.uid, gid: read.gid };
+          if (prev?.type === 'file' && prev.sha256 === read.sha256 && prev.size === read.plain.length) {
+            entries.push({ ...prev, ...fmeta, type: 'file' });
+            reused++;
+            read.plain.fill(0);
+          } else {
+            const entry: VolumeEntry = { ...fmeta, type: 'file', size: read.plain.length, blob: randomBytes(16).toString('hex'), fileVersion: (prev?.type === 'file' ? (prev.fileVersion ?? 0) : 0) + 1, writtenAt: version, sha256: read.sha256 };
+            await writeDurable(join(storeDir, 'blobs', entry.blob as string), encryptBlob(key, volume, entry, read.plain));
+            read.plain.fill(0);
+            entries.push(entry);
+            written++;
+          }
+        } else {
+          skipped++;
+        }
       }
+    } finally {
+      await dirFh.close();
     }
   };
-  await walk('');
+  await walk('', srcDir);
   const manifest: VolumeManifest = { volume, version, entries };
+  if (options.skipUnchanged && previous && written === 0 && JSON.stringify(previous.entries) === JSON.stringify(entries)) {
+    return { manifest: previous, written, reused, skipped, unstable, unchanged: true };
+  }
   const tmp = join(storeDir, `${MANIFEST}.tmp`);
   await writeDurable(tmp, encodeManifest(key, manifest));
   await rename(tmp, join(storeDir, MANIFEST));
@@ -330,16 +419,78 @@ export async function sealVolume(
   // Garbage: blobs the new manifest does not reference (old versions, interrupted commits).
   const keep = new Set(entries.flatMap((e) => (e.blob ? [e.blob] : [])));
   for (const name of await readdir(join(storeDir, 'blobs'))) if (!keep.has(name)) await rm(join(storeDir, 'blobs', name), { force: true });
-  return { manifest, written, reused, skipped };
+  return { manifest, written, reused, skipped, unstable };
 }
 
-async function readNoFollow(path: string): Promise<Buffer> {
-  const fh = await open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW);
-  try {
-    return await fh.readFile();
-  } finally {
-    await fh.close();
+interface StableRead {
+  plain: Buffer;
+  sha256: string;
+  mode: number;
+  uid: number;
+  gid: number;
+}
+
+const sameStat = (a: BigIntStats, b: BigIntStats): boolean => a.ino === b.ino && a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs;
+
+/**
+ * A consistent read of one file that the app may be writing: see sealVolume. The file is opened
+ * with O_NOFOLLOW and O_NONBLOCK (a FIFO swapped in does not block) and checked to be regular.
+ */
+async function readStable(path: string, volume: string, rel: string, prev: VolumeEntry | undefined, onRead: SealOptions['onRead']): Promise<StableRead | 'gone' | 'not-a-file' | 'unstable'> {
+  for (let attempt = 0; attempt < STABLE_READ_ATTEMPTS; attempt++) {
+    if (attempt > 0) await new Promise((r) => setTimeout(r, 10 * attempt));
+    let fh: FileHandle;
+    try {
+      fh = await open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+    } catch (err) {
+      if (gone(err)) return 'gone';
+      throw err;
+    }
+    try {
+      const before = await fh.stat({ bigint: true });
+      if (!before.isFile()) return 'not-a-file';
+      if (before.size > BigInt(MAX_FILE_BYTES)) throw new CocoonError('INPUT_TOO_LARGE', `protected volume ${volume}: ${rel} is larger than ${MAX_FILE_BYTES} bytes`);
+      const first = await readAll(fh, volume, rel);
+      await onRead?.(rel, attempt);
+      const sha256 = createHash('sha256').update(first).digest('hex');
+      // equal to the committed version: a state the file had; otherwise read it a second time
+      if (!(prev && prev.sha256 === sha256 && prev.size === first.length)) {
+        const second = await readAll(fh, volume, rel);
+        const same = second.equals(first);
+        second.fill(0);
+        if (!same) {
+          first.fill(0);
+          continue;
+        }
+      }
+      const after = await fh.stat({ bigint: true });
+      if (!sameStat(before, after) || BigInt(first.length) !== after.size) {
+        first.fill(0);
+        continue;
+      }
+      return { plain: first, sha256, mode: Number(after.mode) & 0o7777, uid: Number(after.uid), gid: Number(after.gid) };
+    } finally {
+      await fh.close();
+    }
   }
+  return 'unstable';
+}
+
+/** The whole file from offset 0 (positioned reads: the handle is read twice). */
+async function readAll(fh: FileHandle, volume: string, rel: string): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let pos = 0;
+  for (;;) {
+    const buf = Buffer.allocUnsafe(CHUNK_SIZE * 16);
+    const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
+    if (bytesRead === 0) break;
+    parts.push(buf.subarray(0, bytesRead));
+    pos += bytesRead;
+    if (pos > MAX_FILE_BYTES) throw new CocoonError('INPUT_TOO_LARGE', `protected volume ${volume}: ${rel} is larger than ${MAX_FILE_BYTES} bytes`);
+  }
+  const out = Buffer.concat(parts, pos);
+  for (const p of parts) p.fill(0);
+  return out;
 }
 
 async function writeDurable(path: string, data: Uint8Array): Promise<void> {

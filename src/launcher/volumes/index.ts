@@ -1,10 +1,10 @@
 import { chown, lstat, mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CocoonError } from '../../errors.js';
+import { CocoonError, isCocoonError } from '../../errors.js';
 import type { VolumeGrant } from '../../kbs/volume-plan.js';
 import type { LauncherLog } from '../log.js';
 import { readStoreManifest, restoreVolume, sealVolume } from './format.js';
-import type { VolumeManifest } from './format.js';
+import type { SealOptions, VolumeManifest } from './format.js';
 
 /** A volume decrypted into the application root, to be sealed back on clean shutdown. */
 export interface OpenVolume {
@@ -87,23 +87,64 @@ export async function openVolumes(grants: VolumeGrant[], options: { storeRoot: s
   return out;
 }
 
+export type CommitReason = 'periodic' | 'signal' | 'shutdown';
+
+export interface CommitOutcome {
+  /** The volume version the store holds and the KBS counter now agrees with. */
+  version: number;
+  /** Nothing changed since the last commit: no new version (periodic and signal commits only). */
+  unchanged: boolean;
+  /** Files that kept changing during the seal (their previous version was kept). */
+  unstable: string[];
+}
+
+/**
+ * One commit of one open volume: (1) a store left one version ahead of the counter by an
+ * earlier commit whose counter advance failed is advanced first — the store is never written
+ * more than one version ahead of the KBS counter (a later start would take that for tampering);
+ * (2) the mount path is sealed into the store as `counter + 1` (atomic manifest rename);
+ * (3) the KBS counter is advanced by compare-and-set. A failure at (3) leaves the store one
+ * version ahead (`v.manifest` records it) and is retried at (1) by the next commit.
+ * Periodic and signal commits of an unchanged, committed volume write nothing.
+ */
+export async function commitOpenVolume(v: OpenVolume, commit: CounterCommit, log: LauncherLog, options: { reason: CommitReason; rootDir?: string; onRead?: SealOptions['onRead'] }): Promise<CommitOutcome> {
+  const name = v.grant.name;
+  if (v.manifest && v.manifest.version > v.counter) {
+    const ahead = v.manifest.version;
+    try {
+      await commit(name, v.counter, ahead);
+    } catch (err) {
+      // the earlier advance may have reached the KBS with its answer lost: the counter is already ours
+      if (!(isCocoonError(err, 'CONFLICT') && (err as CocoonError).details?.version === ahead)) throw err;
+      log.warn(`protected volume ${name}: the KBS counter is already ${ahead} (the earlier advance arrived; its answer was lost)`);
+    }
+    log.info(`protected volume ${name}: KBS counter advanced to ${ahead} (completing the previous commit)`);
+    v.counter = ahead;
+  }
+  // The app may have replaced the mount path (or a parent) with a symlink: never follow it out of the root.
+  if (options.rootDir !== undefined) await assertRealDir(options.rootDir, v.grant.mountPath);
+  const to = v.counter + 1;
+  const skipUnchanged = options.reason !== 'shutdown' && v.manifest !== undefined && v.manifest.version === v.counter;
+  const r = await sealVolume(v.storeDir, v.grant.key, name, v.manifest, v.dir, to, { skipUnchanged, ...(options.onRead ? { onRead: options.onRead } : {}) });
+  if (r.unstable.length > 0) {
+    log.warn(`protected volume ${name}: ${r.unstable.length} file(s) kept changing while being sealed; their previous version went into this commit: ${r.unstable.slice(0, 8).join(', ')}${r.unstable.length > 8 ? ', …' : ''}`);
+  }
+  if (r.unchanged) return { version: v.counter, unchanged: true, unstable: r.unstable };
+  v.manifest = r.manifest; // the store is at `to` now, whatever the KBS says
+  await commit(name, v.counter, to);
+  v.counter = to;
+  const what = options.reason === 'shutdown' ? '' : ` (${options.reason} commit)`;
+  log.info(`protected volume ${name}: committed version ${to}${what} (${r.written} file(s) written, ${r.reused} unchanged${r.skipped ? `, ${r.skipped} non-regular entries skipped` : ''})`);
+  return { version: to, unchanged: false, unstable: r.unstable };
+}
+
 /**
  * Seals every open volume back (clean shutdown): new blobs + manifest written and renamed
  * atomically, then the KBS counter advanced. A crash between the two leaves the store one
  * version ahead, which the next start completes (docs/volumes.md, "crash window").
  */
 export async function closeVolumes(volumes: OpenVolume[], commit: CounterCommit, log: LauncherLog, rootDir?: string): Promise<void> {
-  for (const v of volumes) {
-    // The app may have replaced the mount path (or a parent) with a symlink: never follow it out of the root.
-    if (rootDir !== undefined) await assertRealDir(rootDir, v.grant.mountPath);
-    const from = Math.max(v.counter, v.manifest?.version ?? 0);
-    const to = from + 1;
-    const r = await sealVolume(v.storeDir, v.grant.key, v.grant.name, v.manifest, v.dir, to);
-    await commit(v.grant.name, v.counter, to);
-    log.info(`protected volume ${v.grant.name}: committed version ${to} (${r.written} file(s) written, ${r.reused} unchanged${r.skipped ? `, ${r.skipped} non-regular entries skipped` : ''})`);
-    v.manifest = r.manifest;
-    v.counter = to;
-  }
+  for (const v of volumes) await commitOpenVolume(v, commit, log, { reason: 'shutdown', ...(rootDir !== undefined ? { rootDir } : {}) });
 }
 
 async function assertRealDir(rootDir: string, mountPath: string): Promise<void> {

@@ -4,17 +4,23 @@ import { commitVolumeCounter } from '../../kbs/client/volume.js';
 import type { LaunchPlan } from '../../kbs/launch-plan.js';
 import type { LauncherConfig } from '../config.js';
 import type { LauncherLog } from '../log.js';
-import { closeVolumes, openVolumes } from './index.js';
+import { COMMIT_SIGNAL, VolumeCommitter } from './commit.js';
+import { openVolumes } from './index.js';
 import type { CounterCommit } from './index.js';
 
 export interface PlanVolumes {
   /** Seals the volumes back and advances the KBS counters (after the app exited). */
   close(): Promise<void>;
+  /** Stops periodic commits and the commit signal without sealing (the app could not be started). */
+  abort(): void;
+  /** The running commit loop (periodic and signal commits). */
+  committer: VolumeCommitter;
 }
 
 /**
  * The launcher's protected-volume step: opens the plan's volumes into the application root
- * before the app starts. Commits use the attestation token of this launch; when it expired
+ * before the app starts, commits them while it runs (policy `commitEvery`, and COMMIT_SIGNAL),
+ * and seals them after it exited (`close`). Commits use the attestation token of this launch; when it expired
  * (long-running apps), `reattest` obtains a fresh one.
  */
 export async function openPlanVolumes(
@@ -38,17 +44,40 @@ export async function openPlanVolumes(
   };
   const storeRoot = config.volumesDir ?? join(config.launcherDir, 'volumes');
   const volumes = await openVolumes(plan.volumes, { storeRoot, rootDir: config.rootDir, chown: process.getuid?.() === 0, commit, owner: auth.owner }, log);
+  // While the app runs: periodic commits (policy `commitEvery`) and COMMIT_SIGNAL = commit now.
+  const committer = new VolumeCommitter(volumes, { commit, log, rootDir: config.rootDir });
+  const onSignal = () => {
+    log.info(`${COMMIT_SIGNAL} received: committing the protected volumes`);
+    void committer.commitNow();
+  };
+  process.on(COMMIT_SIGNAL, onSignal);
+  committer.start();
+  let ended = false;
+  const end = () => {
+    if (ended) return false;
+    ended = true;
+    committer.abort();
+    process.off(COMMIT_SIGNAL, onSignal);
+    return true;
+  };
   return {
+    committer,
+    abort() {
+      end();
+    },
     async close() {
-      // A second SIGTERM while sealing must not kill the launcher half-way through a commit.
+      if (!end()) return;
+      // A second SIGTERM (or the commit signal) while sealing must not kill the launcher half-way through a commit.
       const hold = () => log.warn('signal received while sealing the protected volumes; finishing first');
       process.on('SIGTERM', hold);
       process.on('SIGINT', hold);
+      process.on(COMMIT_SIGNAL, hold);
       try {
-        await closeVolumes(volumes, commit, log, config.rootDir);
+        await committer.close();
       } finally {
         process.off('SIGTERM', hold);
         process.off('SIGINT', hold);
+        process.off(COMMIT_SIGNAL, hold);
       }
     },
   };
