@@ -12,6 +12,7 @@
  * NOT EXERCISED on the development machines (no Azure CVM): see docs/tee-support.md.
  */
 import { CocoonError } from '../errors.js';
+import { httpRequest, type HttpResult } from '../kbs/client/http.js';
 import { ALG, TpmClient } from './tpm/client.js';
 import type { Tcti } from './tpm/tcti.js';
 import type { Attester } from './types.js';
@@ -29,22 +30,23 @@ export interface AzureAttesterOptions {
   connect?: (tcti: Tcti) => Promise<TpmClient>;
 }
 
-async function imds(fetchImpl: typeof fetch, path: string, init: RequestInit, timeoutMs: number): Promise<Record<string, unknown>> {
-  let res: Response;
+async function imds(fetchImpl: typeof fetch, path: string, init: { method: 'GET' | 'POST'; body?: unknown }, timeoutMs: number): Promise<Record<string, unknown>> {
+  let res: HttpResult;
   try {
-    res = await fetchImpl(`${IMDS}${path}`, { ...init, headers: { Metadata: 'true', 'content-type': 'application/json' }, signal: AbortSignal.timeout(timeoutMs) });
+    // bounded read (MAX_IMDS): a larger answer is refused, not buffered
+    res = await httpRequest(`${IMDS}${path}`, { ...init, headers: { Metadata: 'true' }, timeoutMs, maxBytes: MAX_IMDS, fetchImpl });
   } catch (err) {
     throw new CocoonError('ATTESTER_IO_FAILED', `Azure IMDS ${path}: ${(err as Error).message}`, { cause: err });
   }
-  const text = await res.text();
-  if (!res.ok || text.length > MAX_IMDS) throw new CocoonError('ATTESTER_IO_FAILED', `Azure IMDS ${path}: HTTP ${res.status}${text.length > MAX_IMDS ? ' (response too large)' : ''}`);
+  if (res.status < 200 || res.status > 299) throw new CocoonError('ATTESTER_IO_FAILED', `Azure IMDS ${path}: HTTP ${res.status}`);
+  let v: unknown;
   try {
-    const v: unknown = JSON.parse(text);
-    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not an object');
-    return v as Record<string, unknown>;
+    v = JSON.parse(res.bytes.toString('utf8'));
   } catch (err) {
     throw new CocoonError('ATTESTER_IO_FAILED', `Azure IMDS ${path}: response is not a JSON object`, { cause: err });
   }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new CocoonError('ATTESTER_IO_FAILED', `Azure IMDS ${path}: response is not a JSON object`);
+  return v as Record<string, unknown>;
 }
 
 function pemToDer(pem: string): Buffer {
@@ -88,7 +90,7 @@ export class AzureVtpmAttester implements Attester {
       evidence.vcek = pemToDer(certs.vcekCert).toString('base64');
     } else {
       const tdReport = hcl.subarray(0x20, 0x20 + 1024);
-      const r = await imds(fetchImpl, '/acc/tdquote', { method: 'POST', body: JSON.stringify({ report: tdReport.toString('base64url') }) }, timeoutMs);
+      const r = await imds(fetchImpl, '/acc/tdquote', { method: 'POST', body: { report: tdReport.toString('base64url') } }, timeoutMs);
       if (typeof r.quote !== 'string' || r.quote.length > MAX_IMDS) throw new CocoonError('ATTESTER_IO_FAILED', 'Azure IMDS: no TD quote');
       evidence.td_quote = Buffer.from(r.quote, 'base64url').toString('base64');
     }

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
-import { action, createOutput } from './output.js';
+import { action, createOutput, type Output } from './output.js';
 import { parseListen } from './serve.js';
 import { CocoonError } from '../errors.js';
 
@@ -52,6 +52,10 @@ function collect(value: string, previous: string[]): string[] {
 
 function listenAddress(listen: string): { host: string; port: number } {
   return listen.startsWith(':') ? parseListen(`0.0.0.0${listen}`) : parseListen(listen);
+}
+
+function warnIfSim(out: Output, target: string): void {
+  if (target === 'sim') out.warn('INSECURE: the webhook config targets the simulated TEE (sim): development clusters only');
 }
 
 export function registerK8s(program: Command): void {
@@ -195,12 +199,11 @@ export function registerK8s(program: Command): void {
         const { toYaml } = await import('../k8s/manifest.js');
         const text = await readInput(opts.config, 'webhook config');
         const config = parseWebhookConfig(text, opts.config);
-        if (config.target.target === 'sim') out.warn('INSECURE: the webhook config targets the simulated TEE (sim): development clusters only');
+        warnIfSim(out, config.target.target);
         const objects = renderWebhook({
           namespace: opts.namespace,
           image: opts.image,
           configYaml: text,
-          config,
           name: opts.name,
           replicas: intOption(opts.replicas, '--replicas', 1, 10),
           certManager: Boolean(opts.certManager),
@@ -228,7 +231,7 @@ export function registerK8s(program: Command): void {
         const { loadWebhookConfig } = await import('../k8s/webhook-config.js');
         const { startWebhook } = await import('../k8s/webhook.js');
         const config = await loadWebhookConfig(opts.config);
-        if (config.target.target === 'sim') out.warn('INSECURE: the webhook config targets the simulated TEE (sim): development clusters only');
+        warnIfSim(out, config.target.target);
         const hook = await startWebhook({ config, certFile: opts.tlsCert, keyFile: opts.tlsKey, host, port, logger: { level: opts.logLevel } });
         process.stderr.write(`cocoon webhook listening on ${hook.url} (${config.images.length} mapped image(s), target ${config.target.target})\n`);
         await new Promise<void>((resolve) => {

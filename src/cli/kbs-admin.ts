@@ -5,6 +5,7 @@ import Table from 'cli-table3';
 import { action, createOutput } from './output.js';
 import { ownerClient, withOwnerOptions, type OwnerOptions } from './owner-options.js';
 import { CocoonError } from '../errors.js';
+import type { JWK } from 'jose';
 import type { AuditEntry } from '../kbs/client/owner.js';
 import { REVOCATION_REASONS, isRevocationReason } from '../kbs/revocation-reasons.js';
 
@@ -54,13 +55,16 @@ export function registerKbsAdmin(program: Command): void {
         if (!opts.dataDir) throw new CocoonError('BAD_USAGE', '--postgres needs --data-dir (where kbs-identity.jwk is)');
         const { IDENTITY_FILE } = await import('../kbs/identity.js');
         const file = join(opts.dataDir, IDENTITY_FILE);
-        const jwk = JSON.parse(await readFile(file, 'utf8').catch(() => {
+        const text = await readFile(file, 'utf8').catch(() => {
           throw new CocoonError('BAD_USAGE', `cannot read ${file}`);
-        })) as Record<string, string>;
-        const key = auditPublicKey({ kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y } as never);
-        const { openSqliteStore } = await import('../kbs/store/sqlite.js');
-        const { openPostgresStore } = await import('../kbs/store/postgres.js');
-        const store = opts.postgres ? await openPostgresStore(opts.postgres, { maxConnections: 2 }) : await openSqliteStore(opts.dataDir);
+        });
+        let key;
+        try {
+          key = auditPublicKey(JSON.parse(text) as JWK);
+        } catch (err) {
+          throw new CocoonError('INPUT_MALFORMED', `${file} is not the KBS identity JWK`, { cause: err });
+        }
+        const store = await openStore({ dataDir: opts.dataDir, ...(opts.postgres ? { postgres: opts.postgres } : {}) });
         try {
           verdict = await verifyStoreAudit(store, key);
         } finally {

@@ -6,6 +6,7 @@ import { action, createOutput } from './output.js';
 import { configDir, configPaths, resolveKbsUrl } from './config.js';
 import { CocoonError } from '../errors.js';
 import { isTeeKind } from '../attestation/types.js';
+import { POLICY_VOLUME_NAME_RE } from '../policy/volumes.js';
 
 const SIZE = /^\d{1,6}[kmg]$/i;
 
@@ -16,7 +17,7 @@ export function registerRuntime(program: Command): void {
     .argument('<image>', 'wrapped image: OCI layout directory or oci:DIR[:TAG] (copy registry images or archives into a layout first: cocoon image copy)')
     .option('--kbs <url>', 'Key Broker Service URL (default: $COCOON_KBS_URL or the config file)')
     .option('--tee <kind>', 'TEE the launcher attests with: sim (INSECURE, development) or a hardware kind; default: detect')
-    .option('--tpm-tcti <tcti>', 'TPM the launcher uses with --tee tpm: swtpm:host=127.0.0.1,port=N (host network) or device:/dev/tpmrm0 (default)')
+    .option('--tpm-tcti <tcti>', 'TPM the launcher uses with --tee tpm (or an Azure vTPM kind): swtpm:host=127.0.0.1,port=N (host network) or device:/dev/tpmrm0 (default)')
     .option('--name <name>', 'container name (default: cocoon-<random>)')
     .option('-d, --detach', 'run in the background; see `cocoon ps`, `cocoon logs`, `cocoon stop`')
     .option('--memory-root-size <size>', 'size limit of the in-memory application root', '1g')
@@ -38,7 +39,8 @@ export function registerRuntime(program: Command): void {
           const { parseTcti, tctiToString } = await import('../attester/tpm/tcti.js');
           opts.tpmTcti = tctiToString(parseTcti(opts.tpmTcti));
         }
-        const tpmDevice = opts.tee === 'tpm' && (opts.tpmTcti === undefined || opts.tpmTcti.startsWith('device:')) ? (opts.tpmTcti ?? 'device:/dev/tpmrm0').slice('device:'.length) : undefined;
+        const usesTpm = opts.tee === 'tpm' || opts.tee === 'az-snp-vtpm' || opts.tee === 'az-tdx-vtpm';
+        const tpmDevice = usesTpm && (opts.tpmTcti === undefined || opts.tpmTcti.startsWith('device:')) ? (opts.tpmTcti ?? 'device:/dev/tpmrm0').slice('device:'.length) : undefined;
         const volumes = await parseVolumeFlags(opts.volume);
         if (opts.tee === 'sim') out.warn('INSECURE: simulated TEE — the workload has no hardware protection (development only)');
         const { runWrapped } = await import('../runtime/runc.js');
@@ -113,9 +115,10 @@ async function parseVolumeFlags(values: string[]): Promise<{ name: string; hostD
   if (values.length > 16) throw new CocoonError('BAD_USAGE', 'at most 16 --volume flags');
   const out: { name: string; hostDir: string }[] = [];
   for (const v of values) {
-    const m = /^([a-z0-9][a-z0-9_-]{0,62})=(.{1,1024})$/.exec(v);
-    if (!m) throw new CocoonError('BAD_USAGE', '--volume must be NAME=HOSTDIR (NAME: [a-z0-9][a-z0-9_-]*)');
-    const [, name, dir] = m as unknown as [string, string, string];
+    const eq = v.indexOf('=');
+    const name = v.slice(0, Math.max(eq, 0));
+    const dir = v.slice(eq + 1);
+    if (eq < 0 || !POLICY_VOLUME_NAME_RE.test(name) || !/^.{1,1024}$/.test(dir)) throw new CocoonError('BAD_USAGE', '--volume must be NAME=HOSTDIR (NAME: [a-z0-9][a-z0-9_-]*)');
     if (out.some((o) => o.name === name)) throw new CocoonError('BAD_USAGE', `--volume ${name} given twice`);
     const hostDir = resolve(dir);
     if (hostDir.includes(',') || hostDir.includes('\0')) throw new CocoonError('BAD_USAGE', `--volume ${name}: the host directory must not contain commas`);

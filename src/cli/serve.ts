@@ -104,6 +104,7 @@ export function registerServe(program: Command): void {
           }));
           out.warn('INSECURE: --allow-sim: simulated-TEE evidence is accepted where a policy names `sim`');
         }
+        if (opts.simPlatform && !opts.allowSim) throw new CocoonError('BAD_USAGE', '--sim-platform needs --allow-sim');
         const { readTrustedAkFiles } = await import('../kbs/verifier.js');
         const trustedAks = await readTrustedAkFiles(opts.trustedAk);
         if (!/^\d{1,6}$/.test(opts.rateLimit)) throw new CocoonError('BAD_USAGE', '--rate-limit must be a number of requests per second');
@@ -116,7 +117,11 @@ export function registerServe(program: Command): void {
         if (Boolean(opts.tlsCert) !== Boolean(opts.tlsKey)) throw new CocoonError('BAD_USAGE', '--tls-cert and --tls-key go together');
         let tls: { cert: string; key: string } | undefined;
         if (opts.tlsCert && opts.tlsKey) {
-          tls = { cert: await readFile(opts.tlsCert, 'utf8'), key: await readFile(opts.tlsKey, 'utf8') };
+          const readPem = (flag: string, file: string) =>
+            readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
+              throw new CocoonError('BAD_USAGE', `${flag}: cannot read ${file}: ${err.code ?? err.message}`, { cause: err });
+            });
+          tls = { cert: await readPem('--tls-cert', opts.tlsCert), key: await readPem('--tls-key', opts.tlsKey) };
         } else if (opts.tls) {
           const { loadOrCreateSelfSignedTls } = await import('../kbs/tls.js');
           const self = await loadOrCreateSelfSignedTls(opts.dataDir, host === '0.0.0.0' || host === '::' ? [] : [host]);
@@ -128,7 +133,6 @@ export function registerServe(program: Command): void {
         const store = opts.postgres ? await (await import('../kbs/store/postgres.js')).openPostgresStore(opts.postgres) : undefined;
         const sealer = opts.tpm ? new (await import('../kbs/tpm-sealer.js')).TpmSealer({ tcti: opts.tpm }) : undefined;
         const rate = Number(opts.rateLimit);
-        if (opts.simPlatform && !opts.allowSim) throw new CocoonError('BAD_USAGE', '--sim-platform needs --allow-sim');
         const { createSelfAttestation } = await import('../kbs/self-attester.js');
         const selfAtt = await createSelfAttestation({
           tee: opts.tee,

@@ -84,6 +84,6 @@ async function decryptLayers(payloadDir: string, payload: WrappedPayload, kek: B
     }
     diffIDs.push(result.diffID);
   }
-  if (links && links.size > 0) await materializeLinks(destRoot, links, { ...(opts.onWarning ? { onWarning: opts.onWarning } : {}), ...(limits.maxEntries !== undefined ? { maxEntries: limits.maxEntries } : {}) });
+  if (links && links.size > 0) await materializeLinks(destRoot, links, { ...(opts.onWarning ? { onWarning: opts.onWarning } : {}), ...(limits.maxEntries !== undefined ? { maxEntries: limits.maxEntries } : {}), ...(limits.maxBytes !== undefined ? { maxBytes: limits.maxBytes } : {}) });
   return diffIDs;
 }

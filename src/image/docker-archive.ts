@@ -98,7 +98,7 @@ export async function indexTar(file: string): Promise<Map<string, Entry>> {
       if (type === 'x' || type === 'L') {
         if (size > 1 << 20) throw new CocoonError('IMAGE_INVALID', 'docker archive: extended header too large');
         const data = Buffer.alloc(size);
-        await fh.read(data, 0, size, dataPos);
+        if ((await fh.read(data, 0, size, dataPos)).bytesRead !== size) throw new CocoonError('IMAGE_INVALID', 'docker archive: truncated extended header');
         if (type === 'x') {
           const pax = parsePax(data);
           paxPath = pax.path;

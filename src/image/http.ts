@@ -149,7 +149,12 @@ export class HttpClient {
       const loc = header(res, 'location');
       await discard(res);
       if (!loc) throw new CocoonError('REGISTRY_ERROR', `${url.host}: redirect without Location`);
-      const next = new URL(loc, url);
+      let next: URL;
+      try {
+        next = new URL(loc, url);
+      } catch {
+        throw new CocoonError('REGISTRY_ERROR', `${url.host}: redirect to an invalid Location`);
+      }
       if (next.protocol !== 'https:' && !(next.protocol === 'http:' && this.opts.allowHttp)) {
         throw new CocoonError('REGISTRY_ERROR', `${url.host}: refusing redirect to ${next.protocol}`);
       }

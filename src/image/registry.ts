@@ -346,7 +346,7 @@ export class RegistryClient {
       // not mounted: cancel the session the registry opened
       const loc = header(res, 'location');
       await discard(res);
-      if (loc) await this.call('DELETE', new URL(loc, this.base), { actions: 'pull,push' }).then(discard, () => undefined);
+      if (loc && URL.canParse(loc, this.base)) await this.call('DELETE', new URL(loc, this.base), { actions: 'pull,push' }).then(discard, () => undefined);
       return false;
     }
     await discard(res);
@@ -422,7 +422,12 @@ export class RegistryClient {
 function uploadLocation(res: HttpResponse, base: string): URL {
   const loc = header(res, 'location');
   if (!loc || loc.length > 8192) throw new CocoonError('REGISTRY_ERROR', 'upload response without Location');
-  const u = new URL(loc, base);
+  let u: URL;
+  try {
+    u = new URL(loc, base);
+  } catch {
+    throw new CocoonError('REGISTRY_ERROR', 'upload response with an invalid Location');
+  }
   const b = new URL(base);
   if (u.protocol !== b.protocol) throw new CocoonError('REGISTRY_ERROR', `upload Location changes protocol to ${u.protocol}`);
   return u;

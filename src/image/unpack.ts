@@ -495,10 +495,12 @@ function toUnpackError(err: unknown, name: string): CocoonError {
  * inside a copied directory are carried over with absolute targets. Copies are not shared:
  * a later write through one path is not seen through the other.
  */
-export async function materializeLinks(root: string, links: Map<string, string>, opts: { onWarning?: (message: string) => void; maxEntries?: number } = {}): Promise<{ materialized: number; skipped: number }> {
+export async function materializeLinks(root: string, links: Map<string, string>, opts: { onWarning?: (message: string) => void; maxEntries?: number; maxBytes?: number } = {}): Promise<{ materialized: number; skipped: number }> {
   const realRoot = await realpath(root);
   const maxEntries = opts.maxEntries ?? DEFAULT_UNPACK_LIMITS.maxEntries;
+  const maxBytes = opts.maxBytes ?? DEFAULT_UNPACK_LIMITS.maxBytes;
   let copied = 0;
+  let copiedBytes = 0;
   let materialized = 0;
   let skipped = 0;
   const warn = (m: string) => opts.onWarning?.(m);
@@ -535,12 +537,14 @@ export async function materializeLinks(root: string, links: Map<string, string>,
   const count = () => {
     if (++copied > maxEntries) throw new CocoonError('DECOMPRESSION_BOMB', `materializing symlinks would create more than ${maxEntries} entries`);
   };
-  async function copyFileTo(src: string, dst: string, mode: number): Promise<void> {
+  async function copyFileTo(src: string, dst: string, st: Stats): Promise<void> {
     count();
-    const fh = await open(dst, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, mode & 0o777);
+    copiedBytes += st.size;
+    if (copiedBytes > maxBytes) throw new CocoonError('DECOMPRESSION_BOMB', `materializing symlinks would copy more than ${maxBytes} bytes`);
+    const fh = await open(dst, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, st.mode & 0o777);
     try {
       await writeBatched(fh, createReadStream(src));
-      await fh.chmod(mode & 0o7777);
+      await fh.chmod(st.mode & 0o7777);
     } finally {
       await fh.close();
     }
@@ -554,7 +558,7 @@ export async function materializeLinks(root: string, links: Map<string, string>,
       const s = `${srcRel}/${e.name}`;
       const d = `${dstRel}/${e.name}`;
       if (e.isDirectory()) await copyTree(s, d);
-      else if (e.isFile()) await copyFileTo(join(realRoot, s), join(realRoot, d), (await lstat(join(realRoot, s))).mode);
+      else if (e.isFile()) await copyFileTo(join(realRoot, s), join(realRoot, d), await lstat(join(realRoot, s)));
     }
     // pending links inside the source directory move along, with targets that mean the same thing
     for (const [k, t] of [...links]) {
@@ -591,7 +595,7 @@ export async function materializeLinks(root: string, links: Map<string, string>,
       continue;
     }
     if (st.isDirectory()) await copyTree(srcRel, rel);
-    else if (st.isFile()) await copyFileTo(join(realRoot, srcRel), join(realRoot, rel), st.mode);
+    else if (st.isFile()) await copyFileTo(join(realRoot, srcRel), join(realRoot, rel), st);
     else {
       skipped++;
       warn(`symlink /${rel} → ${target} is not a file or directory: left out`);

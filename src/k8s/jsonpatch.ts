@@ -32,41 +32,5 @@ export function diffToPatch(before: unknown, after: unknown, path = ''): PatchOp
     for (let i = before.length - 1; i >= common; i--) ops.push({ op: 'remove', path: `${path}/${i}` });
     return ops;
   }
-  if (path === '') return [{ op: 'replace', path: '', value: after }];
   return [{ op: 'replace', path, value: after }];
-}
-
-function unescape(token: string): string {
-  return token.replace(/~1/g, '/').replace(/~0/g, '~');
-}
-
-/** Applies a patch produced by diffToPatch (used by tests and as a self-check). */
-export function applyPatch(doc: unknown, ops: readonly PatchOp[]): unknown {
-  let root = structuredClone(doc);
-  for (const op of ops) {
-    if (op.path === '') {
-      if (op.op === 'remove') throw new Error('cannot remove the root');
-      root = structuredClone(op.value);
-      continue;
-    }
-    const tokens = op.path.split('/').slice(1).map(unescape);
-    const last = tokens.pop() as string;
-    let parent: unknown = root;
-    for (const t of tokens) {
-      parent = Array.isArray(parent) ? parent[Number(t)] : isRecord(parent) ? parent[t] : undefined;
-      if (parent === undefined) throw new Error(`path not found: ${op.path}`);
-    }
-    if (Array.isArray(parent)) {
-      if (op.op === 'remove') parent.splice(Number(last), 1);
-      else if (last === '-') parent.push(structuredClone(op.value));
-      else if (op.op === 'add') parent.splice(Number(last), 0, structuredClone(op.value));
-      else parent[Number(last)] = structuredClone(op.value);
-    } else if (isRecord(parent)) {
-      if (op.op === 'remove') delete parent[last];
-      else parent[last] = structuredClone(op.value);
-    } else {
-      throw new Error(`path not found: ${op.path}`);
-    }
-  }
-  return root;
 }

@@ -7,14 +7,12 @@
  *    fills caBundle from the annotation cert-manager.io/inject-ca-from.
  */
 import { createHash } from 'node:crypto';
-import { stringify } from 'yaml';
 import { CocoonError } from '../errors.js';
 import type { K8sObject } from './manifest.js';
 import { validateAll } from './validate.js';
 import { DNS_LABEL_RE } from './values.js';
 import { serviceDnsNames } from './certs.js';
 import { APP_VERSION } from './render-kbs.js';
-import type { WebhookConfig } from './webhook-config.js';
 
 export const NAMESPACE_LABEL = 'cocoon.dev/inject';
 export const NAMESPACE_LABEL_VALUE = 'enabled';
@@ -64,7 +62,6 @@ export interface WebhookRenderOptions {
   image: string;
   /** The webhook.yaml text (already parsed and checked by the caller). */
   configYaml: string;
-  config: WebhookConfig;
   name?: string;
   replicas?: number;
   certManager?: boolean;
@@ -172,13 +169,4 @@ export function renderTlsSecret(options: { name: string; namespace: string; cert
   };
   validateAll([obj]);
   return obj;
-}
-
-/** A webhook.yaml example (docs and `render webhook` without --config). */
-export function exampleWebhookConfig(): string {
-  return stringify({
-    kbsUrl: 'http://cocoon-kbs.cocoon.svc:8080',
-    target: { name: 'aks-cvm', vtpm: 'snp' },
-    images: [{ original: 'docker.io/library/redis:7', wrapped: `registry.example/shop/redis-cc@sha256:${'0'.repeat(64)}`, policy: 'shop/redis', workload: 'redis' }],
-  });
 }

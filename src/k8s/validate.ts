@@ -105,19 +105,24 @@ function checkCrd(obj: K8sObject): void {
   }
 }
 
+/** Validates `obj` with its kubernetes-models class; MANIFEST_INVALID with the first few schema errors. */
+function checkSchema(Model: ModelCtor, obj: K8sObject): void {
+  try {
+    new Model(obj as never).validate();
+  } catch (err) {
+    const errors = (err as { errors?: Array<{ instancePath?: string; message?: string }> }).errors;
+    const detail = errors?.length ? errors.slice(0, 5).map((e) => `${e.instancePath || '/'} ${e.message ?? 'invalid'}`).join('; ') : (err as Error).message;
+    throw new CocoonError('MANIFEST_INVALID', `${obj.apiVersion}/${obj.kind} ${describe(obj)} does not match the Kubernetes schema: ${detail}`, { cause: err });
+  }
+}
+
 /** Validates one object; throws MANIFEST_INVALID. Unknown kinds are refused unless `allowUnknown`. */
 export function validateObject(obj: K8sObject, options: { allowUnknown?: boolean } = {}): void {
   const key = `${obj.apiVersion}/${obj.kind}`;
   const Model = MODELS[key];
   if (Model) {
     checkMetadata(obj);
-    try {
-      new Model(obj as never).validate();
-    } catch (err) {
-      const errors = (err as { errors?: Array<{ instancePath?: string; message?: string }> }).errors;
-      const detail = errors?.length ? errors.slice(0, 5).map((e) => `${e.instancePath || '/'} ${e.message ?? 'invalid'}`).join('; ') : (err as Error).message;
-      throw new CocoonError('MANIFEST_INVALID', `${key} ${describe(obj)} does not match the Kubernetes schema: ${detail}`, { cause: err });
-    }
+    checkSchema(Model, obj);
     return;
   }
   if (VALIDATED_KINDS.includes(key)) {
@@ -171,13 +176,7 @@ export async function validateAnyKind(objects: readonly K8sObject[]): Promise<{ 
       unchecked.push(`${key} ${describe(obj)}`);
       continue;
     }
-    try {
-      new Model(obj as never).validate();
-    } catch (err) {
-      const errors = (err as { errors?: Array<{ instancePath?: string; message?: string }> }).errors;
-      const detail = errors?.length ? errors.slice(0, 5).map((e) => `${e.instancePath || '/'} ${e.message ?? 'invalid'}`).join('; ') : (err as Error).message;
-      throw new CocoonError('MANIFEST_INVALID', `${key} ${describe(obj)} does not match the Kubernetes schema: ${detail}`, { cause: err });
-    }
+    checkSchema(Model, obj);
   }
   return { unchecked };
 }

@@ -44,18 +44,27 @@ export function expectStringMap(value: unknown, path: string): Record<string, st
 export const QUANTITY_RE = /^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$/;
 export const DNS_LABEL_RE = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 
-/** A values file: one YAML mapping (or empty), strict (duplicate keys are errors), at most 1 MiB. */
-export function parseValuesYaml(text: string, source = 'values'): Record<string, unknown> {
-  if (Buffer.byteLength(text) > 1024 * 1024) throw new CocoonError('INPUT_TOO_LARGE', `${source}: larger than 1 MiB`);
+const MAX_VALUES_BYTES = 1024 * 1024;
+
+/**
+ * One strict YAML document as plain data: at most `maxBytes` (else INPUT_TOO_LARGE), duplicate
+ * keys and aliases refused; any YAML error is BAD_USAGE. Messages start with `source`.
+ */
+export function parseStrictYaml(text: string, source: string, maxBytes: number): unknown {
+  if (Buffer.byteLength(text) > maxBytes) throw new CocoonError('INPUT_TOO_LARGE', `${source}: larger than ${maxBytes} bytes`);
   const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true });
   const first = doc.errors[0];
   if (first) throw new CocoonError('BAD_USAGE', `${source}: ${first.message.split('\n')[0] ?? 'YAML error'}`);
-  let value: unknown;
   try {
-    value = doc.toJS({ maxAliasCount: 0 });
+    return doc.toJS({ maxAliasCount: 0 }) as unknown;
   } catch (err) {
     throw new CocoonError('BAD_USAGE', `${source}: ${(err as Error).message}`, { cause: err });
   }
+}
+
+/** A values file: one YAML mapping (or empty), strict (duplicate keys are errors), at most 1 MiB. */
+export function parseValuesYaml(text: string, source = 'values'): Record<string, unknown> {
+  const value = parseStrictYaml(text, source, MAX_VALUES_BYTES);
   if (value === null || value === undefined) return {};
   if (!isRecord(value)) throw new CocoonError('BAD_USAGE', `${source}: expected a mapping of values`);
   return value;

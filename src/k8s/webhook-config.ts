@@ -9,11 +9,11 @@
  * credentials and must answer within the API server's timeout.)
  */
 import { readFile } from 'node:fs/promises';
-import { parseDocument } from 'yaml';
 import { CocoonError } from '../errors.js';
 import { WORKLOAD_NAME_RE, isPolicyName } from '../policy/names.js';
 import { isRecord } from './manifest.js';
 import { TARGETS, checkTransformOptions, type TargetOptions } from './transform.js';
+import { parseStrictYaml } from './values.js';
 
 export interface ImageMapping {
   original: string;
@@ -49,16 +49,7 @@ function onlyKeys(obj: Record<string, unknown>, keys: readonly string[], path: s
 }
 
 export function parseWebhookConfig(text: string, source = 'webhook config'): WebhookConfig {
-  if (Buffer.byteLength(text) > MAX_CONFIG_BYTES) throw new CocoonError('INPUT_TOO_LARGE', `${source}: larger than ${MAX_CONFIG_BYTES} bytes`);
-  const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true });
-  const first = doc.errors[0];
-  if (first) throw new CocoonError('BAD_USAGE', `${source}: ${first.message.split('\n')[0] ?? 'YAML error'}`);
-  let raw: unknown;
-  try {
-    raw = doc.toJS({ maxAliasCount: 0 });
-  } catch (err) {
-    throw new CocoonError('BAD_USAGE', `${source}: ${(err as Error).message}`, { cause: err });
-  }
+  const raw = parseStrictYaml(text, source, MAX_CONFIG_BYTES);
   if (!isRecord(raw)) throw new CocoonError('BAD_USAGE', `${source}: expected a mapping`);
   onlyKeys(raw, ['kbsUrl', 'target', 'rootSize', 'images', 'maxBodyBytes'], '');
   const kbsUrl = str(raw, 'kbsUrl', '', true) as string;

@@ -88,12 +88,13 @@ export async function buildKbsApp(options: KbsOptions): Promise<FastifyInstance>
   const store = options.store ?? (await openSqliteStore(options.dataDir));
   try {
     const identity = options.identity ?? (await loadOrCreateIdentity(options.dataDir));
+    const auditKey = KeyObject.from(identity.privateKey);
     const sealer = options.sealer ?? (await FileSealer.open(options.dataDir));
     const dataKey = await loadDataKey(store, sealer);
     const now = options.now ?? (() => new Date());
     if (options.owners?.length) await registerOwners(store, options.owners, now().getTime());
     if (options.recoveryRecipients && Object.keys(options.recoveryRecipients).length > 0 && options.recoveryThreshold === undefined) throw new CocoonError('BAD_USAGE', 'recovery recipients need a recovery threshold');
-    const withoutShare = options.recoveryThreshold !== undefined ? await ensureRecovery(store, dataKey, options.recoveryThreshold, options.recoveryRecipients ?? {}, now().getTime(), KeyObject.from(identity.privateKey)) : [];
+    const withoutShare = options.recoveryThreshold !== undefined ? await ensureRecovery(store, dataKey, options.recoveryThreshold, options.recoveryRecipients ?? {}, now().getTime(), auditKey) : [];
 
     const loggerOptions = options.logger === false ? false : { level: 'info', ...(typeof options.logger === 'object' ? options.logger : {}), redact: { paths: REDACT, censor: '[redacted]' } };
     const app = Fastify({
@@ -118,8 +119,8 @@ export async function buildKbsApp(options: KbsOptions): Promise<FastifyInstance>
       ...(options.workloadCertValidMs !== undefined ? { workloadCertValidMs: options.workloadCertValidMs } : {}),
       log: app.log,
       metrics: createMetrics(),
-      auditKey: KeyObject.from(identity.privateKey),
-      journal: new Journal(store, KeyObject.from(identity.privateKey)),
+      auditKey,
+      journal: new Journal(store, auditKey),
       ca: new DeploymentCa(store, dataKey, now),
     };
     for (const o of withoutShare) app.log.warn({ owner: o.kid }, `recovery: admin owner ${o.kid} gets no recovery share: ${o.reason}`);

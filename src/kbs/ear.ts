@@ -1,6 +1,6 @@
 import { KeyObject, randomUUID, sign } from 'node:crypto';
 import { jwtVerify } from 'jose';
-import type { JWK } from 'jose';
+import type { JWK, JWTPayload } from 'jose';
 import type { Claims, TeeKind } from '../attestation/types.js';
 import { CocoonError } from '../errors.js';
 import type { KbsIdentity } from './identity.js';
@@ -38,6 +38,8 @@ export interface EarGrant {
   teePubkey: JWK;
   insecure: boolean;
   exp: number;
+  /** The verified payload, for readers of the annotated evidence. */
+  payload: JWTPayload;
 }
 
 /** AR4SI trustworthiness vector: 2 = affirming tier values; 96 = contraindicated. */
@@ -134,5 +136,6 @@ export async function verifyEar(id: KbsIdentity, token: string, now: Date): Prom
     teePubkey: teePubkey as JWK,
     insecure: payload['cocoon.insecure'] !== undefined,
     exp: payload.exp as number,
+    payload,
   };
 }

@@ -57,6 +57,14 @@ export async function requirePolicyAccess(ctx: KbsContext, ownerKid: string, nam
   if (!(await isAdmin(ctx, ownerKid))) throw new CocoonError('FORBIDDEN', policy ? `policy ${name} is managed by the KBS administrators` : `only KBS administrators may create policy ${name}`);
 }
 
+/** The current version of a policy, if this owner may read it (403 before 404: no probing of names). */
+export async function readablePolicy(ctx: KbsContext, ownerKid: string, name: string): Promise<CurrentPolicy> {
+  const head = await currentPolicy(ctx, name);
+  await requirePolicyAccess(ctx, ownerKid, name, head?.policy);
+  if (!head) throw new CocoonError('NOT_FOUND', `no policy ${name}`);
+  return head;
+}
+
 export async function isAdmin(ctx: KbsContext, ownerKid: string): Promise<boolean> {
   return (await ctx.store.getOwner(ownerKid))?.role === 'admin';
 }

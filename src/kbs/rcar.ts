@@ -1,6 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { decodeJwt } from 'jose';
-import type { FlattenedJWE } from 'jose';
+import type { FlattenedJWE, JWTPayload } from 'jose';
 import { isTeeKind } from '../attestation/types.js';
 import type { TeeKind, VerificationResult } from '../attestation/types.js';
 import { constantTimeEqual } from '../crypto/hash.js';
@@ -9,7 +8,7 @@ import type { ErrorCode } from '../errors.js';
 import { evaluateAccept, grantedSecrets, workloadMeasurementOf } from '../policy/evaluate.js';
 import { LAUNCH_PLAN_RESOURCE } from '../policy/names.js';
 import { workloadCertGranted } from '../policy/types.js';
-import type { Policy, SecretField } from '../policy/types.js';
+import type { Policy, SecretField, WorkloadSpec } from '../policy/types.js';
 import type { Claims } from '../attestation/types.js';
 import type { AuditInput } from './audit.js';
 import { WORKLOAD_CERT_VALID_MS, parseCsr } from './ca.js';
@@ -21,6 +20,7 @@ import { INSECURE_NOTICE, issueEar, verifyEar } from './ear.js';
 import { renderLaunchPlan } from './launch-plan.js';
 import { volumeGrantsFor } from './volumes.js';
 import { currentPolicy } from './policies.js';
+import type { CurrentPolicy } from './policies.js';
 import { bindInitData, parseInitData } from './init-data.js';
 import { RCAR_TEES, RCAR_VERSION, SESSION_COOKIE, WORKLOAD_CERT_RESOURCE, rcarReportData } from './rcar-protocol.js';
 import { encryptToTee, parseTeePubkey } from './tee-key.js';
@@ -124,22 +124,7 @@ export async function attest(ctx: KbsContext, sessionId: string | undefined, req
     const activations = await ctx.store.countActivation(target.policy, target.workload, workload.maxActivations);
     if (activations === false) throw new CocoonError('POLICY_DENIED', `${target.policy}#${target.workload}: maxActivations (${workload.maxActivations ?? 0}) reached`);
 
-    const { token, exp } = await issueEar(ctx.identity, {
-      status: 'affirming',
-      tee: teeKind,
-      policy: target.policy,
-      policyVersion: current.record.version,
-      workload: target.workload,
-      teePubkey: teePubkey.jwk,
-      claims: result.claims,
-      insecure,
-      now,
-      ttlS: ctx.tokenTtlS,
-      ...(result.tcbStatus !== undefined ? { tcbStatus: result.tcbStatus } : {}),
-      advisories: result.advisories,
-      ...(csr !== undefined ? { csr } : {}),
-    });
-    const grant: SessionGrant = {
+    const grant: SessionGrant & { claims: Claims } = {
       policy: target.policy,
       workload: target.workload,
       tee: teeKind,
@@ -151,6 +136,8 @@ export async function attest(ctx: KbsContext, sessionId: string | undefined, req
       advisories: result.advisories,
       ...(csr !== undefined ? { csr } : {}),
     };
+    // The token carries what the session keeps (bearer releases re-read it with claimsFromToken).
+    const { token, exp } = await issueEar(ctx.identity, { ...grant, status: 'affirming', policyVersion: current.record.version, teePubkey: teePubkey.jwk, now, ttlS: ctx.tokenTtlS });
     await ctx.store.completeSession(session.id, JSON.stringify(teePubkey.jwk), JSON.stringify(grant), exp * 1000);
     await record(
       ctx,
@@ -225,7 +212,7 @@ export async function authorizeResource(ctx: KbsContext, auth: { sessionId?: str
     const ear = await verifyEar(ctx.identity, auth.bearer, now);
     if (ear.status !== 'affirming') throw new CocoonError('POLICY_DENIED', 'attestation token is not affirming');
     if (!isTeeKind(ear.tee)) throw new CocoonError('AUTH_INVALID', 'attestation token names an unknown TEE');
-    const fromToken = claimsFromToken(auth.bearer);
+    const fromToken = claimsFromToken(ear.payload);
     return {
       policy: ear.policy,
       workload: ear.workload,
@@ -251,9 +238,8 @@ export async function authorizeResource(ctx: KbsContext, auth: { sessionId?: str
   return { ...grant, teePubkey: parseTeePubkey(JSON.parse(session.teePubkey)), via: 'session', sessionId: session.id, instance: { id: `session:${session.id}`, expiresAt: session.expiresAt } };
 }
 
-/** Token claims were verified by verifyEar; this only reads the annotated evidence. */
-function claimsFromToken(token: string): { claims: Claims; tcbStatus: string | undefined; advisories: string[]; csr: string | undefined; jti: string } {
-  const payload = decodeJwt(token);
+/** The token's payload was verified by verifyEar; this only reads the annotated evidence. */
+function claimsFromToken(payload: JWTPayload): { claims: Claims; tcbStatus: string | undefined; advisories: string[]; csr: string | undefined; jti: string } {
   if (typeof payload.jti !== 'string' || payload.jti.length > 64) throw new CocoonError('AUTH_INVALID', 'attestation token has no jti');
   const ev = ((payload.submods as Record<string, Record<string, unknown>> | undefined)?.cpu0?.['ear.veraison.annotated-evidence'] ?? {}) as Record<string, unknown>;
   const claims: Claims = {};
@@ -326,6 +312,28 @@ function fieldOf(value: Buffer, name: string, field: SecretField | undefined): B
 }
 
 /**
+ * Re-appraises an attested grant against the *current* version of `policyName` (every release
+ * and volume commit does), so removing a measurement or a workload takes effect immediately.
+ */
+export async function reappraiseGrant(ctx: KbsContext, grant: ResourceGrant, policyName: string): Promise<{ current: CurrentPolicy; workload: WorkloadSpec }> {
+  if (policyName !== grant.policy) throw new CocoonError('POLICY_DENIED', `attested for policy ${grant.policy}, not ${policyName}`);
+  const current = await currentPolicy(ctx, policyName);
+  const workload = current?.policy.workloads[grant.workload];
+  if (!current || !workload) throw new CocoonError('POLICY_DENIED', `workload ${grant.workload} is no longer in policy ${policyName}`);
+  const appraisal = evaluateAccept(workload, {
+    tee: grant.tee,
+    measurement: grant.measurement,
+    debug: grant.debug,
+    allowSim: ctx.allowSim,
+    ...(grant.claims ? { claims: grant.claims } : {}),
+    ...(grant.tcbStatus !== undefined ? { tcbStatus: grant.tcbStatus } : {}),
+    ...(grant.advisories ? { advisories: grant.advisories } : {}),
+  });
+  if (!appraisal.allowed) throw new CocoonError(appraisal.initDataUnbound ? 'INIT_DATA_NOT_BOUND' : 'POLICY_DENIED', `the current policy no longer accepts this workload: ${appraisal.reason}`);
+  return { current, workload };
+}
+
+/**
  * Releases `<org>/<app>/<name>` to the grant's TEE key. The grant is re-appraised against the
  * *current* policy version, so removing a measurement or a grant takes effect immediately.
  */
@@ -334,20 +342,7 @@ export async function releaseResource(ctx: KbsContext, grant: ResourceGrant, org
   const target = { policy: grant.policy, workload: grant.workload };
   const resource = `${policyName}/${name}`;
   try {
-    if (policyName !== grant.policy) throw new CocoonError('POLICY_DENIED', `attested for policy ${grant.policy}, not ${policyName}`);
-    const current = await currentPolicy(ctx, policyName);
-    const workload = current?.policy.workloads[grant.workload];
-    if (!current || !workload) throw new CocoonError('POLICY_DENIED', `workload ${grant.workload} is no longer in policy ${policyName}`);
-    const appraisal = evaluateAccept(workload, {
-      tee: grant.tee,
-      measurement: grant.measurement,
-      debug: grant.debug,
-      allowSim: ctx.allowSim,
-      ...(grant.claims ? { claims: grant.claims } : {}),
-      ...(grant.tcbStatus !== undefined ? { tcbStatus: grant.tcbStatus } : {}),
-      ...(grant.advisories ? { advisories: grant.advisories } : {}),
-    });
-    if (!appraisal.allowed) throw new CocoonError(appraisal.initDataUnbound ? 'INIT_DATA_NOT_BOUND' : 'POLICY_DENIED', `the current policy no longer accepts this workload: ${appraisal.reason}`);
+    const { current, workload } = await reappraiseGrant(ctx, grant, policyName);
     const granted = grantedSecrets(current.policy, grant.workload);
     let plaintext: Buffer;
     let serial: string | undefined;

@@ -1,10 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { CocoonError } from '../errors.js';
-import { evaluateAccept } from '../policy/evaluate.js';
 import type { Policy } from '../policy/types.js';
 import { appendAudit, withRetry } from './audit.js';
 import type { KbsContext } from './context.js';
-import { currentPolicy } from './policies.js';
+import { reappraiseGrant } from './rcar.js';
 import type { ResourceGrant } from './rcar.js';
 import { openValue, sealValue } from './secret-box.js';
 import type { VolumeRecord } from './store/types.js';
@@ -68,20 +67,7 @@ export function parseVolumeCommit(body: unknown): VolumeCommitRequest {
  */
 export async function commitVolume(ctx: KbsContext, grant: ResourceGrant, org: string, app: string, req: VolumeCommitRequest): Promise<{ volume: string; version: number }> {
   const policyName = `${org}/${app}`;
-  if (policyName !== grant.policy) throw new CocoonError('POLICY_DENIED', `attested for policy ${grant.policy}, not ${policyName}`);
-  const current = await currentPolicy(ctx, policyName);
-  const workload = current?.policy.workloads[grant.workload];
-  if (!current || !workload) throw new CocoonError('POLICY_DENIED', `workload ${grant.workload} is no longer in policy ${policyName}`);
-  const appraisal = evaluateAccept(workload, {
-    tee: grant.tee,
-    measurement: grant.measurement,
-    debug: grant.debug,
-    allowSim: ctx.allowSim,
-    ...(grant.claims ? { claims: grant.claims } : {}),
-    ...(grant.tcbStatus !== undefined ? { tcbStatus: grant.tcbStatus } : {}),
-    ...(grant.advisories ? { advisories: grant.advisories } : {}),
-  });
-  if (!appraisal.allowed) throw new CocoonError('POLICY_DENIED', `the current policy no longer accepts this workload: ${appraisal.reason}`);
+  const { workload } = await reappraiseGrant(ctx, grant, policyName);
   if (!(workload.volumes ?? []).some((v) => v.name === req.volume)) throw new CocoonError('POLICY_DENIED', `workload ${grant.workload} declares no volume ${req.volume}`);
   const at = ctx.now().getTime();
   const moved = await withRetry(() =>

@@ -49,18 +49,6 @@ export function teeProbes(s: AttesterSettings = DEFAULT_ATTESTER_SETTINGS): Reco
   };
 }
 
-/** Kept for callers that list the probes (paths with the default settings). */
-export const TEE_PROBES: ReadonlyArray<{ path: string; tee: TeeKind; what: string }> = (() => {
-  const p = teeProbes();
-  return [
-    { ...p.tsm, tee: 'tdx' as const },
-    { ...p.tdxDev, tee: 'tdx' as const },
-    { ...p.snpDev, tee: 'snp' as const },
-    { ...p.gramine, tee: 'sgx' as const },
-    { ...p.tpm, tee: 'tpm' as const },
-  ];
-})();
-
 export interface AttesterChoice {
   attester: Attester;
   probed: string[];

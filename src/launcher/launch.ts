@@ -4,7 +4,7 @@ import { readPayload, decryptPayloadLayers } from '../image/wrapped.js';
 import { launcherDigest, workloadMeasurement } from '../image/measure.js';
 import { attestAndFetch } from '../kbs/client/rcar.js';
 import { parseLaunchPlan } from '../kbs/launch-plan.js';
-import type { LauncherConfig } from './config.js';
+import { DEFAULT_TLS_LIFECYCLE, type LauncherConfig } from './config.js';
 import { chooseAttester } from './detect.js';
 import { buildAppArgv, buildAppEnv, writeInjectedFile } from './inject.js';
 import type { LauncherLog } from './log.js';
@@ -12,7 +12,6 @@ import { superviseApp, type AppOutput } from './supervise.js';
 import { resolveUser } from './user.js';
 import { openPlanVolumes } from './volumes/session.js';
 import { generateWorkloadKey, renewViaAttestation, startPlanTls, workloadCertIfTls } from './tls/index.js';
-import { DEFAULT_TLS_LIFECYCLE } from './config.js';
 import { checkGramineLaunch, provisionGramineRootKey } from './gramine.js';
 import { cocoonEntryOf, parseInitDataToml } from '../kbs/init-data.js';
 
@@ -60,12 +59,13 @@ export async function launch(config: LauncherConfig, log: LauncherLog, appOutput
   }
 
   const [org, app] = payload.policy.split('/') as [string, string];
+  const evidenceProvider = (reportData: Uint8Array) => attester.getEvidence(reportData, measurement);
   const workloadKey = await generateWorkloadKey(); // TLS key: generated in the TEE, its CSR bound into the evidence
   const t1 = performance.now();
   const fetched = await attestAndFetch({
     kbsUrl: config.kbsUrl,
     tee: attester.tee,
-    evidenceProvider: (reportData) => attester.getEvidence(reportData, measurement),
+    evidenceProvider,
     initData,
     resources: [`${org}/${app}/launch-plan`],
     csr: workloadKey.csrPem,
@@ -98,7 +98,7 @@ export async function launch(config: LauncherConfig, log: LauncherLog, appOutput
     token: fetched.token,
     owner: { uid: user.uid, gid: user.gid },
     reattest: async () =>
-      (await attestAndFetch({ kbsUrl: config.kbsUrl, tee: attester.tee, evidenceProvider: (rd) => attester.getEvidence(rd, measurement), initData, resources: [], retry: config.retry, timeoutMs: config.requestTimeoutMs })).token,
+      (await attestAndFetch({ kbsUrl: config.kbsUrl, tee: attester.tee, evidenceProvider, initData, resources: [], retry: config.retry, timeoutMs: config.requestTimeoutMs })).token,
   }, log);
   const env = buildAppEnv(payload.config.env, plan.env, user.home);
   const argv = buildAppArgv(payload.config.entrypoint, payload.config.cmd, plan.args);
@@ -109,7 +109,7 @@ export async function launch(config: LauncherConfig, log: LauncherLog, appOutput
       settings: config.tls ?? DEFAULT_TLS_LIFECYCLE,
       timeoutMs: config.requestTimeoutMs,
       // renewal re-attests (a fresh key and CSR in the TEE; counts against maxActivations)
-      renew: renewViaAttestation({ kbsUrl: config.kbsUrl, tee: attester.tee, evidenceProvider: (rd) => attester.getEvidence(rd, measurement), initData, retry: config.retry, timeoutMs: config.requestTimeoutMs }),
+      renew: renewViaAttestation({ kbsUrl: config.kbsUrl, tee: attester.tee, evidenceProvider, initData, retry: config.retry, timeoutMs: config.requestTimeoutMs }),
     },
   }).catch((err: unknown) => {
     volumes?.abort();

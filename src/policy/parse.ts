@@ -71,6 +71,11 @@ function checkSchema(doc: Document, ctx: Ctx): void {
   ctx.failAt(range?.[0] ?? 0, message, path);
 }
 
+/** A YAML value as plain JSON (null for an alias or an empty value), for the parsers of src/policy/{tls,volumes}.ts. */
+function plainValue(node: AnyNode): unknown {
+  return isMap(node) || isSeq(node) || isScalar(node) ? node.toJSON() : null;
+}
+
 /**
  * The node at `rel` (`.ingress[0].allow[1]`, as TlsSpecError paths are written) below `base`,
  * or the deepest one that exists, so an error points at the offending field.
@@ -413,7 +418,7 @@ class PolicyParser {
     const tlsEntry = f.get('tls');
     if (tlsEntry) {
       try {
-        spec.tls = parseTlsSpec(isMap(tlsEntry.value) || isSeq(tlsEntry.value) || isScalar(tlsEntry.value) ? tlsEntry.value.toJSON() : null, { policy: policyName });
+        spec.tls = parseTlsSpec(plainValue(tlsEntry.value), { policy: policyName });
       } catch (err) {
         if (!(err instanceof TlsSpecError)) throw err;
         this.ctx.fail(nodeAt(tlsEntry.value, err.path), err.message, `${path}.tls${err.path}`);
@@ -422,10 +427,10 @@ class PolicyParser {
     const volumesEntry = f.get('volumes');
     if (volumesEntry) {
       try {
-        spec.volumes = parseVolumesSpec(isMap(volumesEntry.value) || isSeq(volumesEntry.value) || isScalar(volumesEntry.value) ? volumesEntry.value.toJSON() : null);
+        spec.volumes = parseVolumesSpec(plainValue(volumesEntry.value));
       } catch (err) {
         if (!(err instanceof VolumeSpecError)) throw err;
-        this.ctx.fail(volumesEntry.value, err.message, `${path}.volumes${err.path}`);
+        this.ctx.fail(nodeAt(volumesEntry.value, err.path), err.message, `${path}.volumes${err.path}`);
       }
     }
     return spec;

@@ -7,6 +7,7 @@
  * normal root after the launcher chroots into it. Host networking by default.
  */
 import { CocoonError } from '../errors.js';
+import { POLICY_VOLUME_NAME_RE } from '../policy/volumes.js';
 
 export interface RuncSpecInput {
   args: string[];
@@ -95,7 +96,7 @@ export function buildRuncSpec(input: RuncSpecInput): Record<string, unknown> {
     mounts.push({ destination: '/run/cocoon/sim', type: 'bind', source: input.simPlatformDir, options: ['rbind', 'ro', 'nosuid', 'nodev', 'noexec'] });
   }
   for (const v of input.volumes ?? []) {
-    if (!/^[a-z0-9][a-z0-9_-]{0,62}$/.test(v.name)) throw new CocoonError('BAD_USAGE', `volume name ${v.name.slice(0, 64)} is invalid`);
+    if (!POLICY_VOLUME_NAME_RE.test(v.name)) throw new CocoonError('BAD_USAGE', `volume name ${v.name.slice(0, 64)} is invalid`);
     if (!v.hostDir.startsWith('/') || v.hostDir.includes('\0') || v.hostDir.includes(',')) throw new CocoonError('BAD_USAGE', `volume ${v.name}: host directory must be an absolute path without commas`);
     mounts.push({ destination: `/cocoon/volumes/${v.name}`, type: 'bind', source: v.hostDir, options: ['rbind', 'rw', 'nosuid', 'nodev', 'noexec'] });
   }

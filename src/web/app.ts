@@ -4,7 +4,7 @@ import { useEffect, useRef, useState } from 'preact/hooks';
 import { ApiError, api, setCsrf } from './api.js';
 import { lineDiff } from './line-diff.js';
 import { highlightYaml } from './yaml-highlight.js';
-import type { AuditEntry, AuditVerdict, Overview, PendingView, PolicyDetail, PolicySummary, SecretView, SelfAttestationStatus, Session, UiEvent, VersionView, WorkloadView } from './types.js';
+import type { AuditEntry, AuditVerdict, Overview, PendingView, PolicyDetail, PolicySummary, SecretView, SelfAttestationStatus, Session, UiEvent, VersionView, WorkloadView } from '../kbs/ui/wire.js';
 
 // ---------- small helpers ----------
 

@@ -3,39 +3,16 @@
  * it. Skipped (visibly) when swtpm / tpm2-tools are not installed. Every wait is bounded.
  */
 import assert from 'node:assert/strict';
-import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { createPublicKey, randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { verifyEvidence } from '../../src/attestation/index.js';
+import { startSwtpm, type Swtpm } from '../attester/swtpm-helper.js';
 
 const TOOLS = ['swtpm', 'tpm2_createek', 'tpm2_createak', 'tpm2_quote', 'tpm2_flushcontext'];
 const missing = TOOLS.filter((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status !== 0);
-
-async function freePort(): Promise<number> {
-  for (let i = 0; i < 20; i++) {
-    const p = await new Promise<number>((resolve, reject) => {
-      const s = createServer();
-      s.once('error', reject);
-      s.listen(0, '127.0.0.1', () => {
-        const port = (s.address() as { port: number }).port;
-        s.close(() => resolve(port));
-      });
-    });
-    if (p < 65000) {
-      const ok = await new Promise<boolean>((resolve) => {
-        const s = createServer();
-        s.once('error', () => resolve(false));
-        s.listen(p + 1, '127.0.0.1', () => s.close(() => resolve(true)));
-      });
-      if (ok) return p;
-    }
-  }
-  throw new Error('no free port pair');
-}
 
 function run(cmd: string, args: string[], env: NodeJS.ProcessEnv, cwd: string): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -44,42 +21,20 @@ function run(cmd: string, args: string[], env: NodeJS.ProcessEnv, cwd: string): 
 }
 
 describe('real TPM 2.0 (swtpm + tpm2-tools)', { skip: missing.length ? `swtpm/tpm2-tools missing (${missing.join(', ')}) — real TPM test skipped` : false }, () => {
+  let tpm: Swtpm | undefined;
   let dir = '';
-  let swtpm: ChildProcess | undefined;
   let env: NodeJS.ProcessEnv = {};
 
   before(async () => {
-    dir = await mkdtemp(path.join(tmpdir(), 'cocoon-swtpm-'));
-    const port = await freePort();
-    swtpm = spawn('swtpm', ['socket', '--tpm2', '--tpmstate', `dir=${dir}`, '--server', `type=tcp,port=${port},bindaddr=127.0.0.1`, '--ctrl', `type=tcp,port=${port + 1},bindaddr=127.0.0.1`, '--flags', 'not-need-init,startup-clear'], { stdio: 'ignore' });
-    env = { ...process.env, TPM2TOOLS_TCTI: `swtpm:host=127.0.0.1,port=${port}` };
-    const deadline = Date.now() + 10_000;
-    for (;;) {
-      const up = await new Promise<boolean>((resolve) => {
-        const s = createServer();
-        s.once('error', () => resolve(true)); // port taken → swtpm listening
-        s.listen(port, '127.0.0.1', () => s.close(() => resolve(false)));
-      });
-      if (up) break;
-      if (Date.now() > deadline) throw new Error('swtpm did not start within 10 s');
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    tpm = await startSwtpm();
+    dir = tpm.dir;
+    env = { ...process.env, TPM2TOOLS_TCTI: tpm.tcti };
     await run('tpm2_createek', ['-c', 'ek.ctx', '-G', 'rsa', '-u', 'ek.pub'], env, dir);
     await run('tpm2_flushcontext', ['-t'], env, dir);
   });
 
   after(async () => {
-    if (swtpm && swtpm.exitCode === null) {
-      swtpm.kill('SIGTERM');
-      await new Promise((r) => {
-        const t = setTimeout(r, 3000);
-        swtpm!.once('exit', () => {
-          clearTimeout(t);
-          r(undefined);
-        });
-      });
-    }
-    if (dir) await rm(dir, { recursive: true, force: true });
+    await tpm?.stop();
   });
 
   for (const [alg, scheme] of [['rsa', 'rsassa'], ['ecc', 'ecdsa']] as const) {

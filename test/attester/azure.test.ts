@@ -73,4 +73,7 @@ test('az-snp-vtpm: Trustee v1 evidence from NV index + vTPM quote + IMDS VCEK (s
   // IMDS failures are attester errors, not silent
   const down = (async () => new Response('nope', { status: 503 })) as typeof fetch;
   await assert.rejects(new AzureVtpmAttester('az-snp-vtpm', { tcti: parseTcti(tpm.tcti), fetchImpl: down }).getEvidence(rd), (e) => isCocoonError(e, 'ATTESTER_IO_FAILED'));
+  // an oversized IMDS answer is refused (bounded read), not buffered
+  const huge = (async () => new Response(JSON.stringify({ vcekCert: 'x'.repeat(300 * 1024) }), { status: 200 })) as typeof fetch;
+  await assert.rejects(new AzureVtpmAttester('az-snp-vtpm', { tcti: parseTcti(tpm.tcti), fetchImpl: huge }).getEvidence(rd), (e) => isCocoonError(e, 'ATTESTER_IO_FAILED') && /larger than/.test((e as Error).message));
 });

@@ -16,6 +16,7 @@ import { makeAppTree, makeLauncherDir, tarOf, tempDir, writeSourceImage } from '
 import { cocoon, freePort, has, makeTlsFiles, run, startRegistry, treeOf } from './peers.js';
 
 const names = { policy: 'shop/app', workload: 'app' };
+const registryMissing = (await has('docker-registry', ['--version'])) ? false : 'SKIPPED: docker-registry is not installed (scripts/setup.sh installs it)';
 
 async function fixture(t: Parameters<typeof tempDir>[0]) {
   const base = await tempDir(t, 'cocoon-reg-');
@@ -30,8 +31,7 @@ async function fixture(t: Parameters<typeof tempDir>[0]) {
   return { base, app, source, launcher };
 }
 
-test('registry (docker-registry, anonymous): push a wrapped image, pull it by digest, skopeo inspect, decrypted variant unpacked by umoci equals the original', async (t) => {
-  if (!(await has('docker-registry', ['--version']))) return t.skip('SKIPPED: docker-registry is not installed (scripts/setup.sh installs it)');
+test('registry (docker-registry, anonymous): push a wrapped image, pull it by digest, skopeo inspect, decrypted variant unpacked by umoci equals the original', { skip: registryMissing }, async (t) => {
   const f = await fixture(t);
   const reg = await startRegistry(join(f.base, 'reg'));
   t.after(() => reg.stop());
@@ -113,8 +113,7 @@ test('registry (docker-registry, anonymous): push a wrapped image, pull it by di
   assert.equal((JSON.parse(i.stdout) as { wrapped: { measurement: string } }).wrapped.measurement, wrapped.measurement);
 });
 
-test('registry with basic auth (htpasswd): credentials required, then push and pull work', async (t) => {
-  if (!(await has('docker-registry', ['--version']))) return t.skip('SKIPPED: docker-registry is not installed');
+test('registry with basic auth (htpasswd): credentials required, then push and pull work', { skip: registryMissing }, async (t) => {
   if (!(await has('htpasswd', ['-h']).then((x) => x || has('htpasswd', ['-Bbn', 'a', 'b'])))) return t.skip('SKIPPED: htpasswd (apache2-utils) is not installed');
   const f = await fixture(t);
   const reg = await startRegistry(join(f.base, 'reg'), { user: 'alice', password: 's3cret' });
@@ -187,8 +186,7 @@ async function tokenProxy(upstream: string, opts: { failFirstManifest?: boolean;
   return { host: `127.0.0.1:${port}`, seen, close: () => new Promise<void>((r) => server.close(() => r())) };
 }
 
-test('registry bearer token flow (token service in front of docker-registry), retry on 503, bounded manifests', async (t) => {
-  if (!(await has('docker-registry', ['--version']))) return t.skip('SKIPPED: docker-registry is not installed');
+test('registry bearer token flow (token service in front of docker-registry), retry on 503, bounded manifests', { skip: registryMissing }, async (t) => {
   const f = await fixture(t);
   const reg = await startRegistry(join(f.base, 'reg'));
   t.after(() => reg.stop());
@@ -240,8 +238,7 @@ test('registry client: refusals without a peer', async (t) => {
   await assert.rejects(loadTlsMaterial({ caFiles: [join(dir, 'notpem.crt')] }), { code: 'INPUT_MALFORMED' });
 });
 
-test('registry over HTTPS with a private CA: --ca / --cert-dir trust it, otherwise REGISTRY_TLS_FAILED', async (t) => {
-  if (!(await has('docker-registry', ['--version']))) return t.skip('SKIPPED: docker-registry is not installed');
+test('registry over HTTPS with a private CA: --ca / --cert-dir trust it, otherwise REGISTRY_TLS_FAILED', { skip: registryMissing }, async (t) => {
   const f = await fixture(t);
   const tls = await makeTlsFiles(join(f.base, 'tls'));
   const reg = await startRegistry(join(f.base, 'reg'), undefined, { cert: tls.cert, key: tls.key });
@@ -259,8 +256,7 @@ test('registry over HTTPS with a private CA: --ca / --cert-dir trust it, otherwi
   assert.equal((JSON.parse(bad.stdout) as { error: { code: string } }).error.code, 'REGISTRY_TLS_FAILED');
 });
 
-test('registry multi-platform index: the host platform by default, --platform picks, an absent one is NOT_FOUND', async (t) => {
-  if (!(await has('docker-registry', ['--version']))) return t.skip('SKIPPED: docker-registry is not installed');
+test('registry multi-platform index: the host platform by default, --platform picks, an absent one is NOT_FOUND', { skip: registryMissing }, async (t) => {
   const f = await fixture(t);
   const reg = await startRegistry(join(f.base, 'reg'));
   t.after(() => reg.stop());
@@ -312,6 +308,7 @@ test('http client: storage redirects drop Authorization when the host changes; 5
   const api = http.createServer((req, res) => {
     seen.push({ host: 'api', path: req.url ?? '', auth: req.headers.authorization, method: req.method ?? '' });
     if (req.url === '/redirect') res.writeHead(307, { location: `http://127.0.0.1:${storagePort}/data` }).end();
+    else if (req.url === '/bad-redirect') res.writeHead(302, { location: 'http://[' }).end();
     else if (req.url === '/flaky' && flaky++ < 2) res.writeHead(503).end();
     else res.end('ok');
   });
@@ -332,6 +329,7 @@ test('http client: storage redirects drop Authorization when the host changes; 5
   const post = await c.request({ method: 'POST', url: new URL(`http://127.0.0.1:${apiPort}/flaky`), body: Buffer.from('x') });
   for await (const _ of post.body) void _;
   assert.equal(post.status, 503, 'a POST is not retried');
+  await assert.rejects(c.request({ method: 'GET', url: new URL(`http://127.0.0.1:${apiPort}/bad-redirect`) }), { code: 'REGISTRY_ERROR' });
   const strict = new HttpClient({});
   await assert.rejects(strict.request({ method: 'GET', url: new URL(`http://127.0.0.1:${apiPort}/x`) }), { code: 'BAD_USAGE' });
   strict.close();

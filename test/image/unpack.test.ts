@@ -4,7 +4,7 @@ import { mkdir, readFile, readdir, lstat, writeFile, symlink, readlink } from 'n
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
-import { unpackLayer, entryComponents } from '../../src/image/unpack.js';
+import { unpackLayer, entryComponents, materializeLinks } from '../../src/image/unpack.js';
 import { rawTar, tempDir, zstdRaw, zstdRle, type RawEntry } from './helpers.js';
 
 async function exists(p: string): Promise<boolean> {
@@ -232,4 +232,15 @@ test('ownership from the tar is applied when running as root (default), kept off
   assert.equal(f.gid, 999);
   assert.equal(d.mode & 0o7777, 0o750);
   assert.equal(f.mode & 0o7777, 0o4755, 'setuid kept after chown');
+});
+
+test('materializeLinks (Gramine): copies are bounded in bytes as well as entries', async (t) => {
+  const root = await tempDir(t);
+  await writeFile(join(root, 'big'), Buffer.alloc(100, 1));
+  const links = () => new Map([['a', 'big'], ['b', '/big']]);
+  await assert.rejects(materializeLinks(root, links(), { maxBytes: 150 }), { code: 'DECOMPRESSION_BOMB' });
+  const root2 = await tempDir(t);
+  await writeFile(join(root2, 'big'), Buffer.alloc(100, 1));
+  assert.deepEqual(await materializeLinks(root2, links(), { maxBytes: 200 }), { materialized: 2, skipped: 0 });
+  assert.deepEqual(await readFile(join(root2, 'b')), Buffer.alloc(100, 1));
 });

@@ -95,14 +95,20 @@ describe('Helm chart ≡ cocoon k8s render kbs', () => {
   it('negative control: a one-character template change is detected; unknown functions fail loudly', async () => {
     const altered = new GoTemplates();
     const dir = join(CHART, 'templates');
+    let changed = false;
     for (const n of (await readdir(dir)).sort()) {
       if (!n.endsWith('.tpl') && !n.endsWith('.yaml')) continue;
       const text = await readFile(join(dir, n), 'utf8');
-      altered.add(n, n === '_helpers.tpl' ? text.replace('periodSeconds: 5', 'periodSeconds: 6') : text);
+      const edited = n === '_helpers.tpl' ? text.replace('periodSeconds: 5', 'periodSeconds: 6') : text;
+      changed ||= edited !== text;
+      altered.add(n, edited);
     }
-    const root = { Values: structuredClone(defaults), Release: { Name: 'cocoon', Namespace: 'cocoon' }, Chart: { AppVersion: chart.appVersion } };
-    const sts = parse(altered.render('statefulset.yaml', root)) as K8sObject;
+    assert.ok(changed, '_helpers.tpl no longer has "periodSeconds: 5": pick another one-character change');
+    const root = { Values: structuredClone(defaults), Release: { Name: 'cocoon', Namespace: 'cocoon', Service: 'Helm' }, Chart: { Name: chart.name, Version: chart.version, AppVersion: chart.appVersion } };
     const expected = renderKbs().objects.find((o) => o.kind === 'StatefulSet');
+    // the same root through the unaltered templates matches, so only the edit can make the difference
+    assert.deepEqual(parse(templates.render('statefulset.yaml', root)), expected);
+    const sts = parse(altered.render('statefulset.yaml', root)) as K8sObject;
     assert.notDeepEqual(sts, expected);
     const t = new GoTemplates();
     t.add('x.yaml', '{{ lookup "v1" "Secret" "a" "b" }}');

@@ -1,7 +1,6 @@
 // `cocoon k8s render …` as a user runs it: a real CLI process (src/cli/main.ts through tsx).
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,23 +8,8 @@ import { parse } from 'yaml';
 import { parseManifests, toYaml } from '../../src/k8s/manifest.js';
 import { renderKbs } from '../../src/k8s/render-kbs.js';
 import { validateAll } from '../../src/k8s/validate.js';
-import { HERE, ROOT, WRAPPED } from './helpers.js';
-
-function cocoon(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src', 'cli', 'main.ts'), ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+import { cocoon } from '../kbs/cli-runner.js';
+import { HERE, WRAPPED } from './helpers.js';
 
 describe('cocoon k8s render (CLI)', () => {
   let dir: string;

@@ -89,6 +89,7 @@ describe('cocoon k8s render kbs', () => {
     for (const [text, re] of [['a: 1\na: 2\n', /v\.yaml/], ['- 1\n', /mapping of values/], ['a: &x 1\nb: *x\n', /Alias/]] as const) {
       assert.throws(() => parseValuesYaml(text, 'v.yaml'), (e: unknown) => isCocoonError(e, 'BAD_USAGE') && re.test((e as Error).message), String(re));
     }
+    assert.throws(() => parseValuesYaml(`# ${'x'.repeat(1024 * 1024)}\n`, 'v.yaml'), (e: unknown) => isCocoonError(e, 'INPUT_TOO_LARGE') && /^v\.yaml: larger than/.test((e as Error).message));
   });
 
   it('values.yaml of the chart is exactly the renderer defaults, and Chart.yaml appVersion matches', async () => {

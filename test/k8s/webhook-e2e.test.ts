@@ -8,27 +8,12 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { applyPatch, type PatchOp } from '../../src/k8s/jsonpatch.js';
+import type { PatchOp } from '../../src/k8s/jsonpatch.js';
 import { parseManifests } from '../../src/k8s/manifest.js';
-import { HERE, ROOT } from './helpers.js';
+import { cocoon } from '../kbs/cli-runner.js';
+import { HERE, ROOT, applyPatch } from './helpers.js';
 
 const CLI = join(ROOT, 'src', 'cli', 'main.ts');
-
-function run(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
 
 function post(url: string, body: string, ca: string | undefined): Promise<{ status: number; json: Record<string, unknown> }> {
   return new Promise((resolve, reject) => {
@@ -64,7 +49,7 @@ describe('webhook e2e: real process, HTTPS with a generated CA', () => {
   });
 
   it('webhook-cert writes a CA + serving cert and prints the Secret and the MutatingWebhookConfiguration with caBundle', async () => {
-    const r = await run(['k8s', 'webhook-cert', '--service', 'cocoon-webhook', '--namespace', 'cocoon', '--ip', '127.0.0.1', '--out-dir', dir]);
+    const r = await cocoon(['k8s', 'webhook-cert', '--service', 'cocoon-webhook', '--namespace', 'cocoon', '--ip', '127.0.0.1', '--out-dir', dir]);
     assert.equal(r.code, 0, r.stderr);
     const objects = parseManifests(r.stdout);
     assert.deepEqual(objects.map((o) => o.kind), ['Secret', 'MutatingWebhookConfiguration']);

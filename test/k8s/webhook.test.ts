@@ -3,12 +3,12 @@ import assert from 'node:assert/strict';
 import type { FastifyInstance } from 'fastify';
 import { buildWebhookApp, reviewAdmission, type AdmissionReviewOut } from '../../src/k8s/webhook.js';
 import { parseWebhookConfig, type WebhookConfig } from '../../src/k8s/webhook-config.js';
-import { applyPatch, diffToPatch, type PatchOp } from '../../src/k8s/jsonpatch.js';
+import { diffToPatch, type PatchOp } from '../../src/k8s/jsonpatch.js';
 import { validateObject } from '../../src/k8s/validate.js';
 import { renderMutatingWebhookConfiguration, renderWebhook } from '../../src/k8s/render-webhook.js';
 import { isCocoonError } from '../../src/errors.js';
 import type { K8sObject } from '../../src/k8s/manifest.js';
-import { assertGolden, fixture } from './helpers.js';
+import { applyPatch, assertGolden, fixture } from './helpers.js';
 import { toYaml } from '../../src/k8s/manifest.js';
 
 const REDIS_WRAPPED = `registry.example/shop/redis-cc@sha256:${'b'.repeat(64)}`;
@@ -216,10 +216,11 @@ describe('admission webhook (AdmissionReview v1 fixtures)', () => {
     for (const [text, re] of cases) {
       assert.throws(() => parseWebhookConfig(text), (e: unknown) => isCocoonError(e, 'BAD_USAGE') && re.test((e as Error).message), String(re));
     }
+    assert.throws(() => parseWebhookConfig(`# ${'x'.repeat(1024 * 1024)}\n`), (e: unknown) => isCocoonError(e, 'INPUT_TOO_LARGE') && /larger than 1048576 bytes/.test((e as Error).message));
   });
 
   it('renders the webhook deployment with cert-manager (Issuer, Certificate, inject-ca-from) and without (caBundle)', async () => {
-    const objects = renderWebhook({ namespace: 'cocoon', image: 'cocoon/cli:0.1.0', configYaml: configText, config, certManager: true });
+    const objects = renderWebhook({ namespace: 'cocoon', image: 'cocoon/cli:0.1.0', configYaml: configText, certManager: true });
     assert.deepEqual(objects.map((o) => o.kind), ['ServiceAccount', 'ConfigMap', 'Service', 'Deployment', 'PodDisruptionBudget', 'NetworkPolicy', 'Issuer', 'Certificate', 'MutatingWebhookConfiguration']);
     const mwc = objects.at(-1) as K8sObject & { metadata: { annotations: Record<string, string> } };
     assert.equal(mwc.metadata.annotations['cert-manager.io/inject-ca-from'], 'cocoon/cocoon-webhook');

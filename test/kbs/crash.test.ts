@@ -77,6 +77,7 @@ test(`crash consistency: SIGKILL a SQLite KBS at random points of policy/secret 
     }
     t.diagnostic(`${kills} SIGKILLs in ${((Date.now() - started) / 1000).toFixed(1)} s; ${lastVersion} policy versions survived`);
     assert.ok(kills >= 10, `only ${kills} kills fit in the budget`);
+    assert.ok(lastVersion > 0, 'no policy version ever survived a kill, so the per-version checks above never ran');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -4,18 +4,8 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { auditPublicKey, verifyStoreAudit } from '../../src/kbs/audit.js';
 import { openSqliteStore } from '../../src/kbs/store/sqlite.js';
-import { applyDemoPolicy, makeKbs, rcarAttest } from './helpers.js';
-import type { TestKbs } from './helpers.js';
+import { applyDemoPolicy, makeKbs, rcarAttest, withKbs } from './helpers.js';
 import { auditScenario, deploymentCaScenario, governanceScenario, nonOwnerScenario, secretKindsScenario } from './scenarios.js';
-
-async function withKbs(fn: (kbs: TestKbs) => Promise<void>): Promise<void> {
-  const kbs = await makeKbs();
-  try {
-    await fn(kbs);
-  } finally {
-    await kbs.cleanup();
-  }
-}
 
 test('governance: 2-of-3 update waits for the second approval; stale predecessor; reject; superseded', () => withKbs(governanceScenario));
 test('non-owners can neither read nor change anything (401/403)', () => withKbs(nonOwnerScenario));

@@ -94,6 +94,16 @@ export async function makeKbs(overrides: Partial<KbsOptions> = {}): Promise<Test
   };
 }
 
+/** Runs `fn` against a fresh in-process KBS and cleans it up afterwards. */
+export async function withKbs(fn: (kbs: TestKbs) => Promise<void>, overrides: Partial<KbsOptions> = {}): Promise<void> {
+  const kbs = await makeKbs(overrides);
+  try {
+    await fn(kbs);
+  } finally {
+    await kbs.cleanup();
+  }
+}
+
 export interface TokenOverrides {
   aud?: string;
   iat?: number;

@@ -9,7 +9,7 @@ import { Journal } from '../../src/kbs/journal.js';
 import { openPostgresStore } from '../../src/kbs/store/postgres.js';
 import { openSqliteStore } from '../../src/kbs/store/sqlite.js';
 import type { EventRecord, Store } from '../../src/kbs/store/types.js';
-import { createDatabase, startTempPostgres } from './pg-harness.js';
+import { createDatabase, withTempPostgres } from './pg-harness.js';
 
 const key = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
 
@@ -74,12 +74,7 @@ test('journal on SQLite: concurrent records are group-committed into one valid c
 });
 
 test('journal on PostgreSQL: the same, and two journals (replicas) on one database keep one chain', async (t) => {
-  const pgInstance = await startTempPostgres();
-  if (typeof pgInstance === 'string') {
-    t.skip(pgInstance);
-    return;
-  }
-  try {
+  await withTempPostgres(t, async (pgInstance) => {
     const store = await openPostgresStore(await createDatabase(pgInstance, 'journal'));
     try {
       await journalContract(store);
@@ -97,7 +92,5 @@ test('journal on PostgreSQL: the same, and two journals (replicas) on one databa
     } finally {
       await Promise.all([a.close(), b.close()]);
     }
-  } finally {
-    await pgInstance.stop();
-  }
+  });
 });

@@ -3,17 +3,7 @@ import assert from 'node:assert/strict';
 import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildKbsApp } from '../../src/kbs/app.js';
-import { POLICY_YAML, applyDemoPolicy, fakeVerifier, makeKbs, makeOwnerKey, ownerRequest, ownerToken } from './helpers.js';
-import type { TestKbs } from './helpers.js';
-
-async function withKbs(fn: (kbs: TestKbs) => Promise<void>): Promise<void> {
-  const kbs = await makeKbs();
-  try {
-    await fn(kbs);
-  } finally {
-    await kbs.cleanup();
-  }
-}
+import { POLICY_YAML, applyDemoPolicy, fakeVerifier, makeKbs, makeOwnerKey, ownerRequest, ownerToken, withKbs } from './helpers.js';
 
 function code(res: { statusCode: number; json(): unknown }): [number, string] {
   return [res.statusCode, (res.json() as { code: string }).code];

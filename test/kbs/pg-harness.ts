@@ -3,6 +3,7 @@ import { chownSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import type { TestContext } from 'node:test';
 import pg from 'pg';
 import { freePort } from '../../src/util/net.js';
 
@@ -56,5 +57,22 @@ export async function startTempPostgres(): Promise<TempPostgres | string> {
   } catch (err) {
     rmSync(dir, { recursive: true, force: true });
     return `cannot start a temporary PostgreSQL: ${(err as Error).message.split('\n')[0]}`;
+  }
+}
+
+/**
+ * Runs `fn` against a throwaway cluster and stops it afterwards; skips the test (with the
+ * reason) when this machine cannot run one.
+ */
+export async function withTempPostgres(t: TestContext, fn: (cluster: TempPostgres) => Promise<void>): Promise<void> {
+  const cluster = await startTempPostgres();
+  if (typeof cluster === 'string') {
+    t.skip(cluster);
+    return;
+  }
+  try {
+    await fn(cluster);
+  } finally {
+    await cluster.stop();
   }
 }

@@ -6,18 +6,13 @@ import { buildKbsApp } from '../../src/kbs/app.js';
 import { openPostgresStore } from '../../src/kbs/store/postgres.js';
 import { fakeVerifier, makeOwnerKey } from './helpers.js';
 import type { TestKbs } from './helpers.js';
-import { createDatabase, startTempPostgres } from './pg-harness.js';
+import { createDatabase, withTempPostgres } from './pg-harness.js';
 import { auditScenario, deploymentCaScenario, governanceScenario, nonOwnerScenario, secretKindsScenario } from './scenarios.js';
 
 const scenarios = { governanceScenario, nonOwnerScenario, auditScenario, secretKindsScenario, deploymentCaScenario };
 
 test('PostgreSQL: the broker scenarios of the SQLite suite, each on its own database', async (t) => {
-  const pgInstance = await startTempPostgres();
-  if (typeof pgInstance === 'string') {
-    t.skip(pgInstance);
-    return;
-  }
-  try {
+  await withTempPostgres(t, async (pgInstance) => {
     for (const [name, scenario] of Object.entries(scenarios)) {
       await t.test(name, async () => {
         const store = await openPostgresStore(await createDatabase(pgInstance, name.toLowerCase()));
@@ -35,7 +30,5 @@ test('PostgreSQL: the broker scenarios of the SQLite suite, each on its own data
         }
       });
     }
-  } finally {
-    await pgInstance.stop();
-  }
+  });
 });

@@ -3,17 +3,8 @@ import assert from 'node:assert/strict';
 import { decodeJwt, flattenedDecrypt } from 'jose';
 import { parseLaunchPlan } from '../../src/kbs/launch-plan.js';
 import { COCO_ERROR_BASE } from '../../src/kbs/problem.js';
-import { MEASUREMENT, OTHER_MEASUREMENT, POLICY_YAML, applyDemoPolicy, makeKbs, ownerRequest, rcarAttest } from './helpers.js';
+import { MEASUREMENT, OTHER_MEASUREMENT, POLICY_YAML, applyDemoPolicy, makeKbs, ownerRequest, rcarAttest, withKbs } from './helpers.js';
 import type { TestKbs } from './helpers.js';
-
-async function withKbs(fn: (kbs: TestKbs) => Promise<void>, overrides: Parameters<typeof makeKbs>[0] = {}): Promise<void> {
-  const kbs = await makeKbs(overrides);
-  try {
-    await fn(kbs);
-  } finally {
-    await kbs.cleanup();
-  }
-}
 
 interface EarClaims {
   eat_profile: string;

@@ -18,7 +18,8 @@ import type { TestKbs } from './helpers.js';
 
 const keyYaml = (k: OwnerSigningKey) => `{ kty: ${String(k.publicJwk.kty)}, crv: ${String(k.publicJwk.crv)}, x: ${String(k.publicJwk.x)}${k.publicJwk.y ? `, y: ${String(k.publicJwk.y)}` : ''} }`;
 
-function shopPolicy(owners: OwnerSigningKey[], threshold: number, measurement = MEASUREMENT): string {
+/** A `shop/web` policy owned by `owners` that needs `threshold` approvals; also used by test/web. */
+export function shopPolicy(owners: OwnerSigningKey[], threshold: number, measurement = MEASUREMENT): string {
   return `name: shop/web
 owners:
 ${owners.map((o, i) => `  - { name: o${i}, key: ${keyYaml(o)} }`).join('\n')}

@@ -1,9 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, unlinkSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { calculateJwkThumbprint, exportJWK, generateKeyPair } from 'jose';
@@ -15,65 +12,14 @@ import { decryptShare, loadRecovery, recoverDataKey } from '../../src/kbs/recove
 import { FileSealer, SEAL_KEY_FILE } from '../../src/kbs/sealer.js';
 import { openSqliteStore } from '../../src/kbs/store/sqlite.js';
 import { TpmSealer } from '../../src/kbs/tpm-sealer.js';
+import { startSwtpm, swtpmMissing } from '../attester/swtpm-helper.js';
 import { POLICY_YAML, fakeVerifier } from './helpers.js';
 import type { TestKbs } from './helpers.js';
 import { ownerRequest } from './helpers.js';
 
-async function freePorts(): Promise<[number, number]> {
-  for (;;) {
-    const srv = createServer();
-    await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-    const port = (srv.address() as { port: number }).port;
-    await new Promise<void>((resolve) => srv.close(() => resolve()));
-    if (port < 65000) {
-      const probe = createServer();
-      const ok = await new Promise<boolean>((resolve) => {
-        probe.once('error', () => resolve(false));
-        probe.listen(port + 1, '127.0.0.1', () => resolve(true));
-      });
-      if (ok) {
-        await new Promise<void>((resolve) => probe.close(() => resolve()));
-        return [port, port + 1];
-      }
-    }
-  }
-}
-
-interface Swtpm {
-  tcti: string;
-  stop(): Promise<void>;
-}
-
-const SWTPM = '/usr/bin/swtpm';
 const TOOLS = '/usr/bin/tpm2_createprimary';
 
-async function startSwtpm(): Promise<Swtpm> {
-  const dir = mkdtempSync(join(tmpdir(), 'cocoon-swtpm-'));
-  const [port, ctrl] = await freePorts();
-  const child: ChildProcess = spawn(SWTPM, ['socket', '--tpm2', '--server', `type=tcp,port=${port},bindaddr=127.0.0.1`, '--ctrl', `type=tcp,port=${ctrl},bindaddr=127.0.0.1`, '--tpmstate', `dir=${dir}`, '--flags', 'not-need-init,startup-clear'], { stdio: 'ignore' });
-  // wait until the TPM port accepts connections
-  for (let i = 0; i < 50; i++) {
-    const up = await new Promise<boolean>((resolve) => {
-      const s = createServer();
-      s.once('error', () => resolve(true));
-      s.listen(port, '127.0.0.1', () => s.close(() => resolve(false)));
-    });
-    if (up) break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return {
-    tcti: `swtpm:host=127.0.0.1,port=${port}`,
-    async stop() {
-      if (child.exitCode === null) {
-        child.kill('SIGTERM');
-        await new Promise((r) => child.once('exit', r));
-      }
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
-
-const have = existsSync(SWTPM) && existsSync(TOOLS);
+const have = !swtpmMissing && existsSync(TOOLS);
 
 test('TPM sealer (swtpm + tpm2-tools): seal/unseal, a KBS restarts on the same TPM, another TPM cannot unseal', { skip: have ? false : 'swtpm or tpm2-tools not installed (apt-get install swtpm tpm2-tools)' }, async () => {
   const tpm = await startSwtpm();

@@ -348,7 +348,7 @@ test('crash between the store write and the counter advance: the previous versio
     // the manifest is renamed, then the process dies before the KBS call: version 2 with counter 1
     await writeFile(join(data, 'f'), 'kept');
     kbs.mode = 'down';
-    await commitOpenVolume(v3, kbs.commit, log, { reason: 'periodic' }).catch(() => undefined);
+    await assert.rejects(commitOpenVolume(v3, kbs.commit, log, { reason: 'periodic' }), /KBS not reachable/);
     kbs.mode = 'ok';
     assert.equal(kbs.counter, 1);
     await rm(data, { recursive: true });

@@ -182,3 +182,17 @@ test('tls ingress allow: in the JSON Schema, the launch-plan wire form and polic
   assert.equal(formatPolicyDiff(diffPolicies(open, closed)), '+ workloads.redis.tls.ingress[0].allow: ["shop/mtls#web"]');
   assert.equal(formatPolicyDiff(diffPolicies(closed, parsePolicy(yaml(', allow: [web, "shop/other#app"]')))), '~ workloads.redis.tls.ingress[0].allow: ["shop/mtls#web"] → ["shop/mtls#web","shop/other#app"]');
 });
+
+test('a volumes error points at the offending field (file:line of the value)', () => {
+  const err = invalid(
+    base(`    volumes:
+      - name: data
+        mountPath: /data
+      - name: logs
+        mountPath: /cocoon/logs
+`),
+    /mountPath must not be under \/cocoon/,
+    15,
+  );
+  assert.equal(err.details?.path, 'workloads.redis.volumes[1].mountPath');
+});

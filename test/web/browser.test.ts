@@ -159,6 +159,16 @@ test('dashboard in Chromium: sign in, live attestation, approve, audit chain, si
 
     // dark, and phone width
     await page.emulateMedia({ colorScheme: 'dark' });
+    // the palette follows the system unless the theme switch pins one (data-theme)
+    const bodyBg = (theme: string | null) => page.evaluate(`(${theme === null ? 'delete document.documentElement.dataset.theme' : `document.documentElement.dataset.theme = '${theme}'`}, getComputedStyle(document.body).backgroundColor)`);
+    assert.equal(await bodyBg(null), 'rgb(17, 21, 28)');
+    assert.equal(await bodyBg('light'), 'rgb(247, 248, 250)');
+    assert.equal(await bodyBg('dark'), 'rgb(17, 21, 28)');
+    await page.emulateMedia({ colorScheme: 'light' });
+    assert.equal(await bodyBg(null), 'rgb(247, 248, 250)');
+    assert.equal(await bodyBg('dark'), 'rgb(17, 21, 28)');
+    assert.equal(await bodyBg(null), 'rgb(247, 248, 250)');
+    await page.emulateMedia({ colorScheme: 'dark' });
     await nav('Workloads');
     await page.getByRole('heading', { name: 'Workloads' }).waitFor();
     await page.getByText('Accept rules').first().waitFor();
@@ -187,13 +197,12 @@ test('dashboard in Chromium: sign in, live attestation, approve, audit chain, si
     await page.getByText('Signed out.').waitFor();
     assert.equal(await page.evaluate(async () => (await fetch('/ui/api/policies')).status), 401);
     const stranger = await browser.browser()?.newContext();
-    if (stranger) {
-      const p2 = await stranger.newPage();
-      await p2.goto(`${kbs.url}/ui/#/policies`);
-      await p2.getByRole('heading', { name: /Cocoon dashboard/ }).waitFor();
-      assert.equal(await p2.getByText('shop/web').count(), 0);
-      await stranger.close();
-    }
+    assert.ok(stranger, 'a fresh browser context (a null browser() would skip the signed-out check)');
+    const p2 = await stranger.newPage();
+    await p2.goto(`${kbs.url}/ui/#/policies`);
+    await p2.getByRole('heading', { name: /Cocoon dashboard/ }).waitFor();
+    assert.equal(await p2.getByText('shop/web').count(), 0);
+    await stranger.close();
     assert.deepEqual(cspViolations, [], 'no CSP violations');
     t.diagnostic(`screenshots: ${saved.join(' ')}`);
     process.stdout.write(`# dashboard screenshots:\n${saved.map((f) => `#   ${f}`).join('\n')}\n`);

@@ -16,6 +16,7 @@ import { highlightYamlLine } from '../../src/web/yaml-highlight.js';
 import { lineDiff } from '../../src/web/line-diff.js';
 import { MEASUREMENT, applyDemoPolicy, makeKbs, makeOwnerKey, ownerRequest, ownerToken, rcarAttest } from '../kbs/helpers.js';
 import type { TestKbs } from '../kbs/helpers.js';
+import { shopPolicy } from '../kbs/scenarios.js';
 
 type Res = Awaited<ReturnType<TestKbs['app']['inject']>>;
 const code = (res: Res): [number, string] => [res.statusCode, (res.json() as { code: string }).code];
@@ -27,6 +28,31 @@ async function login(kbs: TestKbs, role: 'owner' | 'auditor' = 'owner', key: Own
   const raw = res.headers['set-cookie'];
   const line = String(Array.isArray(raw) ? raw[0] : raw);
   return { cookie: line.split(';')[0] as string, csrf: (res.json() as { csrf: string }).csrf, res };
+}
+
+/** Reads server-sent events of a dashboard stream: `next(event)` waits for the next frame of that event and returns its data. */
+function sseReader(res: Response) {
+  const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+  let buffer = '';
+  const next = async (event: string, ms = 8000): Promise<string> => {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const at = buffer.indexOf(`event: ${event}\n`);
+      if (at >= 0) {
+        const end = buffer.indexOf('\n\n', at);
+        if (end >= 0) {
+          const frame = buffer.slice(at, end);
+          buffer = buffer.slice(end + 2);
+          return frame.split('data: ')[1] ?? '';
+        }
+      }
+      if (Date.now() > deadline) throw new Error(`no ${event} frame; got ${buffer}`);
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`stream ended before ${event}; got ${buffer}`);
+      buffer += Buffer.from(value).toString('utf8');
+    }
+  };
+  return { reader, next };
 }
 
 const GET_ENDPOINTS = ['/ui/api/session', '/ui/api/overview', '/ui/api/policies', '/ui/api/policies/demo/redis', '/ui/api/workloads', '/ui/api/events', '/ui/api/audit', '/ui/api/secrets'];
@@ -98,18 +124,7 @@ test('dashboard: login token is single use, cookie is HttpOnly SameSite=Strict, 
   }
 });
 
-const keyYaml = (k: OwnerSigningKey) => `{ kty: ${String(k.publicJwk.kty)}, crv: ${String(k.publicJwk.crv)}, x: ${String(k.publicJwk.x)}${k.publicJwk.y ? `, y: ${String(k.publicJwk.y)}` : ''} }`;
-const governed = (owners: OwnerSigningKey[], measurement = MEASUREMENT) => `name: shop/web
-owners:
-${owners.map((o, i) => `  - { name: o${i}, key: ${keyYaml(o)} }`).join('\n')}
-approvals: { threshold: 2 }
-secrets:
-  pw: { kind: random, size: 8, encoding: hex, ownerReadable: true }
-workloads:
-  web:
-    accept: [{ tee: [sim], measurement: "${measurement}" }]
-    secrets: [pw]
-`;
+const governed = (owners: OwnerSigningKey[], measurement = MEASUREMENT) => shopPolicy(owners, 2, measurement);
 
 test('dashboard: CSRF, auditor read-only, approve a pending update', async () => {
   const kbs = await makeKbs();
@@ -323,26 +338,7 @@ test('event stream: hello, live attestation frames, closed with "expired" on sig
     assert.equal(res.status, 200);
     assert.match(String(res.headers.get('content-type')), /^text\/event-stream/);
     assert.equal(res.headers.get('content-security-policy'), UI_CSP);
-    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
-    let buffer = '';
-    const next = async (event: string, ms = 8000): Promise<string> => {
-      const deadline = Date.now() + ms;
-      for (;;) {
-        const at = buffer.indexOf(`event: ${event}\n`);
-        if (at >= 0) {
-          const end = buffer.indexOf('\n\n', at);
-          if (end >= 0) {
-            const frame = buffer.slice(at, end);
-            buffer = buffer.slice(end + 2);
-            return frame.split('data: ')[1] ?? '';
-          }
-        }
-        if (Date.now() > deadline) throw new Error(`no ${event} frame; got ${buffer}`);
-        const { value, done } = await reader.read();
-        if (done) throw new Error(`stream ended before ${event}; got ${buffer}`);
-        buffer += Buffer.from(value).toString('utf8');
-      }
-    };
+    const { reader, next } = sseReader(res);
     await next('hello');
     await new Promise((r) => setTimeout(r, 1200)); // the hub has primed itself with the existing events
     assert.equal((await rcarAttest(kbs)).attest.statusCode, 200);
@@ -430,5 +426,61 @@ test('overview: KBS self-attestation status (TEE, measurement, insecure, bound) 
     } finally {
       await kbs.cleanup();
     }
+  }
+});
+
+test('event stream: one session holds at most 8 streams; another session still gets one', async () => {
+  const kbs = await makeKbs();
+  const open: ReadableStreamDefaultReader<Uint8Array>[] = [];
+  try {
+    const first = await login(kbs);
+    const second = await login(kbs, 'auditor');
+    await kbs.app.listen({ host: '127.0.0.1', port: 0 });
+    const address = kbs.app.server.address();
+    const port = typeof address === 'object' && address ? address.port : 0;
+    const stream = (cookie: string) => fetch(`http://127.0.0.1:${port}/ui/api/events/stream`, { headers: { cookie } });
+    for (let i = 0; i < 8; i++) {
+      const res = await stream(first.cookie);
+      assert.equal(res.status, 200, `stream ${i + 1}`);
+      open.push((res.body as ReadableStream<Uint8Array>).getReader());
+    }
+    const refused = await stream(first.cookie);
+    assert.equal(refused.status, 429);
+    assert.equal(((await refused.json()) as { code: string }).code, 'RATE_LIMITED');
+    const other = await stream(second.cookie);
+    assert.equal(other.status, 200);
+    open.push((other.body as ReadableStream<Uint8Array>).getReader());
+  } finally {
+    for (const reader of open) await reader.cancel();
+    await kbs.cleanup();
+  }
+});
+
+test('event stream of a non-admin owner: only its policies, including one created after the stream opened', async () => {
+  const kbs = await makeKbs();
+  let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+  try {
+    const b = await makeOwnerKey();
+    assert.equal((await ownerRequest(kbs, 'PUT', '/cocoon/v1/policies/shop/web', { yaml: shopPolicy([b], 1) })).statusCode, 200);
+    const { cookie } = await login(kbs, 'owner', b);
+    await kbs.app.listen({ host: '127.0.0.1', port: 0 });
+    const address = kbs.app.server.address();
+    const port = typeof address === 'object' && address ? address.port : 0;
+    const res = await fetch(`http://127.0.0.1:${port}/ui/api/events/stream`, { headers: { cookie } });
+    assert.equal(res.status, 200);
+    const stream = sseReader(res);
+    reader = stream.reader;
+    await stream.next('hello');
+    await new Promise((r) => setTimeout(r, 1200)); // the hub has primed itself
+    await applyDemoPolicy(kbs); // the admin's policy: not readable by b
+    const api = await ownerRequest(kbs, 'PUT', '/cocoon/v1/policies/shop/api', { yaml: shopPolicy([b], 1).replace('name: shop/web', 'name: shop/api') });
+    assert.equal(api.statusCode, 200, api.body);
+    assert.equal((await rcarAttest(kbs)).attest.statusCode, 200);
+    assert.equal((await rcarAttest(kbs, { policy: 'shop/api', workload: 'web' })).attest.statusCode, 200);
+    const live = JSON.parse(await stream.next('attestation')) as { policy: string; workload: string };
+    assert.deepEqual([live.policy, live.workload], ['shop/api', 'web']);
+  } finally {
+    await reader?.cancel();
+    await kbs.cleanup();
   }
 });

@@ -5,6 +5,8 @@ import { CocoonError } from '../../errors.js';
 import { parsePolicy } from '../../policy/parse.js';
 import { loadOwnerPrivateKey } from '../owner-key.js';
 import type { OwnerSigningKey } from '../owner-key.js';
+import type { PendingView } from '../policies.js';
+import type { AuditRecord, EventRecord } from '../store/types.js';
 import { TransientError, errorFromResponse, httpRequest, parseJsonBody, trimBase } from './http.js';
 
 export interface OwnerClientOptions {
@@ -35,31 +37,11 @@ export interface PolicyRef {
   pending?: { id: string; approvals: number; threshold: number };
 }
 
-export interface PendingUpdate {
-  id: string;
-  policy: string;
-  baseHash: string | null;
-  baseVersion: number;
-  threshold: number;
-  proposedBy: string;
-  createdAt: string;
-  status: string;
-  approvals: string[];
-  rejections: string[];
-  yaml: string;
-}
+/** A policy update waiting for owner approvals (GET …/pending). */
+export type PendingUpdate = PendingView;
 
-export interface AuditEntry {
-  seq: number;
-  at: number;
-  actor: string;
-  action: string;
-  policy: string | null;
-  detail: string;
-  prev: string;
-  hash: string;
-  sig: string;
-}
+/** One link of the audit chain, as GET /cocoon/v1/audit returns it. */
+export type AuditEntry = AuditRecord;
 
 export interface CaCertificates {
   root: string;
@@ -83,18 +65,9 @@ export interface PolicyVersionInfo extends PolicyRef {
   createdBy: string;
 }
 
-export interface AttestationEvent {
-  id: string;
+/** An event as GET /cocoon/v1/events returns it. */
+export interface AttestationEvent extends Omit<EventRecord, 'at' | 'sessionId'> {
   at: string;
-  kind: 'attest' | 'release';
-  status: 'affirming' | 'contraindicated' | 'error';
-  tee: string;
-  policy: string | null;
-  workload: string | null;
-  resource: string | null;
-  code: string | null;
-  detail: string;
-  insecure: boolean;
 }
 
 /** The CLI's view of the owner API. Every request carries a fresh owner JWS (new jti). */

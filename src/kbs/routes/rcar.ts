@@ -38,6 +38,18 @@ const AttestBody = Type.Object(
   { additionalProperties: false },
 );
 
+/** The credentials of a resource request: the session cookie and/or a bearer attestation token. */
+function resourceAuth(headers: { authorization?: string; cookie?: string }): { sessionId?: string; bearer?: string } {
+  let bearer: string | undefined;
+  if (headers.authorization !== undefined) {
+    const m = /^Bearer ([A-Za-z0-9_.-]{1,16384})$/.exec(headers.authorization);
+    if (!m) throw new CocoonError('AUTH_INVALID', 'Authorization must be "Bearer <attestation token>"');
+    bearer = m[1];
+  }
+  const sessionId = readCookie(headers.cookie, SESSION_COOKIE);
+  return { ...(sessionId ? { sessionId } : {}), ...(bearer ? { bearer } : {}) };
+}
+
 /** CoCo KBS protocol 0.4.0 under /kbs/v0 (docs/internals.md §5). Errors are CoCo RFC 7807. */
 export function rcarRoutes(ctx: KbsContext) {
   return async function plugin(app: FastifyInstance): Promise<void> {
@@ -61,15 +73,7 @@ export function rcarRoutes(ctx: KbsContext) {
     });
 
     r.get('/kbs/v0/resource/:org/:app/:name', { schema: { params: ResourceParams, hide: true } }, async (request, reply) => {
-      const authz = request.headers.authorization;
-      let bearer: string | undefined;
-      if (authz !== undefined) {
-        const m = /^Bearer ([A-Za-z0-9_.-]{1,16384})$/.exec(authz);
-        if (!m) throw new CocoonError('AUTH_INVALID', 'Authorization must be "Bearer <attestation token>"');
-        bearer = m[1];
-      }
-      const sessionId = readCookie(request.headers.cookie, SESSION_COOKIE);
-      const grant = await authorizeResource(ctx, { ...(sessionId ? { sessionId } : {}), ...(bearer ? { bearer } : {}) });
+      const grant = await authorizeResource(ctx, resourceAuth(request.headers));
       const jwe = await releaseResource(ctx, grant, request.params.org, request.params.app, request.params.name);
       if (grant.insecure) void reply.header('x-cocoon-warning', INSECURE_NOTICE);
       void reply.header('cache-control', 'no-store');
@@ -78,15 +82,7 @@ export function rcarRoutes(ctx: KbsContext) {
 
     // Cocoon extension (docs/volumes.md): advance a protected volume's version counter (forward only, CAS).
     r.post(`/kbs/v0/resource/:org/:app/${VOLUME_COMMIT_RESOURCE}`, { schema: { params: PolicyParams, hide: true }, bodyLimit: 4096 }, async (request, reply) => {
-      const authz = request.headers.authorization;
-      let bearer: string | undefined;
-      if (authz !== undefined) {
-        const m = /^Bearer ([A-Za-z0-9_.-]{1,16384})$/.exec(authz);
-        if (!m) throw new CocoonError('AUTH_INVALID', 'Authorization must be "Bearer <attestation token>"');
-        bearer = m[1];
-      }
-      const sessionId = readCookie(request.headers.cookie, SESSION_COOKIE);
-      const grant = await authorizeResource(ctx, { ...(sessionId ? { sessionId } : {}), ...(bearer ? { bearer } : {}) });
+      const grant = await authorizeResource(ctx, resourceAuth(request.headers));
       const result = await commitVolume(ctx, grant, request.params.org, request.params.app, parseVolumeCommit(request.body));
       void reply.header('cache-control', 'no-store');
       return result;

@@ -14,7 +14,9 @@ import { EventHub, SseClient, sseFrame, toUiEvent } from '../ui/live.js';
 import { UI_LOGIN_PATH, loginClaims } from '../ui/login-token.js';
 import { DEFAULT_UI_SESSION_TTL_S, UiSessionStore, clearedCookie, csrfMatches, readUiCookie, sessionCookie } from '../ui/session.js';
 import type { UiSession } from '../ui/session.js';
-import { AuditVerifier, EVENT_SCAN_LIMIT, activationCounts, PolicyIndex, caInfo, eventClaims, eventVisible, filterEvents, policyDetail, readablePolicy, secretsView, visibleEvents, visiblePolicies, workloadsView } from '../ui/views.js';
+import type { Overview, PolicySummary, Session } from '../ui/wire.js';
+import { readablePolicy } from '../policies.js';
+import { AuditVerifier, EVENT_SCAN_LIMIT, activationCounts, PolicyIndex, caInfo, eventClaims, eventVisible, filterEvents, policyDetail, secretsView, visibleEvents, visiblePolicies, workloadsView } from '../ui/views.js';
 import { NAME_SEGMENT, PolicyParams } from './common.js';
 import { SELF_ATTESTATION_NOT_CONFIGURED, type SelfAttestationStatus } from '../self-attest.js';
 
@@ -42,6 +44,9 @@ const SECURITY_HEADERS: Record<string, string> = {
   'cross-origin-resource-policy': 'same-origin',
   'permissions-policy': 'camera=(), microphone=(), geolocation=(), usb=()',
 };
+
+/** Event streams one dashboard session may hold open (tabs). */
+const MAX_STREAMS_PER_SESSION = 8;
 
 const LoginBody = Type.Object({ token: Type.String({ minLength: 20, maxLength: 4096, pattern: '^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$' }) }, { additionalProperties: false });
 const PendingParams = Type.Object(
@@ -88,7 +93,8 @@ export function uiRoutes(ctx: KbsContext, options: UiOptions = {}) {
     const index = new PolicyIndex(ctx);
     const auditVerifier = new AuditVerifier(ctx);
     const hub = new EventHub(ctx.store, options.pollMs ?? 1000, (err) => ctx.log.error({ err }, 'dashboard: polling events failed'));
-    const streams = new Set<SseClient>();
+    /** Open event streams and the session key of each (one session must not take every slot). */
+    const streams = new Map<SseClient, string>();
     const closers = new Set<() => void>();
     const nowMs = () => ctx.now().getTime();
     const audit = (actor: string, action: string, detail: Record<string, unknown>) =>
@@ -152,6 +158,8 @@ export function uiRoutes(ctx: KbsContext, options: UiOptions = {}) {
       return s;
     };
 
+    const sessionView = async (s: UiSession): Promise<Session> => ({ kid: s.kid, role: s.role, expiresAt: new Date(s.expiresAt).toISOString(), csrf: s.csrf, admin: await isAdmin(ctx, s.kid) });
+
     r.post('/ui/api/session', { schema: { hide: true, body: LoginBody } }, async (request, reply) => {
       requireSameOrigin(request);
       if (request.headers['x-cocoon-ui'] !== '1') throw new CocoonError('FORBIDDEN', 'dashboard requests need the x-cocoon-ui header');
@@ -162,7 +170,7 @@ export function uiRoutes(ctx: KbsContext, options: UiOptions = {}) {
       await audit(kid, 'ui.login', { role, expiresAt: session.expiresAt });
       request.log.info({ owner: kid, role }, 'dashboard sign-in');
       void reply.header('set-cookie', sessionCookie(id, ttlS, secure(request)));
-      return { kid, role, expiresAt: new Date(session.expiresAt).toISOString(), csrf: session.csrf, admin: await isAdmin(ctx, kid) };
+      return sessionView(session);
     });
 
     await r.register(async (authed) => {
@@ -178,8 +186,7 @@ export function uiRoutes(ctx: KbsContext, options: UiOptions = {}) {
       const viewer = (request: FastifyRequest): LiveSession => request.uiSession as LiveSession;
 
       a.get('/ui/api/session', { schema: { hide: true } }, async (request) => {
-        const s = viewer(request);
-        return { kid: s.kid, role: s.role, expiresAt: new Date(s.expiresAt).toISOString(), csrf: s.csrf, admin: await isAdmin(ctx, s.kid) };
+        return sessionView(viewer(request));
       });
 
       a.delete('/ui/api/session', { schema: { hide: true } }, async (request, reply) => {
@@ -190,7 +197,7 @@ export function uiRoutes(ctx: KbsContext, options: UiOptions = {}) {
         return { signedOut: true };
       });
 
-      a.get('/ui/api/overview', { schema: { hide: true } }, async (request) => {
+      a.get('/ui/api/overview', { schema: { hide: true } }, async (request): Promise<Overview> => {
         const s = viewer(request);
         const policies = await visiblePolicies(ctx, index, s.kid);
         const events = await visibleEvents(ctx, s.kid, policies);
@@ -224,7 +231,7 @@ export function uiRoutes(ctx: KbsContext, options: UiOptions = {}) {
 
       a.get('/ui/api/policies', { schema: { hide: true } }, async (request) => {
         const policies = await visiblePolicies(ctx, index, viewer(request).kid);
-        const out = [];
+        const out: PolicySummary[] = [];
         for (const p of policies) {
           out.push({
             name: p.record.name,
@@ -273,25 +280,30 @@ export function uiRoutes(ctx: KbsContext, options: UiOptions = {}) {
 
       a.get('/ui/api/events/stream', { schema: { hide: true } }, async (request, reply) => {
         const s = viewer(request);
-        if (streams.size >= (options.maxStreams ?? 100)) throw new CocoonError('RATE_LIMITED', 'too many open dashboard event streams on this KBS');
         const admin = await isAdmin(ctx, s.kid);
-        let names = new Set((await visiblePolicies(ctx, index, s.kid)).map((p) => p.record.name));
+        // The policies this owner may read, and every policy name known at that look (events of a
+        // known but unreadable policy are dropped without looking again; a new name triggers a look).
+        const look = async () => ({ known: new Set(await index.list()), names: new Set((await visiblePolicies(ctx, index, s.kid)).map((p) => p.record.name)) });
+        let seen = await look();
+        // Checked after the awaits, right before the stream is counted: concurrent opens cannot overshoot the cap.
+        if (streams.size >= (options.maxStreams ?? 100)) throw new CocoonError('RATE_LIMITED', 'too many open dashboard event streams on this KBS');
+        if ([...streams.values()].filter((key) => key === s.key).length >= MAX_STREAMS_PER_SESSION) throw new CocoonError('RATE_LIMITED', `at most ${MAX_STREAMS_PER_SESSION} dashboard event streams per session (close other tabs)`);
         reply.hijack();
         const res = reply.raw;
         res.writeHead(200, { ...SECURITY_HEADERS, 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', 'x-accel-buffering': 'no', connection: 'keep-alive' });
         res.write('retry: 3000\n\n');
         const client = new SseClient(res, options.sseQueue ?? 256);
-        streams.add(client);
+        streams.set(client, s.key);
         const send = (events: EventRecord[]) => {
-          for (const e of events) if (eventVisible(e, admin, names)) client.push(sseFrame('attestation', toUiEvent(e)));
+          for (const e of events) if (eventVisible(e, admin, seen.names)) client.push(sseFrame('attestation', toUiEvent(e)));
         };
         const unsubscribe = hub.subscribe({
           events: (events) => {
-            if (!admin && events.some((e) => e.policy !== null && !names.has(e.policy))) {
+            if (!admin && events.some((e) => e.policy !== null && !seen.known.has(e.policy))) {
               // A policy may have been created since the stream opened: look again before filtering.
-              void visiblePolicies(ctx, index, s.kid)
-                .then((ps) => {
-                  names = new Set(ps.map((p) => p.record.name));
+              void look()
+                .then((now) => {
+                  seen = now;
                   send(events);
                 })
                 .catch((err: unknown) => ctx.log.error({ err }, 'dashboard: policy visibility'));

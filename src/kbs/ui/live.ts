@@ -1,20 +1,6 @@
 import type { EventRecord, Store } from '../store/types.js';
+import type { UiEvent } from './wire.js';
 
-/** What the dashboard shows of an attestation/release event (never secret material). */
-export interface UiEvent {
-  id: string;
-  at: string;
-  kind: EventRecord['kind'];
-  status: EventRecord['status'];
-  tee: string;
-  policy: string | null;
-  workload: string | null;
-  resource: string | null;
-  code: string | null;
-  detail: string;
-  insecure: boolean;
-  measurement: string | null;
-}
 
 const MEASUREMENT_RE = /measurement ([0-9a-f]{96})/i;
 

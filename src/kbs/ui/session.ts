@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { constantTimeEqual, sha256Hex } from '../../crypto/hash.js';
+import type { Session } from './wire.js';
 
-export type UiRole = 'owner' | 'auditor';
+export type UiRole = Session['role'];
 
 export interface UiSession {
   /** Owner key id (RFC 7638 thumbprint) that signed the login token. */

@@ -5,9 +5,9 @@ import type { AuditVerdict } from '../audit.js';
 import type { KbsContext } from '../context.js';
 import { currentPolicy, isAdmin, pendingView, requirePolicyAccess } from '../policies.js';
 import type { CurrentPolicy } from '../policies.js';
-import type { AuditRecord, EventRecord } from '../store/types.js';
+import type { AuditRecord, EventRecord, PolicyVersionRecord } from '../store/types.js';
 import { toUiEvent } from './live.js';
-import type { UiEvent } from './live.js';
+import type { AuditVerdict as UiAuditVerdict, CaInfo, CertInfo, PolicyDetail, SecretView, UiEvent, VersionView, WorkloadView } from './wire.js';
 
 const AUDIT_SCAN_PAGE = 1000;
 const MAX_POLICIES = 500;
@@ -69,15 +69,7 @@ export async function visiblePolicies(ctx: KbsContext, index: PolicyIndex, kid: 
   return out;
 }
 
-/** The current version of one policy, if this owner may read it (403 before 404, as the owner API). */
-export async function readablePolicy(ctx: KbsContext, kid: string, name: string): Promise<CurrentPolicy> {
-  const head = await currentPolicy(ctx, name);
-  await requirePolicyAccess(ctx, kid, name, head?.policy);
-  if (!head) throw new CocoonError('NOT_FOUND', `no policy ${name}`);
-  return head;
-}
-
-function fingerprint(pem: string): { subject: string; serial: string; sha256: string; notAfter: string } | null {
+function fingerprint(pem: string): CertInfo | null {
   try {
     const c = new X509Certificate(pem);
     return { subject: c.subject.replace(/\n/g, ', '), serial: c.serialNumber.toLowerCase(), sha256: c.fingerprint256, notAfter: new Date(c.validTo).toISOString() };
@@ -86,7 +78,7 @@ function fingerprint(pem: string): { subject: string; serial: string; sha256: st
   }
 }
 
-export async function caInfo(ctx: KbsContext): Promise<{ available: boolean; root?: ReturnType<typeof fingerprint>; intermediate?: ReturnType<typeof fingerprint>; reason?: string }> {
+export async function caInfo(ctx: KbsContext): Promise<CaInfo> {
   const ca = (ctx as Partial<KbsContext>).ca;
   if (!ca || typeof ca.chainPem !== 'function') return { available: false, reason: 'not available on this KBS' };
   try {
@@ -163,7 +155,7 @@ export async function activationCounts(ctx: KbsContext, policies: CurrentPolicy[
   return out;
 }
 
-export function workloadsView(policies: CurrentPolicy[], events: EventRecord[], activations = new Map<string, Record<string, number>>()) {
+export function workloadsView(policies: CurrentPolicy[], events: EventRecord[], activations = new Map<string, Record<string, number>>()): WorkloadView[] {
   return policies.flatMap((p) =>
     Object.entries(p.policy.workloads).map(([name, w]) => {
       const mine = events.filter((e) => e.policy === p.record.name && e.workload === name && e.kind === 'attest');
@@ -194,8 +186,8 @@ function grantsOf(p: CurrentPolicy, workload: string): string[] {
 }
 
 /** Secret metadata only: name, kind, options, who receives it. Values are never read here. */
-export async function secretsView(ctx: KbsContext, policies: CurrentPolicy[]) {
-  const out = [];
+export async function secretsView(ctx: KbsContext, policies: CurrentPolicy[]): Promise<SecretView[]> {
+  const out: SecretView[] = [];
   for (const p of policies) {
     const stored = new Set(await ctx.store.listSecretNames(p.record.name));
     for (const [name, spec] of Object.entries(p.policy.secrets)) {
@@ -217,21 +209,21 @@ export async function secretsView(ctx: KbsContext, policies: CurrentPolicy[]) {
   return out;
 }
 
-export async function policyDetail(ctx: KbsContext, head: CurrentPolicy, historyLimit: number) {
+export async function policyDetail(ctx: KbsContext, head: CurrentPolicy, historyLimit: number): Promise<PolicyDetail> {
   const versions = await ctx.store.listPolicyVersions(head.record.name, historyLimit);
   const pending = await ctx.store.listPending(head.record.name, 'pending');
   return {
     name: head.record.name,
-    current: versionView(head.record, true),
+    current: versionView(head.record),
     owners: head.policy.owners.map((o) => ({ name: o.name, kid: o.kid })),
     approvals: head.policy.approvals,
-    history: versions.map((v) => versionView(v, true)),
+    history: versions.map(versionView),
     pending: await Promise.all(pending.slice(0, 50).map((p) => pendingView(ctx.store, p))),
   };
 }
 
-function versionView(v: { name: string; version: number; hash: string; predecessor: string | null; createdAt: number; createdBy: string; yaml: string }, withYaml: boolean) {
-  return { version: v.version, hash: v.hash, predecessor: v.predecessor, createdAt: new Date(v.createdAt).toISOString(), createdBy: v.createdBy, ...(withYaml ? { yaml: v.yaml } : {}) };
+function versionView(v: PolicyVersionRecord): VersionView {
+  return { version: v.version, hash: v.hash, predecessor: v.predecessor, createdAt: new Date(v.createdAt).toISOString(), createdBy: v.createdBy, yaml: v.yaml };
 }
 
 /** Whole-chain verification, cached for a few seconds per chain head. */
@@ -243,7 +235,7 @@ export class AuditVerifier {
     private readonly cacheMs = 5000,
   ) {}
 
-  async verdict(): Promise<AuditVerdict & { checkedAt: string }> {
+  async verdict(): Promise<UiAuditVerdict> {
     const last = await this.ctx.store.lastAudit();
     const head = last?.hash ?? 'empty';
     const now = Date.now();

@@ -7,7 +7,7 @@
  * until its nextUpdate; after that (or before the first good one) every peer is refused.
  */
 import { CocoonError, asCocoonError } from '../../errors.js';
-import { crlSignedBy, isCaCert, isSignedBy, parseCert, parseCrl, pemCerts, validAt } from '../../attestation/pki.js';
+import { crlSignedBy, isCaCert, isSignedBy, parseCrl, pemCerts, validAt } from '../../attestation/pki.js';
 import type { Cert } from '../../attestation/pki.js';
 import { errorFromResponse, httpRequest, parseJsonBody, trimBase } from '../../kbs/client/http.js';
 import type { LauncherLog } from '../log.js';
@@ -163,9 +163,4 @@ export class CrlMonitor {
     }
     if (crl.revoked.has(normalizeSerial(serialHex))) throw new CocoonError('TLS_PEER_REJECTED', `peer certificate ${normalizeSerial(serialHex)} is revoked (deployment CA CRL)`);
   }
-}
-
-/** The serial number of a DER certificate (hex), for callers that only have the raw bytes. */
-export function serialOfDer(der: Buffer): string {
-  return parseCert(der, 'TLS_PEER_REJECTED').serial;
 }

@@ -28,7 +28,6 @@ export const MAX_ENTRIES = 262_144;
 export const MAX_FILE_BYTES = 1024 * 1024 * 1024;
 const MAX_PATH = 4096;
 const BLOB_RE = /^[0-9a-f]{32}$/;
-export const VOLUME_NAME_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
 export interface VolumeEntry {
   /** Relative POSIX path inside the volume (no `.`/`..`, no empty segments). */

@@ -1,24 +1,24 @@
+/**
+ * The dashboard JSON API's shapes (/ui/api/*), written once for the server (src/kbs/ui,
+ * src/kbs/routes/ui.ts) and the browser app (src/web imports them with `import type`, erased
+ * by esbuild). Keep this module free of runtime code and of imports other than types from
+ * import-free modules: src/web is type-checked without Node's types.
+ */
+import type { AuditRecord, EventRecord, PendingRecord } from '../store/types.js';
+
+/** What the dashboard shows of an attestation/release event (never secret material). */
+export interface UiEvent extends Omit<EventRecord, 'at' | 'sessionId'> {
+  at: string;
+  measurement: string | null;
+}
+
+/** GET/POST /ui/api/session. */
 export interface Session {
   kid: string;
   role: 'owner' | 'auditor';
   expiresAt: string;
   csrf: string;
   admin: boolean;
-}
-
-export interface UiEvent {
-  id: string;
-  at: string;
-  kind: 'attest' | 'release';
-  status: 'affirming' | 'contraindicated' | 'error';
-  tee: string;
-  policy: string | null;
-  workload: string | null;
-  resource: string | null;
-  code: string | null;
-  detail: string;
-  insecure: boolean;
-  measurement: string | null;
 }
 
 export interface CertInfo {
@@ -28,15 +28,23 @@ export interface CertInfo {
   notAfter: string;
 }
 
-/** The KBS's own attestation (GET /cocoon/v1/attestation; `cocoon serve --tee`). */
+/** The KBS's own attestation (`cocoon serve --tee`); src/kbs/self-attest.ts produces it. */
 export type SelfAttestationStatus =
   | { available: true; tee: string; measurement: string; insecure: boolean; measurementBound: boolean; register: string | null }
   | { available: false; reason: string };
 
+export interface CaInfo {
+  available: boolean;
+  root?: CertInfo | null;
+  intermediate?: CertInfo | null;
+  reason?: string;
+}
+
 export interface Overview {
   kbs: { id: string; protocol: string; allowSim: boolean; warning: string | null; selfAttestation: SelfAttestationStatus };
   counts: Record<string, number>;
-  ca: { available: boolean; root?: CertInfo | null; intermediate?: CertInfo | null; reason?: string };
+  ca: CaInfo;
+  session: { role: Session['role']; kid: string };
 }
 
 export interface PolicySummary {
@@ -59,18 +67,11 @@ export interface VersionView {
   yaml: string;
 }
 
-export interface PendingView {
-  id: string;
-  policy: string;
-  baseHash: string | null;
-  baseVersion: number;
-  threshold: number;
-  proposedBy: string;
+/** A policy update waiting for owner approvals (src/kbs/policies.ts pendingView). */
+export interface PendingView extends Omit<PendingRecord, 'createdAt' | 'decidedAt'> {
   createdAt: string;
-  status: string;
   approvals: string[];
   rejections: string[];
-  yaml: string;
 }
 
 export interface PolicyDetail {
@@ -82,11 +83,11 @@ export interface PolicyDetail {
   pending: PendingView[];
 }
 
+/** The fields the dashboard reads of a policy accept rule (src/policy/types.ts AcceptRule has more). */
 export interface AcceptRule {
   tee: string[];
   measurement?: string;
   debug: boolean;
-  [k: string]: unknown;
 }
 
 export interface WorkloadView {
@@ -114,18 +115,9 @@ export interface SecretView {
   receivers: string[];
 }
 
-export interface AuditEntry {
-  seq: number;
-  at: number;
-  actor: string;
-  action: string;
-  policy: string | null;
-  detail: string;
-  prev: string;
-  hash: string;
-  sig: string;
-}
+export type AuditEntry = AuditRecord;
 
+/** src/kbs/audit.ts's verdict over the whole chain, and when it was computed. */
 export interface AuditVerdict {
   ok: boolean;
   count: number;
