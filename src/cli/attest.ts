@@ -4,10 +4,7 @@ import { action, createOutput } from './output.js';
 import { configDir, configPaths, resolveKbsUrl } from './config.js';
 import { CocoonError } from '../errors.js';
 import { addCollateralOptions, collateralTrust, type CollateralCliOptions } from './verify.js';
-
-function collect(value: string, previous: string[]): string[] {
-  return [...previous, value];
-}
+import { collect } from './flags.js';
 
 export function registerAttest(program: Command): void {
   const cmd = program

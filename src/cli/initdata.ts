@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { readFile, writeFile } from 'node:fs/promises';
 import { CocoonError } from '../errors.js';
 import { action, createOutput } from './output.js';
+import { collect } from './flags.js';
 
 const MAX_FILE = 64 * 1024;
 
@@ -11,10 +12,6 @@ async function readSmall(file: string, what: string): Promise<string> {
   });
   if (Buffer.byteLength(text, 'utf8') > MAX_FILE) throw new CocoonError('INPUT_TOO_LARGE', `${what} ${file} is larger than 64 KiB`);
   return text;
-}
-
-function collect(value: string, previous: string[] = []): string[] {
-  return [...previous, value];
 }
 
 export function registerInitData(program: Command): void {

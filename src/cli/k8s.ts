@@ -5,6 +5,7 @@ import { stringify } from 'yaml';
 import { action, createOutput, type Output } from './output.js';
 import { parseListen } from './serve.js';
 import { CocoonError } from '../errors.js';
+import { collect } from './flags.js';
 
 const MAX_INPUT = 4 * 1024 * 1024;
 
@@ -44,10 +45,6 @@ function intOption(value: string, name: string, min: number, max: number): numbe
   const n = Number(value);
   if (n < min || n > max) throw new CocoonError('BAD_USAGE', `${name} must be from ${min} to ${max}`);
   return n;
-}
-
-function collect(value: string, previous: string[]): string[] {
-  return [...previous, value];
 }
 
 function listenAddress(listen: string): { host: string; port: number } {

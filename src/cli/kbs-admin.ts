@@ -239,5 +239,5 @@ export function registerKbsAdmin(program: Command): void {
 
 async function openStore(opts: { dataDir: string; postgres?: string }) {
   if (opts.postgres) return (await import('../kbs/store/postgres.js')).openPostgresStore(opts.postgres, { maxConnections: 2 });
-  return (await import('../kbs/store/sqlite.js')).openSqliteStore(opts.dataDir);
+  return (await import('../kbs/store/sqlite.js')).openSqliteStore(opts.dataDir, { walCheckpoints: 'inline' });
 }

@@ -1,4 +1,5 @@
 import { Option, type Command } from 'commander';
+import cluster from 'node:cluster';
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -6,10 +7,7 @@ import { action, createOutput } from './output.js';
 import { configDir, configPaths } from './config.js';
 import { CocoonError } from '../errors.js';
 import type { KbsTeeChoice } from '../kbs/self-attester.js';
-
-function collect(value: string, previous: string[]): string[] {
-  return [...previous, value];
-}
+import { collect } from './flags.js';
 
 export function parseListen(listen: string): { host: string; port: number } {
   const m = listen.match(/^(?:\[([0-9a-fA-F:]+)\]|([^:[\]]+)):(\d{1,5})$/) ?? listen.match(/^()()(\d{1,5})$/);
@@ -57,6 +55,7 @@ export function registerServe(program: Command): void {
     .option('--tls-key <file>', 'PEM private key of --tls-cert')
     .option('--rate-limit <n>', 'requests per second per client address (burst 2n; 0 disables)', '100')
     .option('--body-limit <bytes>', 'largest request body accepted', String(1024 * 1024))
+    .option('--workers <n|auto>', 'worker processes serving requests: 1–64, or auto (one per CPU); above 1 a primary process does the startup once, then forks and supervises the workers (docs/kbs.md); --rate-limit applies per worker', '1')
     .addHelpText('after', '\nWithout --owner, the owner public key of the config directory is registered if it exists.\nEndpoints: /kbs/v0/* (CoCo KBS protocol 0.4.0), /cocoon/v1/* (owner API, OpenAPI at /cocoon/v1/openapi.json),\n/ui/ (dashboard: sign in with `cocoon ui login`), /healthz, /readyz, /metrics.\nSee docs/kbs.md.')
     .action(
       action(async (opts: {
@@ -81,7 +80,10 @@ export function registerServe(program: Command): void {
         tlsKey?: string;
         rateLimit: string;
         bodyLimit: string;
+        workers: string;
       }) => {
+        // a `--workers` worker: everything it needs comes from the primary over IPC
+        if (cluster.isWorker) return (await import('../kbs/cluster.js')).runKbsWorker();
         const out = createOutput();
         const { host, port } = parseListen(opts.listen);
         if (!['fatal', 'error', 'warn', 'info', 'debug'].includes(opts.logLevel)) throw new CocoonError('BAD_USAGE', '--log-level must be fatal|error|warn|info|debug');
@@ -111,6 +113,7 @@ export function registerServe(program: Command): void {
         if (!/^\d{4,9}$/.test(opts.bodyLimit)) throw new CocoonError('BAD_USAGE', '--body-limit must be 1000–999999999 bytes');
         if (opts.recoveryThreshold !== undefined && !/^[1-9]\d?$/.test(opts.recoveryThreshold)) throw new CocoonError('BAD_USAGE', '--recovery-threshold must be 1–99');
         const workloadCertValidMs = parseWorkloadCertValidity(opts.workloadCertValidity);
+        const workers = (await import('../kbs/cluster.js')).parseWorkers(opts.workers);
         if (opts.recoveryRecipient.length > 0 && opts.recoveryThreshold === undefined) throw new CocoonError('BAD_USAGE', '--recovery-recipient needs --recovery-threshold');
         const { readRecoveryRecipients } = await import('../kbs/recovery.js');
         const recoveryRecipients = await readRecoveryRecipients(opts.recoveryRecipient);
@@ -145,6 +148,46 @@ export function registerServe(program: Command): void {
           await store?.close();
           throw err;
         });
+        const describe = (url: string) =>
+          `cocoon KBS listening on ${url} (data ${opts.dataDir}, ${opts.postgres ? 'PostgreSQL' : 'SQLite'}, ${sealer ? 'TPM' : 'file'} sealer, ${owners.length} owner key(s)${opts.allowSim ? ', sim allowed' : ''}, self-attestation ${selfAtt.self ? selfAtt.self.attester.tee : 'none'}${workers > 1 ? `, ${workers} workers` : ''})\n`;
+        const stopSignal = new Promise<void>((resolve) => {
+          const stop = () => resolve();
+          process.once('SIGINT', stop);
+          process.once('SIGTERM', stop);
+        });
+        if (workers > 1) {
+          // the primary: every startup side effect once, then the workers (src/kbs/cluster.ts)
+          const { serveKbsCluster } = await import('../kbs/cluster.js');
+          return serveKbsCluster({
+            workers,
+            bootstrap: {
+              dataDir: opts.dataDir,
+              owners,
+              ...(sealer ? { sealer } : {}),
+              ...(opts.recoveryThreshold ? { recoveryThreshold: Number(opts.recoveryThreshold) } : {}),
+              ...(opts.recoveryRecipient.length > 0 ? { recoveryRecipients } : {}),
+            },
+            ...(store ? { store } : {}),
+            ...(selfAtt.self ? { selfAttestation: selfAtt.self } : {}),
+            settings: {
+              dataDir: opts.dataDir,
+              ...(opts.postgres ? { postgres: opts.postgres } : {}),
+              host,
+              port,
+              allowSim: Boolean(opts.allowSim),
+              simRoots,
+              trustedAks,
+              logLevel: opts.logLevel,
+              bodyLimit: Number(opts.bodyLimit),
+              rateLimit: { perSecond: rate, burst: rate * 2 },
+              workloadCertValidMs,
+              ...(tls ? { tls } : {}),
+              ...(selfAtt.reason ? { selfAttestationUnavailable: selfAtt.reason } : {}),
+            },
+            stop: stopSignal,
+            listening: (url) => process.stderr.write(describe(url)),
+          });
+        }
         const kbs = await startKbs({
           dataDir: opts.dataDir,
           host,
@@ -167,12 +210,8 @@ export function registerServe(program: Command): void {
           await store?.close();
           throw err;
         });
-        process.stderr.write(`cocoon KBS listening on ${kbs.url} (data ${opts.dataDir}, ${opts.postgres ? 'PostgreSQL' : 'SQLite'}, ${sealer ? 'TPM' : 'file'} sealer, ${owners.length} owner key(s)${opts.allowSim ? ', sim allowed' : ''}, self-attestation ${selfAtt.self ? selfAtt.self.attester.tee : 'none'})\n`);
-        await new Promise<void>((resolve) => {
-          const stop = () => resolve();
-          process.once('SIGINT', stop);
-          process.once('SIGTERM', stop);
-        });
+        process.stderr.write(describe(kbs.url));
+        await stopSignal;
         await kbs.close();
         await store?.close();
       }),

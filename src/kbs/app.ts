@@ -14,6 +14,7 @@ import { loadOrCreateIdentity } from './identity.js';
 import type { KbsIdentity } from './identity.js';
 import { Journal } from './journal.js';
 import { createMetrics } from './metrics.js';
+import type { KbsMetrics } from './metrics.js';
 import { registerOwners } from './owner-auth.js';
 import { problemHandler } from './problem.js';
 import { registerRateLimit } from './rate-limit.js';
@@ -24,6 +25,7 @@ import { FileSealer, loadDataKey } from './sealer.js';
 import type { Sealer } from './sealer.js';
 import { openSqliteStore } from './store/sqlite.js';
 import type { Store } from './store/types.js';
+import type { UiSessionStore } from './ui/session.js';
 import { CocoonError } from '../errors.js';
 
 export interface KbsOptions {
@@ -83,47 +85,100 @@ export const PURGE_INTERVAL_MS = 60_000;
 /** Never logged: credentials and cookies. Bodies are not logged at all. */
 const REDACT = ['req.headers.authorization', 'req.headers.cookie', 'res.headers["set-cookie"]', '*.value', '*.yaml', '*.token'];
 
-export async function buildKbsApp(options: KbsOptions): Promise<FastifyInstance> {
-  const ownsStore = options.store === undefined;
-  const store = options.store ?? (await openSqliteStore(options.dataDir));
+/** What the one-time startup steps need (bootstrapKbs). */
+export type KbsBootstrapOptions = Pick<KbsOptions, 'dataDir' | 'owners' | 'sealer' | 'identity' | 'now' | 'recoveryThreshold' | 'recoveryRecipients'>;
+
+/** What the one-time startup produced: the state every app of this KBS runs on. */
+export interface KbsBootstrap {
+  identity: KbsIdentity;
+  /** The unsealed data key (zeroed when the app that owns it closes). */
+  dataKey: Buffer;
+  /** Admin owners that get no recovery share (warned at start). */
+  withoutShare: { kid: string; reason: string }[];
+}
+
+/**
+ * The startup steps with side effects, done once per KBS (by the only process, or by the
+ * primary of `serve --workers`): load or create the identity, create or unseal the data key
+ * (a TPM unseal), register the owners and set up recovery, on a store that is already open
+ * and migrated.
+ */
+export async function bootstrapKbs(store: Store, options: KbsBootstrapOptions): Promise<KbsBootstrap> {
+  const identity = options.identity ?? (await loadOrCreateIdentity(options.dataDir));
+  const auditKey = KeyObject.from(identity.privateKey);
+  const sealer = options.sealer ?? (await FileSealer.open(options.dataDir));
+  const dataKey = await loadDataKey(store, sealer);
   try {
-    const identity = options.identity ?? (await loadOrCreateIdentity(options.dataDir));
-    const auditKey = KeyObject.from(identity.privateKey);
-    const sealer = options.sealer ?? (await FileSealer.open(options.dataDir));
-    const dataKey = await loadDataKey(store, sealer);
     const now = options.now ?? (() => new Date());
     if (options.owners?.length) await registerOwners(store, options.owners, now().getTime());
     if (options.recoveryRecipients && Object.keys(options.recoveryRecipients).length > 0 && options.recoveryThreshold === undefined) throw new CocoonError('BAD_USAGE', 'recovery recipients need a recovery threshold');
     const withoutShare = options.recoveryThreshold !== undefined ? await ensureRecovery(store, dataKey, options.recoveryThreshold, options.recoveryRecipients ?? {}, now().getTime(), auditKey) : [];
+    return { identity, dataKey, withoutShare };
+  } catch (err) {
+    dataKey.fill(0);
+    throw err;
+  }
+}
 
-    const loggerOptions = options.logger === false ? false : { level: 'info', ...(typeof options.logger === 'object' ? options.logger : {}), redact: { paths: REDACT, censor: '[redacted]' } };
-    const app = Fastify({
-      ...(options.tls ? { https: { cert: options.tls.cert, key: options.tls.key, minVersion: 'TLSv1.2' as const } } : {}),
-      ...(options.loggerInstance ? { loggerInstance: options.loggerInstance } : { logger: loggerOptions }),
-      bodyLimit: options.bodyLimit ?? DEFAULT_BODY_LIMIT,
-      trustProxy: false,
-      onProtoPoisoning: 'error',
-      onConstructorPoisoning: 'error',
-      ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false } },
-      routerOptions: { maxParamLength: 128 },
-    });
-    const ctx: KbsContext = {
-      store,
-      identity,
-      dataKey,
-      verifier: options.verifier,
-      allowSim: options.allowSim ?? false,
-      now,
-      sessionTtlS: options.sessionTtlS ?? 300,
-      tokenTtlS: options.tokenTtlS ?? EAR_TTL_S,
-      ...(options.workloadCertValidMs !== undefined ? { workloadCertValidMs: options.workloadCertValidMs } : {}),
-      log: app.log,
-      metrics: createMetrics(),
-      auditKey,
-      journal: new Journal(store, auditKey),
-      ca: new DeploymentCa(store, dataKey, now),
-    };
-    for (const o of withoutShare) app.log.warn({ owner: o.kid }, `recovery: admin owner ${o.kid} gets no recovery share: ${o.reason}`);
+export function warnWithoutShare(log: Pick<FastifyBaseLogger, 'warn'>, withoutShare: KbsBootstrap['withoutShare']): void {
+  for (const o of withoutShare) log.warn({ owner: o.kid }, `recovery: admin owner ${o.kid} gets no recovery share: ${o.reason}`);
+}
+
+/** Options of an app on a bootstrapped store: no startup side effects left to do. */
+export interface KbsAppOptions extends Omit<KbsOptions, 'dataDir' | 'owners' | 'store' | 'sealer' | 'identity' | 'recoveryThreshold' | 'recoveryRecipients'> {
+  /** Close the store when the app closes. Default false. */
+  closeStore?: boolean;
+  /** Run the purge/prune interval in this app. Default true; `serve --workers` runs it once, in the primary. */
+  housekeeping?: boolean;
+  /** The app's metrics (default: a fresh registry); a cluster worker reports them to the primary. */
+  metrics?: KbsMetrics;
+  /** What GET /metrics serves instead of this app's registry: a cluster worker serves the whole service's. */
+  metricsText?: () => Promise<string>;
+  /** Dashboard sessions (default: the app's own); cluster workers share theirs. */
+  uiSessions?: UiSessionStore;
+}
+
+/** Builds the app on a store that bootstrapKbs has prepared; the data key is zeroed when the app closes. */
+export async function createKbsApp(store: Store, boot: KbsBootstrap, options: KbsAppOptions): Promise<FastifyInstance> {
+  const { identity, dataKey } = boot;
+  const auditKey = KeyObject.from(identity.privateKey);
+  const now = options.now ?? (() => new Date());
+  const loggerOptions = options.logger === false ? false : { level: 'info', ...(typeof options.logger === 'object' ? options.logger : {}), redact: { paths: REDACT, censor: '[redacted]' } };
+  const app = Fastify({
+    ...(options.tls ? { https: { cert: options.tls.cert, key: options.tls.key, minVersion: 'TLSv1.2' as const } } : {}),
+    ...(options.loggerInstance ? { loggerInstance: options.loggerInstance } : { logger: loggerOptions }),
+    bodyLimit: options.bodyLimit ?? DEFAULT_BODY_LIMIT,
+    trustProxy: false,
+    onProtoPoisoning: 'error',
+    onConstructorPoisoning: 'error',
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false } },
+    routerOptions: { maxParamLength: 128 },
+  });
+  const ctx: KbsContext = {
+    store,
+    identity,
+    dataKey,
+    verifier: options.verifier,
+    allowSim: options.allowSim ?? false,
+    now,
+    sessionTtlS: options.sessionTtlS ?? 300,
+    tokenTtlS: options.tokenTtlS ?? EAR_TTL_S,
+    ...(options.workloadCertValidMs !== undefined ? { workloadCertValidMs: options.workloadCertValidMs } : {}),
+    log: app.log,
+    metrics: options.metrics ?? createMetrics(),
+    auditKey,
+    journal: new Journal(store, auditKey),
+    ca: new DeploymentCa(store, dataKey, now),
+  };
+  let stopHousekeeping = (): void => {};
+  const release = async (): Promise<void> => {
+    stopHousekeeping();
+    dataKey.fill(0);
+    if (options.closeStore) await store.close();
+  };
+  app.addHook('onClose', release);
+  try {
+    warnWithoutShare(app.log, boot.withoutShare);
     if (ctx.allowSim) app.log.warn(`${INSECURE_NOTICE}: this KBS accepts simulated evidence (--allow-sim); never use it in production`);
 
     await app.register(swagger, {
@@ -140,33 +195,50 @@ export async function buildKbsApp(options: KbsOptions): Promise<FastifyInstance>
       const err = new CocoonError('NOT_FOUND', `no route ${request.method} ${request.url.slice(0, 200)}`);
       problemHandler(request.url.startsWith('/kbs/') ? 'coco' : 'cocoon')(err, request, reply);
     });
-    await app.register(healthRoutes(ctx));
+    await app.register(healthRoutes(ctx, options.metricsText));
     await app.register(rcarRoutes(ctx));
     await app.register(ownerRoutes(ctx));
     if (options.selfAttestation) await app.register(selfAttestationRoutes(ctx, options.selfAttestation, options.tls?.cert));
-    await app.register((await import('./routes/ui.js')).uiRoutes(ctx, { selfAttestation: selfAttestationStatus(options.selfAttestation, options.selfAttestationUnavailable) }));
-
-    const purge = setInterval(() => {
-      const t = now().getTime();
-      store.purgeExpired(t).catch((err: unknown) => app.log.error({ err }, 'purging expired sessions failed'));
-      pruneCaRecords(store, t).then(
-        (n) => {
-          if (n.certs > 0 || n.revoked > 0) app.log.info({ certs: n.certs, revoked: n.revoked }, 'pruned expired certificate records and revocations');
-        },
-        (err: unknown) => app.log.error({ err }, 'pruning expired certificate records failed'),
-      );
-    }, PURGE_INTERVAL_MS);
-    purge.unref();
-    app.addHook('onClose', async () => {
-      clearInterval(purge);
-      dataKey.fill(0);
-      if (ownsStore) await store.close();
-    });
+    await app.register((await import('./routes/ui.js')).uiRoutes(ctx, { selfAttestation: selfAttestationStatus(options.selfAttestation, options.selfAttestationUnavailable), ...(options.uiSessions ? { sessions: options.uiSessions } : {}) }));
+    if (options.housekeeping ?? true) stopHousekeeping = startHousekeeping(store, now, app.log);
     return app;
+  } catch (err) {
+    await release();
+    throw err;
+  }
+}
+
+export async function buildKbsApp(options: KbsOptions): Promise<FastifyInstance> {
+  const ownsStore = options.store === undefined;
+  const store = options.store ?? (await openSqliteStore(options.dataDir));
+  let boot: KbsBootstrap;
+  try {
+    boot = await bootstrapKbs(store, options);
   } catch (err) {
     if (ownsStore) await store.close();
     throw err;
   }
+  return createKbsApp(store, boot, { ...options, closeStore: ownsStore });
+}
+
+/**
+ * Purges expired sessions, jtis and per-instance values and prunes the CA's records every
+ * PURGE_INTERVAL_MS: once per KBS process, or once per `serve --workers` cluster (the primary).
+ * Returns the function that stops it.
+ */
+export function startHousekeeping(store: Store, now: () => Date, log: Pick<FastifyBaseLogger, 'info' | 'error'>): () => void {
+  const purge = setInterval(() => {
+    const t = now().getTime();
+    store.purgeExpired(t).catch((err: unknown) => log.error({ err }, 'purging expired sessions failed'));
+    pruneCaRecords(store, t).then(
+      (n) => {
+        if (n.certs > 0 || n.revoked > 0) log.info({ certs: n.certs, revoked: n.revoked }, 'pruned expired certificate records and revocations');
+      },
+      (err: unknown) => log.error({ err }, 'pruning expired certificate records failed'),
+    );
+  }, PURGE_INTERVAL_MS);
+  purge.unref();
+  return () => clearInterval(purge);
 }
 
 /**
@@ -211,7 +283,11 @@ export interface RunningKbs {
 }
 
 export async function startKbs(options: StartKbsOptions): Promise<RunningKbs> {
-  const app = await buildKbsApp(options);
+  return listenKbs(await buildKbsApp(options), options);
+}
+
+/** Listens (closing the app when it cannot) and returns the running KBS. */
+export async function listenKbs(app: FastifyInstance, options: { host?: string; port?: number; tls?: unknown }): Promise<RunningKbs> {
   try {
     await app.listen({ host: options.host ?? '127.0.0.1', port: options.port ?? 8080 });
   } catch (err) {

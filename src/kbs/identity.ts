@@ -1,4 +1,4 @@
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK } from 'jose';
 import type { CryptoKey, JWK } from 'jose';
@@ -29,6 +29,19 @@ export async function loadOrCreateIdentity(dataDir: string): Promise<KbsIdentity
   const candidate = await generateIdentityJwk();
   const jwk = await readOrCreateKeyFile(path, () => JSON.stringify(candidate) + '\n', (text) => parseJwk(text, path));
   return identityFromJwk(jwk);
+}
+
+/** Loads an existing `<dataDir>/kbs-identity.jwk` without ever creating one (`serve --workers` workers). */
+export async function readIdentity(dataDir: string): Promise<KbsIdentity> {
+  const path = join(dataDir, IDENTITY_FILE);
+  try {
+    const info = await stat(path);
+    if ((info.mode & 0o077) !== 0) throw new CocoonError('IO_ERROR', `${path} is accessible by other users (mode ${(info.mode & 0o777).toString(8)}); chmod 600 it`);
+    return await identityFromJwk(parseJwk(await readFile(path, 'utf8'), path));
+  } catch (err) {
+    if (err instanceof CocoonError) throw err;
+    throw new CocoonError('IO_ERROR', `cannot read the KBS identity ${path}: ${(err as Error).message}`, { cause: err });
+  }
 }
 
 export async function identityFromJwk(jwk: JWK): Promise<KbsIdentity> {

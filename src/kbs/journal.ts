@@ -3,10 +3,19 @@ import { appendAuditAfter, withRetry } from './audit.js';
 import type { AuditInput } from './audit.js';
 import type { AuditRecord, EventRecord, Store } from './store/types.js';
 
+/**
+ * A write that belongs with a record (e.g. spending an RCAR challenge), run first in the same
+ * transaction. It may add audit detail, or refuse the record: its event and audit entry are
+ * then not written, what the step wrote is kept, and `record` rejects with `refused` once the
+ * batch has committed. A step that throws fails its batch, which is retried record by record.
+ */
+export type JournalStep = (tx: Store) => Promise<{ detail?: Record<string, unknown> } | { refused: Error }>;
+
 interface JournalItem {
   event: EventRecord | undefined;
   audit: AuditInput;
   at: number;
+  step: JournalStep | undefined;
   resolve: () => void;
   reject: (err: unknown) => void;
 }
@@ -30,9 +39,9 @@ export class Journal {
     private readonly maxBatch = 128,
   ) {}
 
-  record(event: EventRecord | undefined, audit: AuditInput, at: number): Promise<void> {
+  record(event: EventRecord | undefined, audit: AuditInput, at: number, step?: JournalStep): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ event, audit, at, resolve, reject });
+      this.queue.push({ event, audit, at, step, resolve, reject });
       if (!this.flushing) {
         this.flushing = true;
         setImmediate(() => void this.flush());
@@ -45,12 +54,11 @@ export class Journal {
       while (this.queue.length > 0) {
         const batch = this.queue.splice(0, this.maxBatch);
         try {
-          await this.write(batch);
-          for (const item of batch) item.resolve();
+          settle(batch, await this.write(batch));
         } catch (err) {
           // One bad record must not sink the others: retry them one by one.
           if (batch.length === 1) (batch[0] as JournalItem).reject(err);
-          else for (const item of batch) await this.write([item]).then(item.resolve, item.reject);
+          else for (const item of batch) await this.write([item]).then((refusals) => settle([item], refusals), item.reject);
         }
       }
     } finally {
@@ -58,16 +66,36 @@ export class Journal {
     }
   }
 
-  private write(batch: readonly JournalItem[]): Promise<void> {
+  /** Writes a batch in one transaction; returns the refusals of its steps, by item. */
+  private write(batch: readonly JournalItem[]): Promise<Map<JournalItem, Error>> {
     return withRetry(() =>
       this.store.transaction(async (tx) => {
+        const refusals = new Map<JournalItem, Error>();
         await tx.lockAuditChain();
         let last: AuditRecord | undefined = await tx.lastAudit();
         for (const item of batch) {
+          let audit = item.audit;
+          if (item.step) {
+            const outcome = await item.step(tx);
+            if ('refused' in outcome) {
+              refusals.set(item, outcome.refused);
+              continue;
+            }
+            if (outcome.detail) audit = { ...audit, detail: { ...audit.detail, ...outcome.detail } };
+          }
           if (item.event) await tx.addEvent(item.event);
-          last = await appendAuditAfter(tx, this.key, item.audit, item.at, last);
+          last = await appendAuditAfter(tx, this.key, audit, item.at, last);
         }
+        return refusals;
       }),
     );
+  }
+}
+
+function settle(items: readonly JournalItem[], refusals: Map<JournalItem, Error>): void {
+  for (const item of items) {
+    const refused = refusals.get(item);
+    if (refused) item.reject(refused);
+    else item.resolve();
   }
 }

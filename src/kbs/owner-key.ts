@@ -1,5 +1,6 @@
 import { chmod, open, readFile, stat, writeFile } from 'node:fs/promises';
-import { calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK } from 'jose';
+import { randomBytes } from 'node:crypto';
+import { SignJWT, calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK } from 'jose';
 import type { CryptoKey, JWK } from 'jose';
 import { CocoonError } from '../errors.js';
 
@@ -98,4 +99,20 @@ function parseJwkText(text: string, file: string): JWK {
     // reported below
   }
   throw new CocoonError('INPUT_MALFORMED', `${file} is not a JWK`);
+}
+
+/**
+ * An owner token (docs/kbs.md "Owner API"): a JWS by the owner key for one KBS (`aud`), bound
+ * to one request (`htm`, `htu`), short-lived, with a single-use `jti`; `claims` adds members
+ * (e.g. the dashboard login's purpose and role).
+ */
+export async function signOwnerToken(key: OwnerSigningKey, o: { audience: string; method: string; path: string; ttlS: number; now?: Date; claims?: Record<string, unknown> }): Promise<string> {
+  const now = Math.floor((o.now ?? new Date()).getTime() / 1000);
+  return new SignJWT({ ...o.claims, htm: o.method, htu: o.path })
+    .setProtectedHeader({ alg: key.alg, kid: key.kid, typ: 'JWT' })
+    .setAudience(o.audience)
+    .setIssuedAt(now)
+    .setExpirationTime(now + o.ttlS)
+    .setJti(randomBytes(18).toString('base64url'))
+    .sign(key.key);
 }

@@ -1,4 +1,4 @@
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { FlattenedJWE, JWTPayload } from 'jose';
 import { isTeeKind } from '../attestation/types.js';
 import type { TeeKind, VerificationResult } from '../attestation/types.js';
@@ -11,6 +11,9 @@ import { workloadCertGranted } from '../policy/types.js';
 import type { Policy, SecretField, WorkloadSpec } from '../policy/types.js';
 import type { Claims } from '../attestation/types.js';
 import type { AuditInput } from './audit.js';
+import type { JournalStep } from './journal.js';
+import { assertFresh, issueChallenge, openChallenge } from './challenge.js';
+import type { Challenge } from './challenge.js';
 import { WORKLOAD_CERT_VALID_MS, parseCsr } from './ca.js';
 import { generateStructured, parseStructured } from './secret-gen.js';
 import { generateRandomSecret, readSecret } from './secrets.js';
@@ -35,15 +38,13 @@ export interface AuthRequest {
   'extra-params'?: unknown;
 }
 
-export async function startSession(ctx: KbsContext, req: AuthRequest): Promise<{ sessionId: string; nonce: string; maxAgeS: number }> {
+/** `/kbs/v0/auth`: a challenge in a self-authenticating cookie (src/kbs/challenge.ts); nothing is stored until it is answered. */
+export function startSession(ctx: KbsContext, req: AuthRequest): { cookie: string; nonce: string; maxAgeS: number } {
   if (req.version !== RCAR_VERSION) throw new CocoonError('BAD_USAGE', `unsupported KBS protocol version ${req.version.slice(0, 32)} (this KBS speaks ${RCAR_VERSION})`);
   if (!(RCAR_TEES as readonly string[]).includes(req.tee)) throw new CocoonError('TEE_UNSUPPORTED', `unknown TEE ${req.tee.slice(0, 32)}`);
   if (req.tee === 'sim' && !ctx.allowSim) throw new CocoonError('SIM_NOT_ALLOWED', 'this KBS does not accept simulated TEEs (start it with --allow-sim for development)');
-  const now = ctx.now().getTime();
-  const sessionId = randomBytes(24).toString('base64url');
-  const nonce = randomBytes(32).toString('base64');
-  await ctx.store.createSession({ id: sessionId, tee: req.tee, nonce, nonceUsed: false, createdAt: now, expiresAt: now + ctx.sessionTtlS * 1000, teePubkey: null, attestation: null });
-  return { sessionId, nonce, maxAgeS: ctx.sessionTtlS };
+  const { cookie, challenge } = issueChallenge(ctx.dataKey, req.tee as Challenge['tee'], ctx.now().getTime(), ctx.sessionTtlS);
+  return { cookie, nonce: challenge.nonce, maxAgeS: ctx.sessionTtlS };
 }
 
 export interface AttestRequest {
@@ -68,27 +69,31 @@ interface SessionGrant {
   csr?: string;
 }
 
-export async function attest(ctx: KbsContext, sessionId: string | undefined, req: AttestRequest): Promise<{ token: string; insecure: boolean }> {
+export async function attest(ctx: KbsContext, cookie: string | undefined, req: AttestRequest): Promise<{ token: string; insecure: boolean }> {
   const now = ctx.now();
   const started = process.hrtime.bigint();
   let tee = 'unknown';
   let target: { policy: string; workload: string } | undefined;
   let measurement: string | undefined;
   let insecure = false;
+  let challenge: Challenge | undefined;
+  /** The challenge's session row exists (this attempt wrote it, or an earlier one did): nothing left to burn. */
+  let spent = false;
   try {
-    if (!sessionId) throw new CocoonError('NONCE_INVALID', `no ${SESSION_COOKIE} cookie: request a challenge from /kbs/v0/auth first`);
-    const session = await ctx.store.getSession(sessionId);
-    if (!session || session.expiresAt <= now.getTime()) throw new CocoonError('NONCE_INVALID', 'session unknown or expired: request a new challenge');
-    tee = session.tee;
-    // Burn the nonce before anything else: one attempt per challenge, successful or not.
-    const fresh = await ctx.store.consumeNonce(session.id, now.getTime());
-    if (!fresh) throw new CocoonError('NONCE_INVALID', 'nonce already used: request a new challenge');
+    if (!cookie) throw new CocoonError('NONCE_INVALID', `no ${SESSION_COOKIE} cookie: request a challenge from /kbs/v0/auth first`);
+    const opened = openChallenge(ctx.dataKey, cookie, ctx.sessionTtlS);
+    assertFresh(opened, now.getTime());
+    tee = opened.tee;
+    // Spent already (answered, or refused): say so before verifying anything. The insert that
+    // spends it (spendChallenge) settles races between concurrent answers.
+    if (await ctx.store.getSession(opened.sessionId)) throw new CocoonError('NONCE_INVALID', 'nonce already used: request a new challenge');
+    challenge = opened;
     const nonce = req['runtime-data'].nonce;
-    if (!constantTimeEqual(Buffer.from(nonce, 'utf8'), Buffer.from(session.nonce, 'utf8'))) {
+    if (!constantTimeEqual(Buffer.from(nonce, 'utf8'), Buffer.from(challenge.nonce, 'utf8'))) {
       throw new CocoonError('NONCE_INVALID', "nonce does not match the session's challenge");
     }
-    if (!isTeeKind(session.tee)) throw new CocoonError('TEE_UNSUPPORTED', `Cocoon cannot verify ${session.tee} evidence`);
-    const teeKind = session.tee;
+    if (!isTeeKind(challenge.tee)) throw new CocoonError('TEE_UNSUPPORTED', `Cocoon cannot verify ${challenge.tee} evidence`);
+    const teeKind = challenge.tee;
     if (teeKind === 'sim' && !ctx.allowSim) throw new CocoonError('SIM_NOT_ALLOWED', 'this KBS does not accept simulated TEEs');
     const teePubkey = parseTeePubkey(req['runtime-data']['tee-pubkey']);
     const initData = parseInitData(req['init-data']);
@@ -121,9 +126,6 @@ export async function attest(ctx: KbsContext, sessionId: string | undefined, req
       advisories: result.advisories,
     });
     if (!appraisal.allowed) throw new CocoonError(appraisal.initDataUnbound ? 'INIT_DATA_NOT_BOUND' : 'POLICY_DENIED', `${target.policy}#${target.workload}: ${appraisal.reason}`, { details: { reasons: appraisal.reasons } });
-    const activations = await ctx.store.countActivation(target.policy, target.workload, workload.maxActivations);
-    if (activations === false) throw new CocoonError('POLICY_DENIED', `${target.policy}#${target.workload}: maxActivations (${workload.maxActivations ?? 0}) reached`);
-
     const grant: SessionGrant & { claims: Claims } = {
       policy: target.policy,
       workload: target.workload,
@@ -138,17 +140,38 @@ export async function attest(ctx: KbsContext, sessionId: string | undefined, req
     };
     // The token carries what the session keeps (bearer releases re-read it with claimsFromToken).
     const { token, exp } = await issueEar(ctx.identity, { ...grant, status: 'affirming', policyVersion: current.record.version, teePubkey: teePubkey.jwk, now, ttlS: ctx.tokenTtlS });
-    await ctx.store.completeSession(session.id, JSON.stringify(teePubkey.jwk), JSON.stringify(grant), exp * 1000);
-    await record(
-      ctx,
-      { kind: 'attest', status: 'affirming', tee, target, sessionId, insecure, detail: `${insecure ? `${INSECURE_NOTICE}; ` : ''}measurement ${measurement ?? '-'}${initDataBinding ? `; init-data bound (${initDataBinding.register}, ${initDataBinding.algorithm})` : ''}` },
-      {
-        actor: `tee:${tee}`,
-        action: 'attest',
-        policy: target.policy,
-        detail: { status: 'affirming', workload: target.workload, tee, measurement: measurement ?? null, insecure, session: sessionId, activation: activations, policyVersion: current.record.version, initData: initDataBinding ?? null },
-      },
-    );
+    const sessionId = opened.sessionId;
+    const session = { id: sessionId, tee: opened.tee, nonce: opened.nonce, nonceUsed: true, createdAt: now.getTime(), expiresAt: Math.max(exp * 1000, opened.expiresAtMs), teePubkey: JSON.stringify(teePubkey.jwk), attestation: JSON.stringify(grant) };
+    // The challenge is spent in the transaction that writes this attestation's event and audit
+    // entry: its session row (keyed by the challenge's session id, so a second answer finds it
+    // and is a replay) and the activation count, both or neither.
+    const { policy: policyName, workload: workloadName } = target;
+    const spend: JournalStep = async (tx) => {
+      if (!(await tx.insertSession(session))) return { refused: new SpendRefused('replayed') };
+      const activation = await tx.countActivation(policyName, workloadName, workload.maxActivations);
+      if (activation === false) throw new SpendRefused('max-activations');
+      return { detail: { activation } };
+    };
+    try {
+      await record(
+        ctx,
+        { kind: 'attest', status: 'affirming', tee, target, sessionId, insecure, detail: `${insecure ? `${INSECURE_NOTICE}; ` : ''}measurement ${measurement ?? '-'}${initDataBinding ? `; init-data bound (${initDataBinding.register}, ${initDataBinding.algorithm})` : ''}` },
+        {
+          actor: `tee:${tee}`,
+          action: 'attest',
+          policy: target.policy,
+          detail: { status: 'affirming', workload: target.workload, tee, measurement: measurement ?? null, insecure, session: sessionId, policyVersion: current.record.version, initData: initDataBinding ?? null },
+        },
+        spend,
+      );
+    } catch (err) {
+      if (!(err instanceof SpendRefused)) throw err;
+      if (err.why === 'replayed') {
+        spent = true;
+        throw new CocoonError('NONCE_INVALID', 'nonce already used: request a new challenge');
+      }
+      throw new CocoonError('POLICY_DENIED', `${target.policy}#${target.workload}: maxActivations (${workload.maxActivations ?? 0}) reached`);
+    }
     ctx.metrics.attestations.inc({ tee, status: 'affirming' });
     ctx.metrics.attestSeconds.observe({ tee }, Number(process.hrtime.bigint() - started) / 1e9);
     if (insecure) ctx.log.warn({ policy: target.policy, workload: target.workload, tee }, `attestation accepted — ${INSECURE_NOTICE}`);
@@ -156,6 +179,9 @@ export async function attest(ctx: KbsContext, sessionId: string | undefined, req
     return { token, insecure };
   } catch (err) {
     const e = asCocoonError(err);
+    const sessionId = challenge?.sessionId;
+    // One attempt per challenge, successful or not: a refused one spends it too.
+    if (challenge && !spent) await burnChallenge(ctx, challenge, now.getTime()).catch((burnErr: unknown) => ctx.log.error({ err: burnErr }, 'cannot mark the refused challenge as used'));
     ctx.metrics.attestations.inc({ tee: (RCAR_TEES as readonly string[]).includes(tee) ? tee : 'unknown', status: e.code === 'POLICY_DENIED' ? 'contraindicated' : 'error' });
     await record(
       ctx,
@@ -179,6 +205,18 @@ export async function attest(ctx: KbsContext, sessionId: string | undefined, req
     ctx.log.warn({ code: e.code, tee, policy: target?.policy, workload: target?.workload, insecure }, `attestation refused: ${e.message}`);
     throw e;
   }
+}
+
+/** Why the journal step of an attestation did not spend its challenge (never leaves attest). */
+class SpendRefused extends CocoonError {
+  constructor(readonly why: 'replayed' | 'max-activations') {
+    super('CONFLICT', why);
+  }
+}
+
+/** Marks a refused challenge as used (its session row, without attestation); already there is fine. */
+async function burnChallenge(ctx: KbsContext, c: Challenge, nowMs: number): Promise<void> {
+  await ctx.store.insertSession({ id: c.sessionId, tee: c.tee, nonce: c.nonce, nonceUsed: true, createdAt: nowMs, expiresAt: c.expiresAtMs, teePubkey: null, attestation: null });
 }
 
 async function runVerifier(ctx: KbsContext, tee: TeeKind, evidence: unknown, at: Date, reportData: Buffer): Promise<VerificationResult> {
@@ -231,9 +269,19 @@ export async function authorizeResource(ctx: KbsContext, auth: { sessionId?: str
     };
   }
   if (!auth.sessionId) throw new CocoonError('AUTH_REQUIRED', `no ${SESSION_COOKIE} cookie or bearer attestation token`);
-  const session = await ctx.store.getSession(auth.sessionId);
-  if (!session || session.expiresAt <= now.getTime()) throw new CocoonError('AUTH_INVALID', 'session unknown or expired: attest again');
-  if (!session.attestation || !session.teePubkey) throw new CocoonError('AUTH_REQUIRED', 'session is not attested yet');
+  let challenge: Challenge;
+  try {
+    challenge = openChallenge(ctx.dataKey, auth.sessionId, ctx.sessionTtlS);
+  } catch {
+    throw new CocoonError('AUTH_INVALID', 'session unknown or expired: attest again');
+  }
+  const session = await ctx.store.getSession(challenge.sessionId);
+  if (!session) {
+    if (challenge.expiresAtMs <= now.getTime()) throw new CocoonError('AUTH_INVALID', 'session unknown or expired: attest again');
+    throw new CocoonError('AUTH_REQUIRED', 'session is not attested yet');
+  }
+  if (session.expiresAt <= now.getTime()) throw new CocoonError('AUTH_INVALID', 'session unknown or expired: attest again');
+  if (!session.attestation || !session.teePubkey) throw new CocoonError('AUTH_REQUIRED', 'session is not attested');
   const grant = JSON.parse(session.attestation) as SessionGrant;
   return { ...grant, teePubkey: parseTeePubkey(JSON.parse(session.teePubkey)), via: 'session', sessionId: session.id, instance: { id: `session:${session.id}`, expiresAt: session.expiresAt } };
 }
@@ -420,7 +468,7 @@ interface EventInput {
 }
 
 /** The event row and the audit entry of one attestation or release, committed together. */
-async function record(ctx: KbsContext, e: EventInput, audit: AuditInput): Promise<void> {
+async function record(ctx: KbsContext, e: EventInput, audit: AuditInput, step?: JournalStep): Promise<void> {
   const at = ctx.now().getTime();
   const event: EventRecord = {
     id: randomUUID(),
@@ -436,5 +484,5 @@ async function record(ctx: KbsContext, e: EventInput, audit: AuditInput): Promis
     insecure: e.insecure,
     sessionId: e.sessionId,
   };
-  await ctx.journal.record(event, audit, at);
+  await ctx.journal.record(event, audit, at, step);
 }

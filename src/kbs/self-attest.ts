@@ -80,13 +80,16 @@ export function isAttestationNonce(v: unknown): v is string {
   return typeof v === 'string' && NONCE_RE.test(v);
 }
 
-export function selfAttestationRoutes(ctx: KbsContext, self: SelfAttestation, tlsCertPem: string | undefined) {
-  const tlsSpki = tlsCertPem ? spkiSha256(tlsCertPem) : null;
-  // one evidence request at a time: the hardware interfaces are not made for concurrent quotes
+/**
+ * Runs evidence requests one at a time — the hardware interfaces are not made for concurrent
+ * quotes — with at most `maxQueued` waiting; beyond that RATE_LIMITED. Used per app and, with
+ * `serve --workers`, once more in the primary that owns the one attester.
+ */
+export function oneAtATime(maxQueued = MAX_QUEUED): <T>(fn: () => Promise<T>) => Promise<T> {
   let chain: Promise<unknown> = Promise.resolve();
   let queued = 0;
-  const serialized = <T>(fn: () => Promise<T>): Promise<T> => {
-    if (queued > MAX_QUEUED) throw new CocoonError('RATE_LIMITED', 'too many KBS attestation requests in progress; retry shortly');
+  return <T>(fn: () => Promise<T>): Promise<T> => {
+    if (queued > maxQueued) throw new CocoonError('RATE_LIMITED', 'too many KBS attestation requests in progress; retry shortly');
     queued++;
     const run = chain.then(fn, fn);
     const done = (): void => {
@@ -95,6 +98,11 @@ export function selfAttestationRoutes(ctx: KbsContext, self: SelfAttestation, tl
     chain = run.then(done, done);
     return run;
   };
+}
+
+export function selfAttestationRoutes(ctx: KbsContext, self: SelfAttestation, tlsCertPem: string | undefined) {
+  const tlsSpki = tlsCertPem ? spkiSha256(tlsCertPem) : null;
+  const serialized = oneAtATime();
   return async function plugin(app: FastifyInstance): Promise<void> {
     app.get(KBS_ATTESTATION_PATH, { schema: { summary: 'Evidence of the KBS itself, bound to a nonce, its TLS key and the deployment CA root (public)' } }, async (request) => {
       const nonce = (request.query as Record<string, unknown> | undefined)?.nonce;

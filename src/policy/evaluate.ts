@@ -28,7 +28,6 @@ export const INIT_DATA_REGISTERS: Partial<Record<TeeKind, { claim: 'host_data' |
   snp: { claim: 'host_data', bytes: 32 },
   tdx: { claim: 'mr_config_id', bytes: 48 },
 };
-const INIT_DATA_UNBOUND = 'init-data is not bound';
 
 /** The claim that carries the workload measurement: `workload_measurement`, or `measurement` for sim. */
 export function workloadMeasurementOf(tee: TeeKind, claims: Claims): string | undefined {
@@ -38,12 +37,13 @@ export function workloadMeasurementOf(tee: TeeKind, claims: Claims): string | un
 
 /** Any-of over the workload's accept rules; returns the reason of every rule on denial. */
 export function evaluateAccept(workload: WorkloadSpec, input: AppraisalInput): Appraisal {
-  const reasons = workload.accept.map((rule, i) => ruleMismatch(rule, input, i));
-  const ok = reasons.findIndex((r) => r === null);
+  const mismatches = workload.accept.map((rule, i) => ruleMismatch(rule, input, i));
+  const ok = mismatches.findIndex((m) => m === null);
   if (ok >= 0) return { allowed: true, ruleIndex: ok };
-  const list = reasons.filter((r): r is string => r !== null);
+  const failed = mismatches.filter((m): m is Mismatch => m !== null);
+  const list = failed.map((m) => m.reason);
   // The init-data check runs last: a rule failing on it passed every other check.
-  const initDataUnbound = list.some((r) => r.includes(INIT_DATA_UNBOUND));
+  const initDataUnbound = failed.some((m) => m.initDataUnbound === true);
   return { allowed: false, reason: list.join('; '), reasons: list, ...(initDataUnbound ? { initDataUnbound: true as const } : {}) };
 }
 
@@ -60,7 +60,19 @@ function hexClaim(claims: Claims, name: string): string | undefined {
   return typeof v === 'string' ? v.toLowerCase() : undefined;
 }
 
-function ruleMismatch(rule: AcceptRule, input: AppraisalInput, index: number): string | null {
+/** Why one accept rule does not match; `initDataUnbound` when only its `initData: bound` failed. */
+interface Mismatch {
+  reason: string;
+  initDataUnbound?: true;
+}
+
+function ruleMismatch(rule: AcceptRule, input: AppraisalInput, index: number): Mismatch | null {
+  const reason = ruleMismatchReason(rule, input, index);
+  if (reason === null) return null;
+  return typeof reason === 'string' ? { reason } : reason;
+}
+
+function ruleMismatchReason(rule: AcceptRule, input: AppraisalInput, index: number): string | Mismatch | null {
   const at = `accept[${index}]`;
   const claims = input.claims ?? {};
   if (!rule.tee.includes(input.tee)) return `${at}: TEE kind ${input.tee} not in [${rule.tee.join(', ')}]`;
@@ -116,8 +128,8 @@ function ruleMismatch(rule: AcceptRule, input: AppraisalInput, index: number): s
   // Checked last, so that a rule failing only here is recognisable (initDataUnbound).
   if (rule.initData === 'bound') {
     const reg = INIT_DATA_REGISTERS[input.tee];
-    if (!reg) return `${at}: ${INIT_DATA_UNBOUND}: ${input.tee} evidence has no init-data register (snp host_data, tdx mr_config_id)`;
-    if (claims[INIT_DATA_BINDING_CLAIM] !== reg.claim) return `${at}: ${INIT_DATA_UNBOUND} to the evidence's ${reg.claim} (send TOML init-data whose digest the host set at launch)`;
+    if (!reg) return { reason: `${at}: init-data is not bound: ${input.tee} evidence has no init-data register (snp host_data, tdx mr_config_id)`, initDataUnbound: true };
+    if (claims[INIT_DATA_BINDING_CLAIM] !== reg.claim) return { reason: `${at}: init-data is not bound to the evidence's ${reg.claim} (send TOML init-data whose digest the host set at launch)`, initDataUnbound: true };
   }
   return null;
 }

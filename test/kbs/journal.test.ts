@@ -60,6 +60,34 @@ async function journalContract(raw: Store): Promise<void> {
   const tail = (await raw.listAudit({ afterSeq: 200, limit: 10 })).map((a) => (JSON.parse(a.detail) as { n: number }).n);
   assert.deepEqual(tail, [300, 301, 302]);
   assert.equal((await raw.listEvents({ limit: 500 })).length, 202, 'the audit-only record adds no event');
+
+  // Steps run in the record's transaction: one adds audit detail, one refuses (its own write is
+  // kept, its event and entry are not), one throws (rolled back, fails alone); the rest commit.
+  const session = (id: string) => ({ id, tee: 'sim', nonce: 'n', nonceUsed: true, createdAt: 1, expiresAt: 9e12, teePubkey: null, attestation: null });
+  const refusal = new Error('refused by its step');
+  const stepped = await Promise.allSettled([
+    journal.record(event(400), { actor: 'tee:sim', action: 'attest', detail: { n: 400 } }, 3000, async (tx) => ((await tx.insertSession(session('kept'))) ? { detail: { extra: 'yes' } } : { refused: new Error('unexpected') })),
+    journal.record(event(401), { actor: 'tee:sim', action: 'attest', detail: { n: 401 } }, 3001, async (tx) => {
+      await tx.insertSession(session('refused-but-kept'));
+      return { refused: refusal };
+    }),
+    journal.record(event(402), { actor: 'tee:sim', action: 'attest', detail: { n: 402 } }, 3002, async (tx) => {
+      await tx.insertSession(session('rolled-back'));
+      throw new Error('step failed');
+    }),
+    journal.record(event(403), { actor: 'tee:sim', action: 'attest', detail: { n: 403 } }, 3003),
+  ]);
+  assert.deepEqual(stepped.map((r) => r.status), ['fulfilled', 'rejected', 'rejected', 'fulfilled']);
+  assert.equal((stepped[1] as PromiseRejectedResult).reason, refusal);
+  assert.match(String((stepped[2] as PromiseRejectedResult).reason), /step failed/);
+  const stepTail = (await raw.listAudit({ afterSeq: 203, limit: 10 })).map((a) => JSON.parse(a.detail) as { n: number; extra?: string });
+  assert.deepEqual(stepTail, [{ n: 400, extra: 'yes' }, { n: 403 }]);
+  assert.ok(await raw.getSession('kept'));
+  assert.ok(await raw.getSession('refused-but-kept'));
+  assert.equal(await raw.getSession('rolled-back'), undefined);
+  assert.equal((await raw.listEvents({ limit: 500 })).length, 204);
+  const final = await verifyStoreAudit(raw, key.publicKey);
+  assert.equal(final.ok, true, JSON.stringify(final.firstBroken));
 }
 
 test('journal on SQLite: concurrent records are group-committed into one valid chain; a bad record fails alone', async () => {

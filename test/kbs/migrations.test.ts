@@ -33,8 +33,10 @@ test('migrations: a store created by the first release upgrades in place (owners
     }
     const check = new Database(file, { readonly: true });
     const applied = check.prepare('SELECT name FROM kbs_migration ORDER BY name').all() as { name: string }[];
+    const prunePlan = (check.prepare('EXPLAIN QUERY PLAN SELECT serial FROM kbs_certs WHERE not_after <= ?').all(0) as { detail: string }[]).map((r) => r.detail).join('; ');
     check.close();
-    assert.deepEqual(applied.map((r) => r.name), ['0001_initial', '0002_governance_audit_ca', '0003_volumes', '0004_issued_certs', '0005_instance_secrets']);
+    assert.match(prunePlan, /USING (COVERING )?INDEX kbs_certs_expiry/, prunePlan);
+    assert.deepEqual(applied.map((r) => r.name), ['0001_initial', '0002_governance_audit_ca', '0003_volumes', '0004_issued_certs', '0005_instance_secrets', '0006_certs_expiry']);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -30,11 +30,16 @@ export async function storeContract(store: Store): Promise<void> {
     assert.equal((await store.getSecret('demo/app', 's'))?.sealed, 'A');
     assert.deepEqual((await store.listPolicyVersions('demo/app', 10)).map((v) => v.version), [3, 2, 1]);
 
-    await store.createSession({ id: 'sess', tee: 'sim', nonce: 'n', nonceUsed: false, createdAt: 0, expiresAt: 10_000, teePubkey: null, attestation: null });
-    const consumed = await Promise.all([store.consumeNonce('sess', 5), store.consumeNonce('sess', 5), store.consumeNonce('sess', 5)]);
-    assert.deepEqual(consumed.filter(Boolean).length, 1);
-    await store.createSession({ id: 'old', tee: 'sim', nonce: 'n', nonceUsed: false, createdAt: 0, expiresAt: 10, teePubkey: null, attestation: null });
-    assert.equal(await store.consumeNonce('old', 11), false);
+    // A challenge is spent by inserting its session: of concurrent inserts of one id exactly one wins, and the first row stays.
+    const session = (attestation: string | null) => ({ id: 'sess', tee: 'sim', nonce: 'n', nonceUsed: true, createdAt: 0, expiresAt: 10_000, teePubkey: attestation && '{}', attestation });
+    const inserted = await Promise.all([store.insertSession(session('a')), store.insertSession(session('b')), store.insertSession(session(null))]);
+    assert.equal(inserted.filter(Boolean).length, 1);
+    const winner = ['a', 'b', null][inserted.indexOf(true)];
+    assert.equal((await store.getSession('sess'))?.attestation, winner);
+    assert.equal(await store.insertSession(session('c')), false);
+    assert.equal(await store.transaction(async (tx) => tx.insertSession(session('d'))), false, 'inside a transaction too, without aborting it');
+    assert.equal((await store.getSession('sess'))?.attestation, winner);
+    assert.equal(await store.insertSession({ ...session(null), id: 'old', expiresAt: 10 }), true);
     await store.purgeExpired(20);
     assert.equal(await store.getSession('old'), undefined);
     assert.ok(await store.getSession('sess'));

@@ -81,8 +81,14 @@ function loadCert(pem: string, what: string): X509Certificate {
   }
 }
 
-function withinValidity(cert: X509Certificate, at: Date): boolean {
-  return new Date(cert.validFrom) <= at && at <= new Date(cert.validTo);
+/** validFrom/validTo of a certificate as epoch ms (X509Certificate returns strings). */
+function validityOf(cert: X509Certificate): { from: number; to: number } {
+  return { from: Date.parse(cert.validFrom), to: Date.parse(cert.validTo) };
+}
+
+function withinValidity(v: { from: number; to: number }, at: Date): boolean {
+  const t = at.getTime();
+  return v.from <= t && t <= v.to;
 }
 
 interface CheckedPlatform {
@@ -90,6 +96,8 @@ interface CheckedPlatform {
   key: KeyObject;
   /** The trusted root that signed the platform certificate, if any. */
   issuer: X509Certificate | undefined;
+  /** Validity windows of the platform certificate and of its issuer. */
+  validity: { platform: { from: number; to: number }; issuer: { from: number; to: number } | undefined };
 }
 
 /**
@@ -107,7 +115,7 @@ function checkPlatform(certPem: string, rootPems: readonly string[]): CheckedPla
   const platform = loadCert(certPem, 'platform certificate');
   const roots = rootPems.map((pem) => loadCert(pem, 'sim root'));
   const issuer = roots.find((root) => platform.checkIssued(root) && platform.verify(root.publicKey));
-  const checked = { platform, key: createPublicKey(platform.publicKey.export({ format: 'pem', type: 'spki' })), issuer };
+  const checked = { platform, key: createPublicKey(platform.publicKey.export({ format: 'pem', type: 'spki' })), issuer, validity: { platform: validityOf(platform), issuer: issuer && validityOf(issuer) } };
   if (platformCache.size >= PLATFORM_CACHE_MAX) platformCache.delete(platformCache.keys().next().value as string);
   platformCache.set(cacheKey, checked);
   return checked;
@@ -116,11 +124,11 @@ function checkPlatform(certPem: string, rootPems: readonly string[]): CheckedPla
 export async function verifySimEvidence(input: unknown, trust: SimTrust, options: VerifyOptions): Promise<VerificationResult> {
   const { evidence, report, reportBytes } = parseSimEvidence(input);
   const errors: VerificationProblem[] = [];
-  const { platform, key, issuer } = checkPlatform(evidence.certs[0] as string, trust.roots);
+  const { platform, key, issuer, validity } = checkPlatform(evidence.certs[0] as string, trust.roots);
 
-  if (!issuer) {
+  if (!issuer || !validity.issuer) {
     errors.push({ code: 'EVIDENCE_CHAIN_INVALID', stage: 'chain', message: 'platform certificate does not chain to a trusted sim root' });
-  } else if (!withinValidity(platform, options.at) || !withinValidity(issuer, options.at)) {
+  } else if (!withinValidity(validity.platform, options.at) || !withinValidity(validity.issuer, options.at)) {
     errors.push({ code: 'EVIDENCE_CHAIN_INVALID', stage: 'cert_validity', message: 'sim certificate outside its validity window' });
   }
 

@@ -1,9 +1,7 @@
-import { randomBytes } from 'node:crypto';
-import { SignJWT } from 'jose';
 import type { JWK } from 'jose';
 import { CocoonError } from '../../errors.js';
 import { parsePolicy } from '../../policy/parse.js';
-import { loadOwnerPrivateKey } from '../owner-key.js';
+import { loadOwnerPrivateKey, signOwnerToken } from '../owner-key.js';
 import type { OwnerSigningKey } from '../owner-key.js';
 import type { PendingView } from '../policies.js';
 import type { AuditRecord, EventRecord } from '../store/types.js';
@@ -197,15 +195,7 @@ export class OwnerClient {
   /** Mints a single-use owner token bound to this request's method and path. */
   async mintToken(method: string, path: string): Promise<string> {
     const { id } = await this.identity();
-    const ttl = Math.min(this.opts.tokenTtlS ?? 60, 300);
-    const now = Math.floor(Date.now() / 1000);
-    return new SignJWT({ htm: method, htu: path })
-      .setProtectedHeader({ alg: this.key.alg, kid: this.key.kid, typ: 'JWT' })
-      .setAudience(id)
-      .setIssuedAt(now)
-      .setExpirationTime(now + ttl)
-      .setJti(randomBytes(18).toString('base64url'))
-      .sign(this.key.key);
+    return signOwnerToken(this.key, { audience: id, method, path, ttlS: Math.min(this.opts.tokenTtlS ?? 60, 300) });
   }
 
   private async call(method: 'GET' | 'PUT' | 'POST', path: string, body?: unknown, auth = true, text = false): Promise<unknown> {

@@ -1,6 +1,6 @@
 import { randomInt } from 'node:crypto';
-import { exportJWK, flattenedDecrypt, generateKeyPair } from 'jose';
-import type { FlattenedJWE, JWK } from 'jose';
+import { decryptEcdhEs, ECDH_ES_A256KW, generateEcdhKeyPair } from '../../crypto/ecdh-es.js';
+import type { EcdhKeyPair, EcPublicJwk } from '../../crypto/ecdh-es.js';
 import { CocoonError, asCocoonError } from '../../errors.js';
 import { rcarReportData, RCAR_VERSION, SESSION_COOKIE } from '../rcar-protocol.js';
 import { DEFAULT_MAX_RESPONSE_BYTES, TransientError, errorFromResponse, httpRequest, parseJsonBody, trimBase } from './http.js';
@@ -59,13 +59,11 @@ export async function attestAndFetch(options: AttestAndFetchOptions): Promise<At
   for (const r of options.resources) if (!RESOURCE_RE.test(r)) throw new CocoonError('BAD_USAGE', `invalid resource name ${r}`);
   const retry = options.retry ?? DEFAULT_RETRY;
   const attempts = Math.max(1, Math.floor(retry.attempts));
-  const { privateKey, publicKey } = await generateKeyPair('ECDH-ES+A256KW', { crv: 'P-256', extractable: true });
-  const pub = await exportJWK(publicKey);
-  const teePubkey: JWK = { kty: 'EC', crv: 'P-256', x: pub.x, y: pub.y, alg: 'ECDH-ES+A256KW' };
+  const teeKey = generateEcdhKeyPair('P-256');
   let lastError: Error | undefined;
   for (let attempt = 1; attempt <= attempts; attempt++) {
     try {
-      return await exchange(base, options, teePubkey, privateKey);
+      return await exchange(base, options, teeKey);
     } catch (err) {
       if (!(err instanceof TransientError)) throw asCocoonError(err);
       lastError = err;
@@ -87,12 +85,35 @@ export function backoffDelay(attempt: number, retry: RetryOptions): number {
   return half + (ceiling - half > 0 ? randomInt(ceiling - half + 1) : 0);
 }
 
-async function exchange(base: string, options: AttestAndFetchOptions, teePubkey: JWK, privateKey: CryptoKeyLike): Promise<AttestAndFetchResult> {
+/** The runtime-data `tee-pubkey` of an ephemeral key: exactly {kty, crv, x, y, alg}, as report_data binds it. */
+export function rcarTeePubkey(key: EcdhKeyPair): EcPublicJwk {
+  return { kty: 'EC', crv: key.crv, x: key.publicJwk.x, y: key.publicJwk.y, alg: ECDH_ES_A256KW };
+}
+
+/** The body of POST /kbs/v0/auth. */
+export function rcarAuthBody(tee: string): { version: string; tee: string; 'extra-params': Record<string, never> } {
+  return { version: RCAR_VERSION, tee, 'extra-params': {} };
+}
+
+/**
+ * The body of POST /kbs/v0/attest: init-data (CoCo `toml` when given, else Cocoon's unbound
+ * `json` policy/workload selection), runtime-data {nonce, tee-pubkey[, csr]} — what report_data
+ * binds (rcarReportData) — and the evidence.
+ */
+export function rcarAttestBody(initData: AttestAndFetchOptions['initData'], nonce: string, teePubkey: EcPublicJwk, evidence: unknown, csr?: string): Record<string, unknown> {
+  return {
+    'init-data': initData.toml !== undefined ? { format: 'toml', body: initData.toml } : { format: 'json', body: JSON.stringify({ policy: initData.policy, workload: initData.workload }) },
+    'runtime-data': { nonce, 'tee-pubkey': teePubkey, ...(csr !== undefined ? { csr } : {}) },
+    'tee-evidence': { primary_evidence: evidence, additional_evidence: '' },
+  };
+}
+
+async function exchange(base: string, options: AttestAndFetchOptions, teeKey: EcdhKeyPair): Promise<AttestAndFetchResult> {
   const timeoutMs = options.timeoutMs ?? 15_000;
   const maxBytes = options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
   const common = { timeoutMs, maxBytes, ...(options.fetchImpl ? { fetchImpl: options.fetchImpl } : {}) };
 
-  const auth = await httpRequest(`${base}/kbs/v0/auth`, { ...common, method: 'POST', body: { version: RCAR_VERSION, tee: options.tee, 'extra-params': {} } });
+  const auth = await httpRequest(`${base}/kbs/v0/auth`, { ...common, method: 'POST', body: rcarAuthBody(options.tee) });
   if (auth.status !== 200) throw errorFromResponse(auth, 'KBS auth');
   const challenge = parseJsonBody(auth, 'KBS auth') as { nonce?: unknown };
   if (typeof challenge.nonce !== 'string' || challenge.nonce.length > 256) throw new CocoonError('INPUT_MALFORMED', 'KBS auth: challenge has no nonce');
@@ -100,20 +121,14 @@ async function exchange(base: string, options: AttestAndFetchOptions, teePubkey:
   if (!cookie) throw new CocoonError('INPUT_MALFORMED', `KBS auth: no ${SESSION_COOKIE} cookie`);
   const headers = { cookie: `${SESSION_COOKIE}=${cookie}` };
 
+  const teePubkey = rcarTeePubkey(teeKey);
   const reportData = rcarReportData(challenge.nonce, teePubkey, options.csr);
   const evidence = await options.evidenceProvider(reportData);
   const attestRes = await httpRequest(`${base}/kbs/v0/attest`, {
     ...common,
     method: 'POST',
     headers,
-    body: {
-      'init-data':
-        options.initData.toml !== undefined
-          ? { format: 'toml', body: options.initData.toml }
-          : { format: 'json', body: JSON.stringify({ policy: options.initData.policy, workload: options.initData.workload }) },
-      'runtime-data': { nonce: challenge.nonce, 'tee-pubkey': teePubkey, ...(options.csr !== undefined ? { csr: options.csr } : {}) },
-      'tee-evidence': { primary_evidence: evidence, additional_evidence: '' },
-    },
+    body: rcarAttestBody(options.initData, challenge.nonce, teePubkey, evidence, options.csr),
   });
   if (attestRes.status !== 200) throw errorFromResponse(attestRes, 'KBS attest');
   const attested = parseJsonBody(attestRes, 'KBS attest') as { token?: unknown; warning?: unknown };
@@ -124,10 +139,9 @@ async function exchange(base: string, options: AttestAndFetchOptions, teePubkey:
   const fetchResource = async (name: string): Promise<void> => {
     const res = await httpRequest(`${base}/kbs/v0/resource/${name}`, { ...common, method: 'GET', headers });
     if (res.status !== 200) throw errorFromResponse(res, `KBS resource ${name}`);
-    const jwe = parseJsonBody(res, `KBS resource ${name}`) as FlattenedJWE;
+    const jwe = parseJsonBody(res, `KBS resource ${name}`);
     try {
-      const { plaintext } = await flattenedDecrypt(jwe, privateKey, { keyManagementAlgorithms: ['ECDH-ES+A256KW'], contentEncryptionAlgorithms: ['A256GCM'] });
-      resources[name] = Buffer.from(plaintext);
+      resources[name] = decryptEcdhEs(jwe, teeKey);
     } catch (err) {
       throw new CocoonError('INPUT_MALFORMED', `KBS resource ${name}: JWE does not decrypt with the TEE key`, { cause: err });
     }
@@ -141,8 +155,6 @@ async function exchange(base: string, options: AttestAndFetchOptions, teePubkey:
   }
   return { token: attested.token, insecure, resources };
 }
-
-type CryptoKeyLike = Awaited<ReturnType<typeof generateKeyPair>>['privateKey'];
 
 function sessionCookie(headers: Headers): string | undefined {
   for (const line of headers.getSetCookie()) {

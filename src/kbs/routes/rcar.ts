@@ -57,8 +57,8 @@ export function rcarRoutes(ctx: KbsContext) {
     r.setErrorHandler(problemHandler('coco'));
 
     r.post('/kbs/v0/auth', { schema: { body: AuthBody, hide: true } }, async (request, reply) => {
-      const { sessionId, nonce, maxAgeS } = await startSession(ctx, request.body);
-      void reply.header('set-cookie', `${SESSION_COOKIE}=${sessionId}; Path=/kbs/v0; Max-Age=${maxAgeS}; HttpOnly; SameSite=Strict`);
+      const { cookie, nonce, maxAgeS } = startSession(ctx, request.body);
+      void reply.header('set-cookie', `${SESSION_COOKIE}=${cookie}; Path=/kbs/v0; Max-Age=${maxAgeS}; HttpOnly; SameSite=Strict`);
       return { nonce, 'extra-params': '' };
     });
 

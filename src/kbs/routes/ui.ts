@@ -31,6 +31,8 @@ export interface UiOptions {
   maxStreams?: number;
   /** The KBS's own attestation, for the overview (default: not configured). */
   selfAttestation?: SelfAttestationStatus;
+  /** Dashboard sessions (default: this process's own); `serve --workers` shares them between workers. */
+  sessions?: UiSessionStore;
 }
 
 /** Strict CSP: only this origin's files, no inline script or style, no framing. */
@@ -88,7 +90,7 @@ export function uiRoutes(ctx: KbsContext, options: UiOptions = {}) {
     const webDir = options.webDir ?? defaultWebDir();
     const assets: Map<string, Asset> = loadAssets(webDir);
     if (!assets.has('index.html')) ctx.log.warn('dashboard files not found (run node scripts/build.mjs); /ui/ shows a notice');
-    const sessions = new UiSessionStore();
+    const sessions = options.sessions ?? new UiSessionStore();
     const ttlS = options.sessionTtlS ?? DEFAULT_UI_SESSION_TTL_S;
     const index = new PolicyIndex(ctx);
     const auditVerifier = new AuditVerifier(ctx);
@@ -166,7 +168,7 @@ export function uiRoutes(ctx: KbsContext, options: UiOptions = {}) {
       const token = request.body.token;
       const kid = await verifyOwnerToken(ctx.store, `Bearer ${token}`, { audience: ctx.identity.id, now: ctx.now(), method: 'POST', path: UI_LOGIN_PATH });
       const { role } = loginClaims(token);
-      const { id, session } = sessions.create(kid, role, nowMs(), ttlS);
+      const { id, session } = await sessions.signIn(kid, role, nowMs(), ttlS);
       await audit(kid, 'ui.login', { role, expiresAt: session.expiresAt });
       request.log.info({ owner: kid, role }, 'dashboard sign-in');
       void reply.header('set-cookie', sessionCookie(id, ttlS, secure(request)));
@@ -191,7 +193,7 @@ export function uiRoutes(ctx: KbsContext, options: UiOptions = {}) {
 
       a.delete('/ui/api/session', { schema: { hide: true } }, async (request, reply) => {
         const s = viewer(request);
-        sessions.end(s.key);
+        sessions.signOut(s.key);
         await audit(s.kid, 'ui.logout', {});
         void reply.header('set-cookie', clearedCookie(secure(request)));
         return { signedOut: true };

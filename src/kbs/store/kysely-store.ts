@@ -12,6 +12,8 @@ export class KyselyStore implements Store {
     readonly db: Kysely<Database>,
     readonly dialect: 'sqlite' | 'postgres',
     private readonly inTx = false,
+    /** Runs after the database is closed (e.g. stopping the SQLite WAL checkpoint thread). */
+    private readonly afterClose?: () => Promise<void>,
   ) {}
 
   async transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T> {
@@ -361,8 +363,8 @@ export class KyselyStore implements Store {
       .execute();
   }
 
-  async createSession(s: SessionRecord): Promise<void> {
-    await this.db
+  async insertSession(s: SessionRecord): Promise<boolean> {
+    const res = await this.db
       .insertInto('kbs_sessions')
       .values({
         id: s.id,
@@ -374,7 +376,9 @@ export class KyselyStore implements Store {
         tee_pubkey: s.teePubkey,
         attestation: s.attestation,
       })
-      .execute();
+      .onConflict((oc) => oc.column('id').doNothing())
+      .executeTakeFirst();
+    return Number(res.numInsertedOrUpdatedRows ?? 0n) === 1;
   }
 
   async getSession(id: string): Promise<SessionRecord | undefined> {
@@ -390,21 +394,6 @@ export class KyselyStore implements Store {
       teePubkey: row.tee_pubkey,
       attestation: row.attestation,
     };
-  }
-
-  async consumeNonce(id: string, now: number): Promise<boolean> {
-    const res = await this.db
-      .updateTable('kbs_sessions')
-      .set({ nonce_used: 1 })
-      .where('id', '=', id)
-      .where('nonce_used', '=', 0)
-      .where('expires_at', '>', now)
-      .executeTakeFirst();
-    return Number(res.numUpdatedRows) === 1;
-  }
-
-  async completeSession(id: string, teePubkey: string, attestation: string, expiresAt: number): Promise<void> {
-    await this.db.updateTable('kbs_sessions').set({ tee_pubkey: teePubkey, attestation, expires_at: expiresAt }).where('id', '=', id).execute();
   }
 
   async purgeExpired(now: number): Promise<void> {
@@ -475,7 +464,9 @@ export class KyselyStore implements Store {
   }
 
   async close(): Promise<void> {
-    if (!this.inTx) await this.db.destroy();
+    if (this.inTx) return;
+    await this.db.destroy();
+    await this.afterClose?.();
   }
 }
 

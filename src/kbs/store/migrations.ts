@@ -194,6 +194,13 @@ export function migrations(dialect: 'sqlite' | 'postgres'): Record<string, Migra
       await db.schema.createIndex('kbs_instance_secrets_expiry').on('kbs_instance_secrets').column('expires_at').execute();
     },
   },
+  '0006_certs_expiry': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      // The minute purge deletes issuance records (and their revocations) by not_after alone;
+      // kbs_certs_workload leads with policy, so without this it scanned the table.
+      await db.schema.createIndex('kbs_certs_expiry').on('kbs_certs').column('not_after').execute();
+    },
+  },
   };
 }
 

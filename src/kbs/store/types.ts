@@ -173,11 +173,9 @@ export interface Store {
   listSecretNames(policy: string): Promise<string[]>;
   putSecret(secret: SecretRecord): Promise<void>;
 
-  createSession(session: SessionRecord): Promise<void>;
+  /** Inserts the session of an answered RCAR challenge; false (and nothing written) if its id exists: the challenge was already spent. */
+  insertSession(session: SessionRecord): Promise<boolean>;
   getSession(id: string): Promise<SessionRecord | undefined>;
-  /** Atomically marks the session's nonce used; false if it was already used, expired or absent. */
-  consumeNonce(id: string, now: number): Promise<boolean>;
-  completeSession(id: string, teePubkey: string, attestation: string, expiresAt: number): Promise<void>;
   /** Sessions, jtis and per-instance secret values past their expiry. */
   purgeExpired(now: number): Promise<void>;
   /**

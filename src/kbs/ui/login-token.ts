@@ -1,6 +1,6 @@
-import { randomBytes } from 'node:crypto';
-import { SignJWT, decodeJwt } from 'jose';
+import { decodeJwt } from 'jose';
 import { CocoonError } from '../../errors.js';
+import { signOwnerToken } from '../owner-key.js';
 import type { OwnerSigningKey } from '../owner-key.js';
 import type { UiRole } from './session.js';
 
@@ -16,14 +16,7 @@ export const DEFAULT_LOGIN_TTL_S = 120;
 export async function mintUiLoginToken(key: OwnerSigningKey, kbsId: string, options: { role: UiRole; ttlS?: number; now?: Date }): Promise<string> {
   const ttl = options.ttlS ?? DEFAULT_LOGIN_TTL_S;
   if (!Number.isInteger(ttl) || ttl < 10 || ttl > 300) throw new CocoonError('BAD_USAGE', 'login token lifetime must be 10-300 s');
-  const now = Math.floor((options.now ?? new Date()).getTime() / 1000);
-  return new SignJWT({ purpose: UI_LOGIN_PURPOSE, role: options.role, htm: 'POST', htu: UI_LOGIN_PATH })
-    .setProtectedHeader({ alg: key.alg, kid: key.kid, typ: 'JWT' })
-    .setAudience(kbsId)
-    .setIssuedAt(now)
-    .setExpirationTime(now + ttl)
-    .setJti(randomBytes(18).toString('base64url'))
-    .sign(key.key);
+  return signOwnerToken(key, { audience: kbsId, method: 'POST', path: UI_LOGIN_PATH, ttlS: ttl, ...(options.now ? { now: options.now } : {}), claims: { purpose: UI_LOGIN_PURPOSE, role: options.role } });
 }
 
 /** Reads purpose and role of a token whose signature verifyOwnerToken has already checked. */

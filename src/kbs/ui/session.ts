@@ -22,27 +22,66 @@ const ID_RE = /^[A-Za-z0-9_-]{43}$/;
 type Listener = (id: string) => void;
 
 /**
+ * How sign-ins and sign-outs reach the other worker processes of one `serve --workers` KBS
+ * (src/kbs/cluster.ts): each worker keeps a copy of every session, so a browser's connections
+ * may land on any worker.
+ */
+export interface UiSessionReplica {
+  /** Resolves once the other workers have the session (or gave up waiting for them). */
+  created(key: string, session: UiSession): Promise<void>;
+  ended(key: string): void;
+}
+
+/**
  * Dashboard sessions, in memory of this KBS process (per replica: behind several replicas the
- * load balancer needs session affinity for /ui, or the user signs in on each replica). The map
- * is keyed by SHA-256 of the cookie value, bounded, and entries expire absolutely.
+ * load balancer needs session affinity for /ui, or the user signs in on each replica; the
+ * workers of one `serve --workers` KBS share them through a UiSessionReplica). The map is
+ * keyed by SHA-256 of the cookie value, bounded, and entries expire absolutely.
  */
 export class UiSessionStore {
   private readonly sessions = new Map<string, UiSession>();
   private readonly endListeners = new Set<Listener>();
 
-  constructor(private readonly max = MAX_UI_SESSIONS) {}
+  constructor(
+    private readonly max = MAX_UI_SESSIONS,
+    private readonly replica?: UiSessionReplica,
+  ) {}
 
   create(kid: string, role: UiRole, now: number, ttlS: number): { id: string; session: UiSession } {
+    const id = randomBytes(32).toString('base64url');
+    const session: UiSession = { kid, role, csrf: randomBytes(24).toString('base64url'), createdAt: now, expiresAt: now + ttlS * 1000 };
+    this.adopt(sha256Hex(id), session, now);
+    return { id, session };
+  }
+
+  /** A sign-in: create(), and with a replica, once the other workers know the session too. */
+  async signIn(kid: string, role: UiRole, now: number, ttlS: number): Promise<{ id: string; session: UiSession }> {
+    const created = this.create(kid, role, now, ttlS);
+    await this.replica?.created(sha256Hex(created.id), created.session);
+    return created;
+  }
+
+  /** A sign-out: ends the session here and, with a replica, on the other workers. */
+  signOut(key: string): void {
+    this.end(key);
+    this.replica?.ended(key);
+  }
+
+  /** Keeps a session under its map key (create, or one another worker created). */
+  adopt(key: string, session: UiSession, now: number): void {
     this.purge(now);
     while (this.sessions.size >= this.max) {
       const oldest = this.sessions.keys().next().value;
       if (oldest === undefined) break;
       this.end(oldest);
     }
-    const id = randomBytes(32).toString('base64url');
-    const session: UiSession = { kid, role, csrf: randomBytes(24).toString('base64url'), createdAt: now, expiresAt: now + ttlS * 1000 };
-    this.sessions.set(sha256Hex(id), session);
-    return { id, session };
+    this.sessions.set(key, session);
+  }
+
+  /** The live sessions by map key (what a new worker starts with). */
+  entries(now: number): [string, UiSession][] {
+    this.purge(now);
+    return [...this.sessions];
   }
 
   /** The live session of a cookie value, or undefined (unknown, malformed or expired). */
