@@ -48,7 +48,7 @@ import { createSimPlatform } from '../src/attester/sim-platform.js';
 import { SIM_PLATFORM_FILES } from '../src/attester/sim.js';
 import { canonicalJson } from '../src/crypto/canonical-json.js';
 import { simSignatureHash, verifySimEvidence } from '../src/attestation/sim/index.js';
-import { attestAndFetch } from '../src/kbs/client/rcar.js';
+import { attestAndFetch, rcarAuthBody } from '../src/kbs/client/rcar.js';
 import { OwnerClient } from '../src/kbs/client/owner.js';
 import { ownerSigningKey } from '../src/kbs/owner-key.js';
 import { exportJWK, generateKeyPair } from 'jose';
@@ -56,7 +56,12 @@ import { createDatabase, startTempPostgres } from '../test/kbs/pg-harness.js';
 import { freePort } from '../src/util/net.js';
 import { baselineRoundTrip, RawHttpConnection, rcarRoundTrip } from './lib/rcar-load.js';
 
-const arg = (name: string, dflt: number) => (process.argv.includes(name) ? Number(process.argv[process.argv.indexOf(name) + 1]) : dflt);
+const arg = (name: string, dflt: number): number => {
+  if (!process.argv.includes(name)) return dflt;
+  const v = Number(process.argv[process.argv.indexOf(name) + 1]);
+  if (!Number.isInteger(v) || v < 1 || v > 3600) throw new Error(`${name} must be a whole number from 1 to 3600`);
+  return v;
+};
 const seconds = arg('--seconds', 5);
 const concurrency = arg('--concurrency', 16);
 const asJson = process.argv.includes('--json');
@@ -257,7 +262,7 @@ try {
   const helloUrl = `http://127.0.0.1:${helloPort}`;
   await waitReady(helloUrl, hello);
   const helloLoop = perLoop(helloUrl, baselineRoundTrip, async () => {
-    const a = await clientFetch(`${helloUrl}/kbs/v0/auth`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"version":"0.4.0","tee":"sim"}' });
+    const a = await clientFetch(`${helloUrl}/kbs/v0/auth`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(rcarAuthBody('sim')) });
     await a.json();
     const b = await clientFetch(`${helloUrl}/kbs/v0/attest`, { method: 'POST', headers: { 'content-type': 'application/json', cookie: 'kbs-session-id=hello' }, body: '{}' });
     await b.json();

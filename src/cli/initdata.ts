@@ -1,17 +1,15 @@
 import type { Command } from 'commander';
-import { readFile, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { CocoonError } from '../errors.js';
 import { action, createOutput } from './output.js';
 import { collect } from './flags.js';
+import { readBounded } from './owner.js';
 
+/** The init-data bound (src/kbs/init-data.ts MAX_INITDATA_BYTES) for every file that goes into one. */
 const MAX_FILE = 64 * 1024;
 
 async function readSmall(file: string, what: string): Promise<string> {
-  const text = await readFile(file, 'utf8').catch((err: unknown) => {
-    throw new CocoonError('BAD_USAGE', `cannot read ${what} ${file}: ${(err as Error).message}`, { cause: err });
-  });
-  if (Buffer.byteLength(text, 'utf8') > MAX_FILE) throw new CocoonError('INPUT_TOO_LARGE', `${what} ${file} is larger than 64 KiB`);
-  return text;
+  return (await readBounded(file, MAX_FILE, what)).toString('utf8');
 }
 
 export function registerInitData(program: Command): void {
@@ -47,8 +45,9 @@ export function registerInitData(program: Command): void {
           }
           const text = await readSmall(opts.from, 'init-data file');
           rendered = describeInitData(text);
-          if (!(COCOON_INITDATA_KEY in parseInitDataToml(text).doc.data)) out.warn(`${opts.from} has no "${COCOON_INITDATA_KEY}" entry: a Cocoon KBS cannot select a policy from it`);
-          else cocoonEntryOf(parseInitDataToml(text).doc);
+          const { doc } = parseInitDataToml(text);
+          if (!(COCOON_INITDATA_KEY in doc.data)) out.warn(`${opts.from} has no "${COCOON_INITDATA_KEY}" entry: a Cocoon KBS cannot select a policy from it`);
+          else cocoonEntryOf(doc); // refuses a malformed entry
         } else {
           if (!opts.policy || !opts.workload) throw new CocoonError('BAD_USAGE', '--policy and --workload are required (or --from FILE)');
           if (opts.algorithm !== undefined && !isInitDataAlgorithm(opts.algorithm)) throw new CocoonError('BAD_USAGE', `--algorithm must be one of ${INITDATA_ALGORITHMS.join(', ')}`);

@@ -150,10 +150,11 @@ export function registerKbsAdmin(program: Command): void {
   ).action(
     action(async (opts: OwnerOptions & { serial?: string; workload?: string; reason: string; force?: boolean }) => {
       if ((opts.serial === undefined) === (opts.workload === undefined)) throw new CocoonError('BAD_USAGE', 'pass exactly one of --serial or --workload');
-      if (opts.serial !== undefined && !/^(0x)?[0-9a-fA-F:]{2,128}$/.test(opts.serial)) throw new CocoonError('BAD_USAGE', '--serial must be a hex serial number');
+      // checked as normalized: what the KBS accepts (2–64 hex digits), so "::" or 65 digits fail here
+      const serial = opts.serial?.replace(/^0x/i, '').replace(/:/g, '').toLowerCase();
+      if (serial !== undefined && !/^[0-9a-f]{2,64}$/.test(serial)) throw new CocoonError('BAD_USAGE', '--serial must be a hex serial number');
       if (opts.workload !== undefined && !/^[a-z0-9][a-z0-9._-]{0,62}\/[a-z0-9][a-z0-9._-]{0,62}#[a-z0-9][a-z0-9._-]{0,62}$/.test(opts.workload)) throw new CocoonError('BAD_USAGE', '--workload must be org/app#name');
       if (!isRevocationReason(opts.reason)) throw new CocoonError('BAD_USAGE', `--reason must be one of ${REVOCATION_REASONS.join(', ')}`);
-      const serial = opts.serial?.replace(/^0x/, '').replace(/:/g, '').toLowerCase();
       const r = await (await ownerClient(opts)).revoke({ ...(serial !== undefined ? { serial } : { workload: opts.workload }), reason: opts.reason, ...(opts.force ? { force: true } : {}) });
       const lines = r.certificates.map((c) => `${c.alreadyRevoked ? 'already revoked' : 'revoked'} ${c.serial}${c.workload ? ` (${c.policy ?? '?'}#${c.workload})` : ''}`);
       createOutput(opts).result(lines.length > 0 ? `${lines.join('\n')}\nreason ${r.reason}; the CRL lists it from now on` : `no current certificates of ${opts.workload ?? '?'}`, r);

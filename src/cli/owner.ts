@@ -8,8 +8,8 @@ import { CocoonError } from '../errors.js';
 const MAX_POLICY_FILE = 256 * 1024;
 const MAX_SECRET_FILE = 64 * 1024;
 
-
-async function readBounded(file: string, max: number, what: string): Promise<Buffer> {
+/** A file given on the command line, at most `max` bytes: BAD_USAGE when unreadable, INPUT_TOO_LARGE beyond. */
+export async function readBounded(file: string, max: number, what: string): Promise<Buffer> {
   const data = await readFile(file).catch((err: NodeJS.ErrnoException) => {
     throw new CocoonError('BAD_USAGE', `cannot read ${what} ${file}: ${err.code ?? err.message}`);
   });

@@ -1,12 +1,11 @@
 import { Option, type Command } from 'commander';
-import cluster from 'node:cluster';
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { action, createOutput } from './output.js';
 import { configDir, configPaths } from './config.js';
 import { CocoonError } from '../errors.js';
-import type { KbsTeeChoice } from '../kbs/self-attester.js';
+import { KBS_TEE_CHOICES, type KbsTeeChoice } from '../kbs/self-attester.js';
 import { collect } from './flags.js';
 
 export function parseListen(listen: string): { host: string; port: number } {
@@ -40,7 +39,7 @@ export function registerServe(program: Command): void {
     .option('--allow-sim', 'accept INSECURE simulated-TEE evidence where a policy rule names `sim` (development only)')
     .option('--sim-root <file>', 'PEM root of the simulated TEE to trust with --allow-sim (default: <config-dir>/sim/root.pem)')
     .option('--sim-platform <dir>', 'with --allow-sim: simulated platform the KBS signs its own evidence with, served at GET /cocoon/v1/attestation for `cocoon attest` (default: <config-dir>/sim/platform)')
-    .addOption(new Option('--tee <kind>', "attester for the KBS's own evidence (GET /cocoon/v1/attestation, `cocoon attest`): auto (probe the hardware as the launcher does; none found → no endpoint), a hardware kind, or sim (with --allow-sim); default: sim with --allow-sim and a sim platform, else none").choices(['auto', 'sim', 'tdx', 'snp', 'sgx', 'tpm', 'az-snp-vtpm', 'az-tdx-vtpm']))
+    .addOption(new Option('--tee <kind>', "attester for the KBS's own evidence (GET /cocoon/v1/attestation, `cocoon attest`): auto (probe the hardware as the launcher does; none found → no endpoint), a hardware kind, or sim (with --allow-sim); default: sim with --allow-sim and a sim platform, else none").choices([...KBS_TEE_CHOICES]))
     .option('--tpm-tcti <tcti>', 'TPM of the KBS self-attestation with --tee tpm|az-snp-vtpm|az-tdx-vtpm|auto: swtpm:host=127.0.0.1,port=N or device:/dev/tpmrm0 (default; the data-key sealer is --tpm)')
     .option('--trusted-ak <pem>', 'PEM public key of a TPM attestation key whose quotes `tpm` evidence may carry; repeatable', collect, [])
     .option('--config-dir <dir>', 'config directory (default owner key and sim root)')
@@ -83,7 +82,8 @@ export function registerServe(program: Command): void {
         workers: string;
       }) => {
         // a `--workers` worker: everything it needs comes from the primary over IPC
-        if (cluster.isWorker) return (await import('../kbs/cluster.js')).runKbsWorker();
+        const kbsCluster = await import('../kbs/cluster.js');
+        if (kbsCluster.isKbsWorker()) return kbsCluster.runKbsWorker();
         const out = createOutput();
         const { host, port } = parseListen(opts.listen);
         if (!['fatal', 'error', 'warn', 'info', 'debug'].includes(opts.logLevel)) throw new CocoonError('BAD_USAGE', '--log-level must be fatal|error|warn|info|debug');
@@ -113,7 +113,7 @@ export function registerServe(program: Command): void {
         if (!/^\d{4,9}$/.test(opts.bodyLimit)) throw new CocoonError('BAD_USAGE', '--body-limit must be 1000–999999999 bytes');
         if (opts.recoveryThreshold !== undefined && !/^[1-9]\d?$/.test(opts.recoveryThreshold)) throw new CocoonError('BAD_USAGE', '--recovery-threshold must be 1–99');
         const workloadCertValidMs = parseWorkloadCertValidity(opts.workloadCertValidity);
-        const workers = (await import('../kbs/cluster.js')).parseWorkers(opts.workers);
+        const workers = kbsCluster.parseWorkers(opts.workers);
         if (opts.recoveryRecipient.length > 0 && opts.recoveryThreshold === undefined) throw new CocoonError('BAD_USAGE', '--recovery-recipient needs --recovery-threshold');
         const { readRecoveryRecipients } = await import('../kbs/recovery.js');
         const recoveryRecipients = await readRecoveryRecipients(opts.recoveryRecipient);
@@ -157,8 +157,7 @@ export function registerServe(program: Command): void {
         });
         if (workers > 1) {
           // the primary: every startup side effect once, then the workers (src/kbs/cluster.ts)
-          const { serveKbsCluster } = await import('../kbs/cluster.js');
-          return serveKbsCluster({
+          return kbsCluster.serveKbsCluster({
             workers,
             bootstrap: {
               dataDir: opts.dataDir,

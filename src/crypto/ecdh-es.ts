@@ -85,15 +85,24 @@ function u32(n: number): Buffer {
 }
 
 const EMPTY = Buffer.alloc(0);
+const ALG_ID = Buffer.from(ECDH_ES_A256KW, 'ascii');
+const ROUND_1 = u32(1);
+
+/** The Concat KDF OtherInfo: AlgorithmID ‖ PartyUInfo ‖ PartyVInfo ‖ SuppPubInfo (keydatalen 256). */
+function otherInfoOf(apu: Buffer, apv: Buffer): Buffer {
+  return Buffer.concat([u32(ALG_ID.length), ALG_ID, u32(apu.length), apu, u32(apv.length), apv, u32(256)]);
+}
+
+/** OtherInfo with empty apu/apv: every JWE we encrypt, and most we receive (built once). */
+const OTHER_INFO_EMPTY = otherInfoOf(EMPTY, EMPTY);
 
 /**
  * Concat KDF (NIST SP 800-56A, RFC 7518 §4.6.2) for a 256-bit KEK, one SHA-256 round. We send
  * empty apu/apv; a received JWE's apu/apv (RFC 7518 §4.6.1.2-3, optional) are honoured.
  */
 function concatKdf(z: Buffer, apu: Buffer = EMPTY, apv: Buffer = EMPTY): Buffer {
-  const alg = Buffer.from(ECDH_ES_A256KW, 'ascii');
-  const otherInfo = Buffer.concat([u32(alg.length), alg, u32(apu.length), apu, u32(apv.length), apv, u32(256)]);
-  const kek = createHash('sha256').update(u32(1)).update(z).update(otherInfo).digest();
+  const otherInfo = apu.length === 0 && apv.length === 0 ? OTHER_INFO_EMPTY : otherInfoOf(apu, apv);
+  const kek = createHash('sha256').update(ROUND_1).update(z).update(otherInfo).digest();
   z.fill(0);
   return kek;
 }

@@ -226,7 +226,7 @@ class Extractor {
     if (st.isDirectory()) {
       if (keepDir) return st;
       this.dirCache.clear();
-      if (this.links) this.dropLinks(p.slice(this.root.length + 1));
+      this.dropLinks(p.slice(this.root.length + 1));
       await rm(p, { recursive: true, force: true });
     } else {
       if (st.isSymbolicLink()) this.dirCache.clear();
@@ -268,8 +268,9 @@ class Extractor {
     const uid = paxId(pax.uid) ?? header.uid ?? 0;
     const gid = paxId(pax.gid) ?? header.gid ?? 0;
     const mtime = header.mtime ?? new Date(0);
-    if (this.links && type !== 'directory') this.dropLinks(relKey);
-    else if (this.links?.has(relKey)) this.links.delete(relKey);
+    // an entry replaces a pending link at its path (paths resolved through it are cached); links
+    // below a directory it replaces are dropped by clear()
+    if (this.links?.delete(relKey)) this.dirCache.clear();
 
     switch (type) {
       case 'directory': {
@@ -594,12 +595,16 @@ export async function materializeLinks(root: string, links: Map<string, string>,
       warn(`symlink /${rel}: something else is already there: left out`);
       continue;
     }
-    if (st.isDirectory()) await copyTree(srcRel, rel);
-    else if (st.isFile()) await copyFileTo(join(realRoot, srcRel), join(realRoot, rel), st);
-    else {
+    if (!st.isDirectory() && !st.isFile()) {
       skipped++;
       warn(`symlink /${rel} → ${target} is not a file or directory: left out`);
       continue;
+    }
+    try {
+      if (st.isDirectory()) await copyTree(srcRel, rel);
+      else await copyFileTo(join(realRoot, srcRel), join(realRoot, rel), st);
+    } catch (err) {
+      throw toUnpackError(err, rel); // a file-system failure (e.g. ENOSPC) as IO_ERROR, like unpacking
     }
     materialized++;
   }

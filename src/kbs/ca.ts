@@ -3,6 +3,7 @@ import { x509 } from '../crypto/x509.js';
 import { CocoonError } from '../errors.js';
 import { createRootCa, createSubCa, generateKeyPairPem, importSigningKey, issueLeaf, pem, signingAlgorithmOf } from './certs.js';
 import type { Issuer, LeafParams } from './certs.js';
+import { isRevocationReason } from './revocation-reasons.js';
 import { openValue, sealValue } from './secret-box.js';
 import type { CaRecord, Store } from './store/types.js';
 
@@ -142,8 +143,7 @@ export async function pruneCaRecords(store: Store, now: number): Promise<{ certs
 
 /** RFC 5280 reason code of a stored reason name (older free-text reasons: unspecified). */
 function crlReason(name: string): x509.X509CrlReason {
-  const v = (x509.X509CrlReason as unknown as Record<string, number | string>)[name];
-  return typeof v === 'number' && name !== 'removeFromCRL' ? (v as x509.X509CrlReason) : x509.X509CrlReason.unspecified;
+  return isRevocationReason(name) ? x509.X509CrlReason[name] : x509.X509CrlReason.unspecified;
 }
 
 /** Parses and verifies a PKCS#10 CSR (PEM or base64 DER, ≤ 8 KiB); returns its public key. */

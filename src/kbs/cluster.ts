@@ -34,6 +34,17 @@ import { createBrokerVerifier } from './verifier.js';
 
 export const MAX_WORKERS = 64;
 
+/** Set in the environment of the workers this primary forks: not a secret, only which processes are ours. */
+const WORKER_ENV = 'COCOON_KBS_WORKER';
+
+/**
+ * Whether this process is a `serve --workers` worker: forked by runKbsPrimary, not merely some
+ * node:cluster worker (a process manager's cluster mode runs `cocoon serve` as one of those).
+ */
+export function isKbsWorker(): boolean {
+  return cluster.isWorker && process.env[WORKER_ENV] === '1';
+}
+
 /** `--workers`: 1–64 or `auto` (os.availableParallelism(), capped at 64); anything else BAD_USAGE. */
 export function parseWorkers(text: string, cpus: () => number = availableParallelism): number {
   if (text === 'auto') return Math.max(1, Math.min(MAX_WORKERS, cpus()));
@@ -112,7 +123,7 @@ function toWire(err: unknown): WireError {
 }
 
 function fromWire(e: WireError): CocoonError {
-  return new CocoonError(e.code in ERROR_CODES ? (e.code as ErrorCode) : 'INTERNAL', e.message);
+  return new CocoonError(Object.hasOwn(ERROR_CODES, e.code) ? (e.code as ErrorCode) : 'INTERNAL', e.message);
 }
 
 /** Request/response over one IPC channel: ids, a timeout per request, a bound on outstanding requests. */
@@ -269,7 +280,7 @@ export async function runKbsPrimary(o: PrimaryOptions): Promise<RunningPrimary> 
   };
 
   const fork = (): void => {
-    const worker = cluster.fork();
+    const worker = cluster.fork({ [WORKER_ENV]: '1' });
     const channel = new Channel((m) => worker.send(m), `worker ${worker.id}`);
     const s: WorkerState = { worker, channel, ready: false, configured: false, exited: new Promise((resolve) => worker.once('exit', () => resolve())) };
     states.set(worker.id, s);
@@ -428,8 +439,11 @@ export async function serveKbsCluster(o: ClusterServeOptions): Promise<void> {
 export async function runKbsWorker(): Promise<void> {
   const me = cluster.worker;
   if (!me) throw new CocoonError('INTERNAL', 'runKbsWorker outside a cluster worker');
-  const send = (m: Message, done?: () => void): void => {
-    if (!process.send?.(m, undefined, {}, done ? () => done() : undefined)) done?.();
+  // Always with a callback: node calls it exactly once, after the write or with the error of a
+  // closed channel (without one, that error would be an 'error' event on process, uncaught).
+  const send = (m: Message, done: () => void = () => undefined): void => {
+    if (process.send) process.send(m, undefined, {}, () => done());
+    else done();
   };
   const primary = new Channel(send, 'KBS primary');
   // dashboard sessions: this worker's copy of every worker's (a browser's connections land on any worker)
@@ -467,18 +481,19 @@ export async function runKbsWorker(): Promise<void> {
 
   let dataKey: Buffer | undefined;
   try {
-    const { settings, dataKey: keyBytes, uiSessions: known } = await new Promise<Extract<Message, { cocoon: 'config' }>>((resolve, reject) => {
+    const { settings, dataKey: keyBytes } = await new Promise<Extract<Message, { cocoon: 'config' }>>((resolve, reject) => {
       const timer = setTimeout(() => reject(new CocoonError('IO_ERROR', `no configuration from the KBS primary within ${CONFIG_TIMEOUT_MS / 1000} s`)), CONFIG_TIMEOUT_MS);
       onConfig = (m) => {
         onConfig = undefined;
         clearTimeout(timer);
+        // now, not after the await: a ui-drop the primary sent right after the config must not be undone
+        for (const [key, session] of m.uiSessions) uiSessions.adopt(key, session, Date.now());
         resolve(m);
       };
       send({ cocoon: 'hello' });
     });
     dataKey = Buffer.from(keyBytes);
     keyBytes.fill(0);
-    for (const [key, session] of known) uiSessions.adopt(key, session, Date.now());
     const store = settings.postgres ? await (await import('./store/postgres.js')).openPostgresStore(settings.postgres) : await openSqliteStore(settings.dataDir, { walCheckpoints: 'external' });
     let identity;
     try {

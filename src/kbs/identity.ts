@@ -37,6 +37,8 @@ export async function readIdentity(dataDir: string): Promise<KbsIdentity> {
   try {
     const info = await stat(path);
     if ((info.mode & 0o077) !== 0) throw new CocoonError('IO_ERROR', `${path} is accessible by other users (mode ${(info.mode & 0o777).toString(8)}); chmod 600 it`);
+    // the bound readOrCreateKeyFile (loadOrCreateIdentity) applies
+    if (!info.isFile() || info.size > 64 * 1024) throw new CocoonError('IO_ERROR', `${path} is not a key file (not a regular file, or larger than 64 KiB)`);
     return await identityFromJwk(parseJwk(await readFile(path, 'utf8'), path));
   } catch (err) {
     if (err instanceof CocoonError) throw err;

@@ -84,8 +84,8 @@ export async function attest(ctx: KbsContext, cookie: string | undefined, req: A
     const opened = openChallenge(ctx.dataKey, cookie, ctx.sessionTtlS);
     assertFresh(opened, now.getTime());
     tee = opened.tee;
-    // Spent already (answered, or refused): say so before verifying anything. The insert that
-    // spends it (spendChallenge) settles races between concurrent answers.
+    // Spent already (answered, or refused): say so before verifying anything. The journal step
+    // that spends it (below) settles races between concurrent answers.
     if (await ctx.store.getSession(opened.sessionId)) throw new CocoonError('NONCE_INVALID', 'nonce already used: request a new challenge');
     challenge = opened;
     const nonce = req['runtime-data'].nonce;
@@ -141,7 +141,7 @@ export async function attest(ctx: KbsContext, cookie: string | undefined, req: A
     // The token carries what the session keeps (bearer releases re-read it with claimsFromToken).
     const { token, exp } = await issueEar(ctx.identity, { ...grant, status: 'affirming', policyVersion: current.record.version, teePubkey: teePubkey.jwk, now, ttlS: ctx.tokenTtlS });
     const sessionId = opened.sessionId;
-    const session = { id: sessionId, tee: opened.tee, nonce: opened.nonce, nonceUsed: true, createdAt: now.getTime(), expiresAt: Math.max(exp * 1000, opened.expiresAtMs), teePubkey: JSON.stringify(teePubkey.jwk), attestation: JSON.stringify(grant) };
+    const session = { id: sessionId, tee: opened.tee, nonce: opened.nonce, createdAt: now.getTime(), expiresAt: Math.max(exp * 1000, opened.expiresAtMs), teePubkey: JSON.stringify(teePubkey.jwk), attestation: JSON.stringify(grant) };
     // The challenge is spent in the transaction that writes this attestation's event and audit
     // entry: its session row (keyed by the challenge's session id, so a second answer finds it
     // and is a replay) and the activation count, both or neither.
@@ -216,7 +216,7 @@ class SpendRefused extends CocoonError {
 
 /** Marks a refused challenge as used (its session row, without attestation); already there is fine. */
 async function burnChallenge(ctx: KbsContext, c: Challenge, nowMs: number): Promise<void> {
-  await ctx.store.insertSession({ id: c.sessionId, tee: c.tee, nonce: c.nonce, nonceUsed: true, createdAt: nowMs, expiresAt: c.expiresAtMs, teePubkey: null, attestation: null });
+  await ctx.store.insertSession({ id: c.sessionId, tee: c.tee, nonce: c.nonce, createdAt: nowMs, expiresAt: c.expiresAtMs, teePubkey: null, attestation: null });
 }
 
 async function runVerifier(ctx: KbsContext, tee: TeeKind, evidence: unknown, at: Date, reportData: Buffer): Promise<VerificationResult> {

@@ -187,9 +187,15 @@ export async function decryptShare(record: RecoveryRecord, privateJwk: JWK): Pro
   } catch {
     throw new CocoonError('AUTH_INVALID', 'the recovery share does not decrypt with this key');
   }
-  const v = JSON.parse(Buffer.from(plaintext).toString('utf8')) as { x: number; y: string };
+  let v: { x?: unknown; y?: unknown } | null;
+  try {
+    v = JSON.parse(Buffer.from(plaintext).toString('utf8')) as { x?: unknown; y?: unknown } | null;
+  } catch {
+    throw new CocoonError('INPUT_MALFORMED', 'the recovery share is not JSON');
+  }
+  if (typeof v?.y !== 'string') throw new CocoonError('INPUT_MALFORMED', 'the recovery share has no value');
   if (v.x !== entry.x) throw new CocoonError('INPUT_MALFORMED', 'recovery share index mismatch');
-  return { v: 1, kid: entry.kid, x: v.x, y: v.y };
+  return { v: 1, kid: entry.kid, x: entry.x, y: v.y };
 }
 
 /**

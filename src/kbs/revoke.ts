@@ -11,9 +11,6 @@ import { currentPolicy, isAdmin } from './policies.js';
 import { REVOCATION_REASONS, isRevocationReason } from './revocation-reasons.js';
 import type { RevocationReason } from './revocation-reasons.js';
 
-export { REVOCATION_REASONS, isRevocationReason };
-export type { RevocationReason };
-
 /** Most certificates of one workload a single request revokes (one per launch in the last 24 h). */
 export const MAX_REVOKE_PER_WORKLOAD = 1000;
 
@@ -35,9 +32,8 @@ export interface RevokeResult {
   certificates: { serial: string; alreadyRevoked: boolean; policy: string | null; workload: string | null }[];
 }
 
-/** Administrators revoke anything; owners of a policy (its `owners`) revoke its workloads' certificates. */
-async function mayRevokeFor(ctx: KbsContext, owner: string, policy: string): Promise<boolean> {
-  if (await isAdmin(ctx, owner)) return true;
+/** Whether `owner` is one of the policy's `owners` (who revoke its workloads' certificates; administrators revoke anything). */
+async function ownsPolicy(ctx: KbsContext, owner: string, policy: string): Promise<boolean> {
   const head = await currentPolicy(ctx, policy);
   return head !== undefined && head.policy.owners.some((o) => o.kid === owner);
 }
@@ -54,7 +50,7 @@ export async function revokeCertificates(ctx: KbsContext, owner: string, req: Re
     const serial = req.serial.toLowerCase();
     const rec = await ctx.store.getCert(serial);
     // 403 before 404: a non-administrator learns nothing about serials of other policies.
-    if (!admin && !(rec && (await mayRevokeFor(ctx, owner, rec.policy)))) throw new CocoonError('FORBIDDEN', 'only KBS administrators, or owners of the policy the certificate was issued for, may revoke it');
+    if (!admin && !(rec && (await ownsPolicy(ctx, owner, rec.policy)))) throw new CocoonError('FORBIDDEN', 'only KBS administrators, or owners of the policy the certificate was issued for, may revoke it');
     if (req.force && !admin) throw new CocoonError('FORBIDDEN', 'only KBS administrators may force a revocation');
     if (!rec && !req.force && !(await ctx.store.getRevoked(serial))) {
       throw new CocoonError('CERT_UNKNOWN', `the deployment CA issued no workload certificate with serial ${serial} (an x509 secret's certificate, or one issued before this KBS version: pass force)`);
@@ -65,7 +61,7 @@ export async function revokeCertificates(ctx: KbsContext, owner: string, req: Re
     const m = /^([^#]+)#(.+)$/.exec(req.workload ?? '');
     if (!m) throw new CocoonError('BAD_USAGE', 'workload must be org/app#name');
     const [policy, workload] = [m[1] as string, m[2] as string];
-    if (!(await mayRevokeFor(ctx, owner, policy))) throw new CocoonError('FORBIDDEN', `only KBS administrators or owners of ${policy} may revoke its certificates`);
+    if (!admin && !(await ownsPolicy(ctx, owner, policy))) throw new CocoonError('FORBIDDEN', `only KBS administrators or owners of ${policy} may revoke its certificates`);
     const certs = await ctx.store.listCerts(policy, workload, now, MAX_REVOKE_PER_WORKLOAD);
     if (certs.length === 0) {
       const head = await currentPolicy(ctx, policy);

@@ -10,6 +10,7 @@ import { canonicalJson } from '../crypto/canonical-json.js';
 import { CocoonError } from '../errors.js';
 import type { Attester } from '../attester/types.js';
 import type { KbsContext } from './context.js';
+import type { SelfAttestationStatus } from './ui/wire.js';
 
 export const KBS_ATTESTATION_PATH = '/cocoon/v1/attestation';
 export const KBS_ATTESTATION_VERSION = 'cocoon-kbs-attestation/1';
@@ -30,13 +31,9 @@ export interface SelfAttestation {
 /** The workload event a hardware KBS extends for itself (docs/kbs.md, "KBS self-attestation"). */
 export const KBS_SELF_EVENT = { policy: 'cocoon/kbs', workload: 'kbs' } as const;
 
-/** What the dashboard overview shows about the KBS's own attestation. */
-export type SelfAttestationStatus =
-  | { available: true; tee: string; measurement: string; insecure: boolean; measurementBound: boolean; register: string | null }
-  | { available: false; reason: string };
-
 export const SELF_ATTESTATION_NOT_CONFIGURED = 'not configured: start the KBS with --tee (hardware) or --allow-sim with a sim platform';
 
+/** What the dashboard overview shows about the KBS's own attestation. */
 export function selfAttestationStatus(self: SelfAttestation | undefined, unavailableReason?: string): SelfAttestationStatus {
   if (!self) return { available: false, reason: unavailableReason ?? SELF_ATTESTATION_NOT_CONFIGURED };
   const sim = self.attester.tee === 'sim';
@@ -89,7 +86,7 @@ export function oneAtATime(maxQueued = MAX_QUEUED): <T>(fn: () => Promise<T>) =>
   let chain: Promise<unknown> = Promise.resolve();
   let queued = 0;
   return <T>(fn: () => Promise<T>): Promise<T> => {
-    if (queued > maxQueued) throw new CocoonError('RATE_LIMITED', 'too many KBS attestation requests in progress; retry shortly');
+    if (queued > maxQueued) return Promise.reject(new CocoonError('RATE_LIMITED', 'too many KBS attestation requests in progress; retry shortly'));
     queued++;
     const run = chain.then(fn, fn);
     const done = (): void => {

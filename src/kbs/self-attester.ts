@@ -50,13 +50,13 @@ export async function kbsMeasurement(entryScript: string | undefined = process.a
 export async function createSelfAttestation(o: SelfAttesterOptions): Promise<SelfAttesterResult> {
   if (o.tpmTcti !== undefined && (o.tee === undefined || !TCTI_TEES.includes(o.tee))) throw new CocoonError('BAD_USAGE', '--tpm-tcti needs --tee tpm, az-snp-vtpm, az-tdx-vtpm or auto');
   const exists = o.exists ?? existsSync;
-  const measurement = await kbsMeasurement(o.entryScript);
 
   if (o.tee === undefined || o.tee === 'sim') {
-    const { SimAttester, SIM_PLATFORM_FILES } = await import('../attester/sim.js');
     if (o.tee === 'sim' && !o.allowSim) throw new CocoonError('BAD_USAGE', '--tee sim needs --allow-sim (the simulated TEE is INSECURE)');
     if (!o.allowSim) return { reason: SELF_ATTESTATION_NOT_CONFIGURED };
+    const { SimAttester, SIM_PLATFORM_FILES } = await import('../attester/sim.js');
     if (exists(join(o.simPlatformDir, SIM_PLATFORM_FILES.key))) {
+      const measurement = await kbsMeasurement(o.entryScript);
       o.log.info(`INSECURE: KBS self-attestation with the simulated TEE (${o.simPlatformDir}), measurement ${measurement}`);
       return { self: { attester: new SimAttester(o.simPlatformDir), measurement } };
     }
@@ -87,6 +87,7 @@ export async function createSelfAttestation(o: SelfAttesterOptions): Promise<Sel
     return { reason };
   }
 
+  const measurement = await kbsMeasurement(o.entryScript);
   let register: string | undefined;
   if (attester.measure) register = await attester.measure({ measurement, ...KBS_SELF_EVENT });
   // one quote at startup: a broken TEE interface is a startup error, not a 500 on the first `cocoon attest`

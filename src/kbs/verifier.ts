@@ -100,15 +100,19 @@ export function createBrokerVerifier(options: BrokerVerifierOptions): EvidenceVe
 }
 
 /** Reads `--trusted-ak` PEM files (serve, attest); an unreadable or unusable key is BAD_USAGE. */
+/** A PEM public key is well under 4 KiB; a --trusted-ak file may hold a few. */
+const MAX_TRUSTED_AK_FILE = 64 * 1024;
+
 export async function readTrustedAkFiles(files: readonly string[]): Promise<string[]> {
-  const { readFile } = await import('node:fs/promises');
+  const { readFile, stat } = await import('node:fs/promises');
   const pems: string[] = [];
   for (const file of files) {
-    pems.push(
-      await readFile(file, 'utf8').catch((err: unknown) => {
-        throw new CocoonError('BAD_USAGE', `--trusted-ak: cannot read ${file}`, { cause: err });
-      }),
-    );
+    const cannot = (err: unknown) => {
+      throw new CocoonError('BAD_USAGE', `--trusted-ak: cannot read ${file}`, { cause: err });
+    };
+    const size = (await stat(file).catch(cannot)).size;
+    if (size > MAX_TRUSTED_AK_FILE) throw new CocoonError('INPUT_TOO_LARGE', `--trusted-ak: ${file} is larger than ${MAX_TRUSTED_AK_FILE} bytes (one PEM public key)`);
+    pems.push(await readFile(file, 'utf8').catch(cannot));
   }
   parseTrustedAks(pems);
   return pems;

@@ -1,4 +1,5 @@
 import { CocoonError } from '../errors.js';
+import { MAX_COMMIT_EVERY_S, MIN_COMMIT_EVERY_S } from '../policy/volumes.js';
 
 /*
  * The launch plan's `volumes` member, kept free of server code: the launcher bundles this file.
@@ -41,7 +42,7 @@ export function parseVolumeGrants(v: unknown): VolumeGrant[] {
     if (typeof o.allowRollback !== 'boolean') throw bad(`[${i}].allowRollback must be a boolean`);
     if (typeof o.key !== 'string' || !/^[A-Za-z0-9+/]{43}=$/.test(o.key)) throw bad(`[${i}].key must be 32 bytes of base64`);
     if (typeof o.version !== 'number' || !Number.isSafeInteger(o.version) || o.version < 0) throw bad(`[${i}].version invalid`);
-    if (o.commitEvery !== undefined && (typeof o.commitEvery !== 'number' || !Number.isSafeInteger(o.commitEvery) || o.commitEvery < 1 || o.commitEvery > 86_400)) throw bad(`[${i}].commitEvery invalid`);
+    if (o.commitEvery !== undefined && (typeof o.commitEvery !== 'number' || !Number.isSafeInteger(o.commitEvery) || o.commitEvery < MIN_COMMIT_EVERY_S || o.commitEvery > MAX_COMMIT_EVERY_S)) throw bad(`[${i}].commitEvery invalid`);
     return { name: o.name, mountPath: o.mountPath, allowRollback: o.allowRollback, key: Buffer.from(o.key, 'base64'), version: o.version, ...(o.commitEvery !== undefined ? { commitEvery: o.commitEvery } : {}) };
   });
 }

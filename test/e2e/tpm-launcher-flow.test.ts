@@ -23,7 +23,9 @@ let measurement: string;
 const policy = (m: string) => ({ name: 'test/redis', measurement: m, password: true, args: ['redis-server', '--version'] });
 
 fx.before(async () => {
-  const other = createPublicKey(fx.akPem).asymmetricKeyType === 'ec' ? (generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'pem' }) as string) : fx.akPem;
+  // another key of the AK's type (an RSA AK would otherwise be trusted by the "untrusting" KBS)
+  const others = createPublicKey(fx.akPem).asymmetricKeyType === 'ec' ? generateKeyPairSync('ec', { namedCurve: 'P-256' }) : generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const other = others.publicKey.export({ type: 'spki', format: 'pem' }) as string;
   untrustingKbs = await fx.startKbs('kbs2', { trustedAks: [other] });
   ({ rootfs, measurement } = await fx.wrapAndUnpack({ policy: 'test/redis' }));
 });

@@ -124,12 +124,12 @@ test('argv and environment are fixed in the manifest; debug off; DCAP; the measu
   assert.equal(env.COCOON_EXPECTED_MEASUREMENT, r.measurement);
   assert.equal(env.COCOON_LIBOS, 'gramine');
   assert.equal(env.COCOON_TEE, 'sgx');
-  for (const [k, v] of Object.entries(env)) {
-    if (typeof v === 'object') {
-      assert.deepEqual(v, { passthrough: true });
-      assert.ok((GRAMINE_PASSTHROUGH_ENV as readonly string[]).includes(k), `${k} may come from the host`);
-    }
+  const passedThrough = Object.entries(env).filter(([, v]) => typeof v === 'object');
+  for (const [k, v] of passedThrough) {
+    assert.deepEqual(v, { passthrough: true });
+    assert.ok((GRAMINE_PASSTHROUGH_ENV as readonly string[]).includes(k), `${k} may come from the host`);
   }
+  assert.deepEqual(passedThrough.map(([k]) => k).sort(), [...GRAMINE_PASSTHROUGH_ENV].sort(), 'exactly the passthrough list comes from the host');
   for (const k of ['COCOON_HOME', 'COCOON_PAYLOAD', 'COCOON_ROOT', 'COCOON_TEE', 'COCOON_LIBOS', 'COCOON_EXPECTED_MEASUREMENT', 'LD_LIBRARY_PATH', 'COCOON_GRAMINE_ATTESTATION_DIR', 'NODE_OPTIONS']) {
     assert.ok(!(GRAMINE_PASSTHROUGH_ENV as readonly string[]).includes(k));
     assert.equal(typeof env[k] === 'object', false, `${k} is not passed through`);

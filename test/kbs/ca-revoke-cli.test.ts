@@ -9,15 +9,19 @@ import { exportJWK, flattenedDecrypt, generateKeyPair } from 'jose';
 import { x509 } from '../../src/crypto/x509.js';
 import { startKbs } from '../../src/kbs/app.js';
 import { ownerSigningKey } from '../../src/kbs/owner-key.js';
-import { MEASUREMENT, POLICY_YAML, fakeVerifier, makeOwnerKey, ownerRequest, rcarAttest } from './helpers.js';
+import { MEASUREMENT, OTHER_MEASUREMENT, POLICY_YAML, fakeVerifier, makeOwnerKey, ownerRequest, rcarAttest } from './helpers.js';
 import type { TestKbs } from './helpers.js';
 import { cocoon } from './cli-runner.js';
 
-async function issueCert(kbs: TestKbs, workload = 'redis', policy = 'demo/redis'): Promise<x509.X509Certificate> {
+/** A PKCS#10 CSR (PEM) for a fresh P-256 key. */
+async function makeCsrPem(): Promise<string> {
   const alg = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' };
   const keys = (await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
-  const csr = (await x509.Pkcs10CertificateRequestGenerator.create({ name: 'CN=w', keys, signingAlgorithm: alg })).toString('pem');
-  const a = await rcarAttest(kbs, { workload, csr, policy });
+  return (await x509.Pkcs10CertificateRequestGenerator.create({ name: 'CN=w', keys, signingAlgorithm: alg })).toString('pem');
+}
+
+async function issueCert(kbs: TestKbs, workload = 'redis', policy = 'demo/redis'): Promise<x509.X509Certificate> {
+  const a = await rcarAttest(kbs, { workload, csr: await makeCsrPem(), policy });
   assert.equal(a.attest.statusCode, 200, a.attest.body);
   const res = await kbs.app.inject({ method: 'GET', url: `/kbs/v0/resource/${policy}/workload-cert`, headers: { cookie: a.cookie } });
   assert.equal(res.statusCode, 200, res.body);
@@ -81,12 +85,11 @@ test('cocoon ca revoke: by serial and by workload, idempotent, unknown serial, r
     assert.equal(crl.findRevoked(c2)?.reason, x509.X509CrlReason.cessationOfOperation);
 
     // the gate: worker declares neither tls nor workloadCert
-    const w = await rcarAttest(kbs, { workload: 'worker', measurement: 'cd'.repeat(48), csr: (await x509.Pkcs10CertificateRequestGenerator.create({ name: 'CN=w', keys: (await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair, signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' } })).toString('pem') });
+    const w = await rcarAttest(kbs, { workload: 'worker', measurement: OTHER_MEASUREMENT, csr: await makeCsrPem() });
     assert.equal(w.attest.statusCode, 200, w.attest.body);
     const denied = await kbs.app.inject({ method: 'GET', url: '/kbs/v0/resource/demo/redis/workload-cert', headers: { cookie: w.cookie } });
     assert.equal(denied.statusCode, 403);
     assert.equal((denied.json() as { code: string }).code, 'WORKLOAD_CERT_NOT_GRANTED');
-    void MEASUREMENT;
   } finally {
     await running.close();
     rmSync(dir, { recursive: true, force: true });

@@ -3,6 +3,7 @@
  * in SNP HOST_DATA / TDX MRCONFIGID of generated, signed evidence, and `initData: bound`.
  */
 import { test } from 'node:test';
+import type { TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -148,8 +149,10 @@ interface Evidence {
   register?: Buffer;
 }
 
-/** KBS whose verifier checks generated SNP reports / TDX quotes (fixture CA hierarchies) and fake sim evidence. */
-async function bindingKbs(): Promise<{ kbs: TestKbs; attest: (ev: Evidence, initData: { format: string; body: string }) => Promise<{ status: number; body: Record<string, unknown>; cookie: string }> }> {
+type Attest = (ev: Evidence, initData: { format: string; body: string }) => Promise<{ status: number; body: Record<string, unknown>; cookie: string }>;
+
+/** KBS whose verifier checks generated SNP reports / TDX quotes (fixture CA hierarchies) and fake sim evidence; cleaned up after `t`. */
+async function bindingKbs(t: TestContext): Promise<{ kbs: TestKbs; attest: Attest }> {
   let trust: { snp?: ReturnType<typeof makeSnpWorld>; tdx?: ReturnType<typeof makeDcapWorld> } = {};
   const verifier: EvidenceVerifier = async (tee, evidence, opts) => {
     if (tee === 'snp' && trust.snp) return verifyEvidence('snp', Buffer.from((evidence as { report: string }).report, 'base64'), { anchors: trust.snp.anchors, certs: trust.snp.certs }, { at: SNP_AT, reportData: opts.reportData });
@@ -157,6 +160,7 @@ async function bindingKbs(): Promise<{ kbs: TestKbs; attest: (ev: Evidence, init
     return fakeVerifier(tee, evidence, opts);
   };
   const kbs = await makeKbs({ verifier });
+  t.after(() => kbs.cleanup());
   await applyDemoPolicy(kbs, POLICY);
   return {
     kbs,
@@ -192,14 +196,19 @@ const toml = (workload: string, algorithm: 'sha256' | 'sha384' = 'sha256') => re
 const hostData = (r: { hostData: string }) => Buffer.from(r.hostData, 'hex');
 const mrConfigId = (r: { mrConfigId: string }) => Buffer.from(r.mrConfigId, 'hex');
 
+/** `redis` init-data of `algorithm`, its digest in the TEE's register as the host set it: accepted. */
+async function attestBound(attest: Attest, tee: 'snp' | 'tdx', algorithm: 'sha256' | 'sha384'): Promise<{ body: Record<string, unknown>; cookie: string }> {
+  const doc = toml('redis', algorithm);
+  const ok = await attest({ tee, register: tee === 'snp' ? hostData(doc) : mrConfigId(doc) }, { format: 'toml', body: doc.toml });
+  assert.equal(ok.status, 200, JSON.stringify(ok.body));
+  return ok;
+}
+
 test('SNP: HOST_DATA = init-data digest → accepted, selection from the bound document; otherwise refused', async (t) => {
-  const { kbs, attest } = await bindingKbs();
-  t.after(() => kbs.cleanup());
+  const { kbs, attest } = await bindingKbs(t);
 
   for (const alg of ['sha256', 'sha384'] as const) {
-    const doc = toml('redis', alg);
-    const ok = await attest({ tee: 'snp', register: hostData(doc) }, { format: 'toml', body: doc.toml });
-    assert.equal(ok.status, 200, JSON.stringify(ok.body));
+    const ok = await attestBound(attest, 'snp', alg);
     const pw = await kbs.app.inject({ method: 'GET', url: '/kbs/v0/resource/demo/redis/redis-password', headers: { cookie: ok.cookie } });
     assert.equal(pw.statusCode, 200, pw.body);
     const viaToken = await kbs.app.inject({ method: 'GET', url: '/kbs/v0/resource/demo/redis/redis-password', headers: { authorization: `Bearer ${String(ok.body.token)}` } });
@@ -246,13 +255,8 @@ test('SNP: HOST_DATA = init-data digest → accepted, selection from the bound d
 });
 
 test('TDX: MRCONFIGID = init-data digest (sha256 zero-padded, sha384 exact) → accepted; otherwise refused', async (t) => {
-  const { kbs, attest } = await bindingKbs();
-  t.after(() => kbs.cleanup());
-  for (const alg of ['sha256', 'sha384'] as const) {
-    const doc = toml('redis', alg);
-    const ok = await attest({ tee: 'tdx', register: mrConfigId(doc) }, { format: 'toml', body: doc.toml });
-    assert.equal(ok.status, 200, JSON.stringify(ok.body));
-  }
+  const { attest } = await bindingKbs(t);
+  for (const alg of ['sha256', 'sha384'] as const) await attestBound(attest, 'tdx', alg);
   // sha256 digest *not* padded the CoCo way (e.g. repeated) does not bind.
   const doc = toml('redis');
   const wrongPad = Buffer.concat([Buffer.from(doc.digest, 'hex'), Buffer.from(doc.digest, 'hex').subarray(0, 16)]);
@@ -262,8 +266,7 @@ test('TDX: MRCONFIGID = init-data digest (sha256 zero-padded, sha384 exact) → 
 });
 
 test('a rule that requires binding refuses a TEE without an init-data register (sim)', async (t) => {
-  const { kbs, attest } = await bindingKbs();
-  t.after(() => kbs.cleanup());
+  const { attest } = await bindingKbs(t);
   const doc = toml('worker');
   for (const initData of [{ format: 'toml', body: doc.toml }, { format: 'json', body: '{"policy":"demo/redis","workload":"worker"}' }]) {
     const res = await attest({ tee: 'sim' }, initData);
@@ -290,7 +293,7 @@ test('k8s kata-cc: the init-data annotation is added, kept when current, merged 
   assert.throws(() => transformManifests([pod({ [KATA_INITDATA_ANNOTATION]: 'not-gzip' })], opts), code('INPUT_MALFORMED'));
 });
 
-test('cocoon initdata: TOML, digests and annotation; --from describes a file', async () => {
+test('cocoon initdata: TOML, digests and annotation; --from describes a file', async (t) => {
   const { execFileSync } = await import('node:child_process');
   const cli = (args: string[]) => execFileSync(process.execPath, ['--import', 'tsx', new URL('../../src/cli/main.ts', import.meta.url).pathname, ...args], { encoding: 'utf8' });
   const out = JSON.parse(cli(['initdata', '--policy', 'shop/web', '--workload', 'web', '--kbs-url', 'https://kbs.example', '--algorithm', 'sha384', '--json'])) as { toml: string; digest: string; hostData: string; mrConfigId: string; annotation: { name: string; value: string } };
@@ -298,10 +301,12 @@ test('cocoon initdata: TOML, digests and annotation; --from describes a file', a
   assert.deepEqual(out, { toml: want.toml, algorithm: 'sha384', digest: want.digest, hostData: want.hostData, mrConfigId: want.mrConfigId, annotation: { name: KATA_INITDATA_ANNOTATION, value: want.annotation } });
   assert.equal(out.mrConfigId, out.digest);
   assert.equal(out.hostData, out.digest.slice(0, 64));
-  const { mkdtempSync, writeFileSync } = await import('node:fs');
+  const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
   const { join } = await import('node:path');
   const { tmpdir } = await import('node:os');
-  const file = join(mkdtempSync(join(tmpdir(), 'cocoon-initdata-')), 'i.toml');
+  const dir = mkdtempSync(join(tmpdir(), 'cocoon-initdata-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'i.toml');
   writeFileSync(file, COCO_TOML);
   const described = JSON.parse(cli(['initdata', '--from', file, '--json'])) as { digest: string };
   assert.equal(described.digest, createHash('sha384').update(COCO_TOML).digest('hex'));

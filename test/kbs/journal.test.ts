@@ -63,7 +63,7 @@ async function journalContract(raw: Store): Promise<void> {
 
   // Steps run in the record's transaction: one adds audit detail, one refuses (its own write is
   // kept, its event and entry are not), one throws (rolled back, fails alone); the rest commit.
-  const session = (id: string) => ({ id, tee: 'sim', nonce: 'n', nonceUsed: true, createdAt: 1, expiresAt: 9e12, teePubkey: null, attestation: null });
+  const session = (id: string) => ({ id, tee: 'sim', nonce: 'n', createdAt: 1, expiresAt: 9e12, teePubkey: null, attestation: null });
   const refusal = new Error('refused by its step');
   const stepped = await Promise.allSettled([
     journal.record(event(400), { actor: 'tee:sim', action: 'attest', detail: { n: 400 } }, 3000, async (tx) => ((await tx.insertSession(session('kept'))) ? { detail: { extra: 'yes' } } : { refused: new Error('unexpected') })),

@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { request } from 'node:https';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { CocoonError } from '../../src/errors.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startKbs } from '../../src/kbs/app.js';
@@ -142,5 +143,18 @@ test('a certificate the CA library cannot make is POLICY_INVALID (400), not an i
     assert.match((res.json() as { detail: string }).detail, /secrets\.tls: cannot generate/);
   } finally {
     await kbs.cleanup();
+  }
+});
+
+test('--trusted-ak files: missing is BAD_USAGE, oversized is INPUT_TOO_LARGE before it is read', async () => {
+  const { readTrustedAkFiles } = await import('../../src/kbs/verifier.js');
+  const dir = mkdtempSync(join(tmpdir(), 'cocoon-ak-'));
+  try {
+    const big = join(dir, 'big.pem');
+    writeFileSync(big, 'x'.repeat(64 * 1024 + 1));
+    await assert.rejects(readTrustedAkFiles([join(dir, 'missing.pem')]), (e: unknown) => e instanceof CocoonError && e.code === 'BAD_USAGE');
+    await assert.rejects(readTrustedAkFiles([big]), (e: unknown) => e instanceof CocoonError && e.code === 'INPUT_TOO_LARGE');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });

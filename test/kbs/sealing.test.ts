@@ -8,6 +8,7 @@ import type { JWK } from 'jose';
 import { CocoonError } from '../../src/errors.js';
 import { buildKbsApp } from '../../src/kbs/app.js';
 import { ownerSigningKey } from '../../src/kbs/owner-key.js';
+import type { OwnerSigningKey } from '../../src/kbs/owner-key.js';
 import { decryptShare, loadRecovery, recoverDataKey } from '../../src/kbs/recovery.js';
 import { FileSealer, SEAL_KEY_FILE } from '../../src/kbs/sealer.js';
 import { openSqliteStore } from '../../src/kbs/store/sqlite.js';
@@ -20,6 +21,27 @@ import { ownerRequest } from './helpers.js';
 const TOOLS = '/usr/bin/tpm2_createprimary';
 
 const have = !swtpmMissing && existsSync(TOOLS);
+
+type KbsApp = Awaited<ReturnType<typeof buildKbsApp>>;
+
+const demoSecret = async (kbs: TestKbs): Promise<string> => (await ownerRequest(kbs, 'GET', '/cocoon/v1/secrets/demo/redis/redis-password')).json<{ value: string }>().value;
+
+/** Applies the demo policy on a fresh KBS and returns its generated secret, which every restart must still read. */
+async function seedDemoSecret(app: KbsApp, dir: string, owner: OwnerSigningKey): Promise<{ kbs: TestKbs; before: string }> {
+  const kbs: TestKbs = { app, dir, owner, kbsId: (await app.inject({ method: 'GET', url: '/cocoon/v1/identity' })).json<{ id: string }>().id, cleanup: async () => undefined };
+  assert.equal((await ownerRequest(kbs, 'PUT', '/cocoon/v1/policies/demo/redis', { yaml: POLICY_YAML })).statusCode, 200);
+  return { kbs, before: await demoSecret(kbs) };
+}
+
+/** The restarted KBS `app` opens the data key again: the demo secret reads as before. Closes `app`. */
+async function assertSecretKept(kbs: TestKbs, app: KbsApp, before: string): Promise<void> {
+  kbs.app = app;
+  try {
+    assert.equal(await demoSecret(kbs), before);
+  } finally {
+    await app.close();
+  }
+}
 
 test('TPM sealer (swtpm + tpm2-tools): seal/unseal, a KBS restarts on the same TPM, another TPM cannot unseal', { skip: have ? false : 'swtpm or tpm2-tools not installed (apt-get install swtpm tpm2-tools)' }, async () => {
   const tpm = await startSwtpm();
@@ -38,16 +60,11 @@ test('TPM sealer (swtpm + tpm2-tools): seal/unseal, a KBS restarts on the same T
 
     const owner = await ownerSigningKey(await exportJWK((await generateKeyPair('ES256', { extractable: true })).privateKey));
     const start = () => buildKbsApp({ dataDir: dir, verifier: fakeVerifier, allowSim: true, owners: [owner.publicJwk], logger: false, sealer: new TpmSealer({ tcti: tpm.tcti }) });
-    let app = await start();
-    const kbs: TestKbs = { app, dir, owner, kbsId: (await app.inject({ method: 'GET', url: '/cocoon/v1/identity' })).json<{ id: string }>().id, cleanup: async () => undefined };
-    assert.equal((await ownerRequest(kbs, 'PUT', '/cocoon/v1/policies/demo/redis', { yaml: POLICY_YAML })).statusCode, 200);
-    const before = (await ownerRequest(kbs, 'GET', '/cocoon/v1/secrets/demo/redis/redis-password')).json<{ value: string }>().value;
+    const app = await start();
+    const { kbs, before } = await seedDemoSecret(app, dir, owner);
     await app.close();
-    app = await start();
-    kbs.app = app;
-    assert.equal((await ownerRequest(kbs, 'GET', '/cocoon/v1/secrets/demo/redis/redis-password')).json<{ value: string }>().value, before);
-    await app.close();
-    await assert.rejects(buildKbsApp({ dataDir: dir, verifier: fakeVerifier, logger: false, sealer: new TpmSealer({ tcti: other.tcti }) }));
+    await assertSecretKept(kbs, await start(), before);
+    await assert.rejects(buildKbsApp({ dataDir: dir, verifier: fakeVerifier, logger: false, sealer: new TpmSealer({ tcti: other.tcti }) }), (e: unknown) => e instanceof CocoonError && e.code === 'SEAL_FAILED');
   } finally {
     rmSync(dir, { recursive: true, force: true });
     await tpm.stop();
@@ -55,7 +72,7 @@ test('TPM sealer (swtpm + tpm2-tools): seal/unseal, a KBS restarts on the same T
   }
 });
 
-async function ownerKeyPair(alg: 'ES256' | 'EdDSA' = 'ES256'): Promise<{ jwk: JWK; signing: Awaited<ReturnType<typeof ownerSigningKey>> }> {
+async function ownerKeyPair(alg: 'ES256' | 'EdDSA' = 'ES256'): Promise<{ jwk: JWK; signing: OwnerSigningKey }> {
   const jwk = await exportJWK((await generateKeyPair(alg, { extractable: true, ...(alg === 'EdDSA' ? { crv: 'Ed25519' } : {}) })).privateKey);
   return { jwk, signing: await ownerSigningKey(jwk) };
 }
@@ -67,13 +84,11 @@ test('recovery: 2-of-3 owner shares rebuild the data key after the seal key is l
     const owners = [a, b, c, ed].map((o) => o.signing.publicJwk);
     const start = () => buildKbsApp({ dataDir: dir, verifier: fakeVerifier, allowSim: true, owners, logger: false, recoveryThreshold: 2 });
     const app = await start();
-    const kbs: TestKbs = { app, dir, owner: a.signing, kbsId: (await app.inject({ method: 'GET', url: '/cocoon/v1/identity' })).json<{ id: string }>().id, cleanup: async () => undefined };
-    assert.equal((await ownerRequest(kbs, 'PUT', '/cocoon/v1/policies/demo/redis', { yaml: POLICY_YAML })).statusCode, 200);
-    const before = (await ownerRequest(kbs, 'GET', '/cocoon/v1/secrets/demo/redis/redis-password')).json<{ value: string }>().value;
+    const { kbs, before } = await seedDemoSecret(app, dir, a.signing);
     await app.close();
 
     unlinkSync(join(dir, SEAL_KEY_FILE));
-    await assert.rejects(start(), 'a new seal key cannot open the old data key');
+    await assert.rejects(start(), (e: unknown) => e instanceof CocoonError && e.code === 'IO_ERROR' && /failed authentication/.test(e.message), 'a new seal key cannot open the old data key');
 
     const store = await openSqliteStore(dir);
     try {
@@ -93,10 +108,7 @@ test('recovery: 2-of-3 owner shares rebuild the data key after the seal key is l
     } finally {
       await store.close();
     }
-    const again = await start();
-    kbs.app = again;
-    assert.equal((await ownerRequest(kbs, 'GET', '/cocoon/v1/secrets/demo/redis/redis-password')).json<{ value: string }>().value, before);
-    await again.close();
+    await assertSecretKept(kbs, await start(), before);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -123,9 +135,7 @@ test('recovery recipients: an Ed25519 owner recovers through its X25519 recipien
     await assert.rejects(buildKbsApp({ dataDir: join(dir, 'lone'), verifier: fakeVerifier, logger: false, recoveryRecipients: recipients }), badUsage(/need a recovery threshold/));
 
     const app = await start();
-    const kbs: TestKbs = { app, dir, owner: a.signing, kbsId: (await app.inject({ method: 'GET', url: '/cocoon/v1/identity' })).json<{ id: string }>().id, cleanup: async () => undefined };
-    assert.equal((await ownerRequest(kbs, 'PUT', '/cocoon/v1/policies/demo/redis', { yaml: POLICY_YAML })).statusCode, 200);
-    const before = (await ownerRequest(kbs, 'GET', '/cocoon/v1/secrets/demo/redis/redis-password')).json<{ value: string }>().value;
+    const { kbs, before } = await seedDemoSecret(app, dir, a.signing);
     const audit = (await ownerRequest(kbs, 'GET', '/cocoon/v1/audit')).json<{ entries: { action: string; detail: string }[] }>().entries;
     const setup = audit.filter((e) => e.action === 'recovery.setup').map((e) => JSON.parse(e.detail) as Record<string, unknown>);
     assert.deepEqual(setup, [{ threshold: 2, owners: [a.signing.kid, ed.signing.kid].sort(), recipients: { [ed.signing.kid]: await calculateJwkThumbprint(recipientPub, 'sha256') }, withoutShare: [lone.signing.kid] }]);
@@ -164,10 +174,7 @@ test('recovery recipients: an Ed25519 owner recovers through its X25519 recipien
     } finally {
       await store.close();
     }
-    const again = await start();
-    kbs.app = again;
-    assert.equal((await ownerRequest(kbs, 'GET', '/cocoon/v1/secrets/demo/redis/redis-password')).json<{ value: string }>().value, before);
-    await again.close();
+    await assertSecretKept(kbs, await start(), before);
 
     // a P-256 owner may have a recipient too: its share moves there, and the owner key is told so
     const p384 = await generateKeyPair('ECDH-ES+A256KW', { crv: 'P-384', extractable: true });

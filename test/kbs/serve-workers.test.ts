@@ -26,7 +26,7 @@ import { auditPublicKey, verifyStoreAudit } from '../../src/kbs/audit.js';
 import { attestAndFetch } from '../../src/kbs/client/rcar.js';
 import { OwnerClient } from '../../src/kbs/client/owner.js';
 import { MAX_WORKERS, parseWorkers } from '../../src/kbs/cluster.js';
-import { IDENTITY_FILE, loadOrCreateIdentity } from '../../src/kbs/identity.js';
+import { IDENTITY_FILE, loadOrCreateIdentity, readIdentity } from '../../src/kbs/identity.js';
 import { createOwnerKey, ownerSigningKey } from '../../src/kbs/owner-key.js';
 import { mintUiLoginToken } from '../../src/kbs/ui/login-token.js';
 import { kbsAttestationReportData, type KbsAttestationBinding } from '../../src/kbs/self-attest.js';
@@ -172,6 +172,46 @@ test('parseWorkers: 1–64 or auto', () => {
   assert.equal(parseWorkers('auto', () => 200), MAX_WORKERS);
   for (const bad of ['0', '65', '100', 'abc', '2.5', '-1', '', ' 2', '02', '1e1', 'AUTO']) {
     assert.throws(() => parseWorkers(bad), (e: unknown) => e instanceof CocoonError && e.code === 'BAD_USAGE', bad);
+  }
+});
+
+test('readIdentity (workers): the identity loadOrCreateIdentity made; never creates one; refuses a missing, shared or oversized file', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'cocoon-read-identity-'));
+  try {
+    const refused = async (re: RegExp) => assert.rejects(readIdentity(dir), (e: unknown) => e instanceof CocoonError && e.code === 'IO_ERROR' && re.test(e.message));
+    await refused(/cannot read the KBS identity/);
+    assert.equal(existsSync(join(dir, IDENTITY_FILE)), false, 'nothing created');
+    const made = await loadOrCreateIdentity(dir);
+    assert.equal((await readIdentity(dir)).id, made.id);
+    chmodSync(join(dir, IDENTITY_FILE), 0o640);
+    await refused(/accessible by other users/);
+    writeFileSync(join(dir, IDENTITY_FILE), ' '.repeat(64 * 1024 + 1), { mode: 0o600 });
+    chmodSync(join(dir, IDENTITY_FILE), 0o600);
+    await refused(/larger than 64 KiB/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('cocoon serve as a worker of another node:cluster primary (a process manager\'s cluster mode) serves on its own', async (t) => {
+  if (!existsSync(distCli)) {
+    t.skip('dist/cli.mjs not built (npm run build)');
+    return;
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'cocoon-foreign-cluster-'));
+  const port = await freePort();
+  const args = ['serve', '--data-dir', join(dir, 'data'), '--config-dir', join(dir, 'cfg'), '--listen', `127.0.0.1:${port}`];
+  const script = `import cluster from 'node:cluster'; cluster.setupPrimary({ exec: ${JSON.stringify(distCli)}, execArgv: [], args: ${JSON.stringify(args)} }); cluster.fork();`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+  try {
+    // not a `--workers` worker: it starts as a single KBS instead of waiting for a configuration that never comes
+    await until('the KBS in the foreign worker to listen', () => /cocoon KBS listening on http:\/\/127\.0\.0\.1:\d+/.test(err), 15_000);
+    assert.equal((await fetch(`http://127.0.0.1:${port}/readyz`)).status, 200);
+  } finally {
+    child.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
   }
 });
 

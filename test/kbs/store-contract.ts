@@ -31,7 +31,7 @@ export async function storeContract(store: Store): Promise<void> {
     assert.deepEqual((await store.listPolicyVersions('demo/app', 10)).map((v) => v.version), [3, 2, 1]);
 
     // A challenge is spent by inserting its session: of concurrent inserts of one id exactly one wins, and the first row stays.
-    const session = (attestation: string | null) => ({ id: 'sess', tee: 'sim', nonce: 'n', nonceUsed: true, createdAt: 0, expiresAt: 10_000, teePubkey: attestation && '{}', attestation });
+    const session = (attestation: string | null) => ({ id: 'sess', tee: 'sim', nonce: 'n', createdAt: 0, expiresAt: 10_000, teePubkey: attestation && '{}', attestation });
     const inserted = await Promise.all([store.insertSession(session('a')), store.insertSession(session('b')), store.insertSession(session(null))]);
     assert.equal(inserted.filter(Boolean).length, 1);
     const winner = ['a', 'b', null][inserted.indexOf(true)];

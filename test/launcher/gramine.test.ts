@@ -164,10 +164,12 @@ test('Gramine unpacking materializes symlinks as copies, inside the root only; n
 test('a layer that replaces a pending directory link, and a direct unpack without a link table, in Gramine mode', async (t) => {
   const w = await wrapped(t, withApp('app', undefined, [
     { name: 'bin', type: 'symlink', linkname: 'usr/bin' },
+    { name: 'bin/extra', content: 'through the link' }, // resolved (and cached) through the pending link
     { name: 'bin/', type: 'directory' }, // a directory entry replaces the link
     { name: 'bin/own', content: 'own' },
   ]));
   await decryptPayloadLayers({ payloadDir: w.payloadDir, payload: w.payload, kek: w.kek, destRoot: w.appRoot, options: { libos: 'gramine' } });
+  assert.equal(await readFile(join(w.appRoot, 'usr/bin/extra'), 'utf8'), 'through the link');
   assert.equal(await readFile(join(w.appRoot, 'bin/own'), 'utf8'), 'own');
   await assert.rejects(stat(join(w.appRoot, 'bin/app')), { code: 'ENOENT' });
   await assert.rejects(stat(join(w.appRoot, 'usr/bin/own')), { code: 'ENOENT' });

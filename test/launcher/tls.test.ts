@@ -21,7 +21,6 @@ import { parsePolicy } from '../../src/policy/parse.js';
 import { isCocoonError } from '../../src/errors.js';
 import { generateWorkloadKey, startPlanTls } from '../../src/launcher/tls/index.js';
 import type { TlsMaterial } from '../../src/launcher/tls/index.js';
-import { parseWorkloadCert } from '../../src/launcher/tls/material.js';
 import { checkPeerIdentity, peerIdentity } from '../../src/launcher/tls/identity.js';
 import { clientRefusalReason, startTlsProxies, verificationReason } from '../../src/launcher/tls/proxy.js';
 import { parseTlsSpec } from '../../src/policy/tls.js';
@@ -39,8 +38,9 @@ let owner: OwnerClient;
 const attestWorkload = (pol: string, workload: string, measurement: string) => deployment.attest(kbs.url, pol, workload, measurement);
 
 async function materialFor(pol: string, workload: string, measurement: string): Promise<TlsMaterial> {
-  const { key, fetched } = await attestWorkload(pol, workload, measurement);
-  return parseWorkloadCert(fetched.resources[`${pol}/workload-cert`], key.keyPem);
+  const { material } = await attestWorkload(pol, workload, measurement);
+  assert.ok(material, `no workload certificate for ${pol}#${workload}`);
+  return material;
 }
 
 /** A TLS client with an explicit key/cert (or none); resolves with the reply or the error. */
@@ -142,7 +142,8 @@ test('attested workloads get certificates; the identity check accepts exactly th
   const server = await attestWorkload('shop/redis', 'redis', M_SERVER);
   assert.ok(server.plan.tls, 'the plan declares tls');
   assert.ok(server.fetched.resources['shop/redis/workload-cert'], 'the certificate was fetched in the same session');
-  serverMaterial = parseWorkloadCert(server.fetched.resources['shop/redis/workload-cert'], server.key.keyPem);
+  assert.ok(server.material);
+  serverMaterial = server.material;
   clientMaterial = await materialFor('shop/web', 'app', M_CLIENT);
   // a workload without tls does not fetch a certificate
   const plain = await attestWorkload('shop/web', 'plain', M_OTHER);
@@ -251,7 +252,8 @@ test('ingress allow list: only the named workloads get through; every refusal sa
   const db = await attestWorkload('shop/mall', 'db', M_DB);
   // `allow: [web]` reaches the launcher as this policy's workload
   assert.deepEqual(db.plan.tls?.ingress[0]?.allow, [{ policy: 'shop/mall', workload: 'web' }]);
-  const dbMaterial = parseWorkloadCert(db.fetched.resources['shop/mall/workload-cert'], db.key.keyPem);
+  assert.ok(db.material);
+  const dbMaterial = db.material;
   const web = await materialFor('shop/mall', 'web', M_WEB);
   const batch = await materialFor('shop/mall', 'batch', M_BATCH);
   const app = await startApp();

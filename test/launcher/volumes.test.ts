@@ -6,14 +6,18 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isCocoonError } from '../../src/errors.js';
 import { CHUNK_SIZE, decodeManifest, readStoreManifest, restoreVolume, sealVolume } from '../../src/launcher/volumes/format.js';
-import { closeVolumes, openVolumes } from '../../src/launcher/volumes/index.js';
-import type { CounterCommit } from '../../src/launcher/volumes/index.js';
+import { openVolumes } from '../../src/launcher/volumes/index.js';
+import type { CounterCommit, OpenVolume } from '../../src/launcher/volumes/index.js';
+import { VolumeCommitter } from '../../src/launcher/volumes/commit.js';
 import { parseVolumesSpec, VolumeSpecError } from '../../src/policy/volumes.js';
 import { parseVolumeGrants } from '../../src/kbs/volume-plan.js';
-import { createLauncherLog } from '../../src/launcher/log.js';
+import { createLauncherLog, type LauncherLog } from '../../src/launcher/log.js';
 
 const key = randomBytes(32);
 const log = createLauncherLog({ write: () => true } as unknown as NodeJS.WritableStream);
+
+/** The launcher's clean shutdown of `volumes` (VolumeCommitter.close: one final seal and counter advance each). */
+const closeVolumes = (volumes: OpenVolume[], commit: CounterCommit, log: LauncherLog, rootDir?: string): Promise<void> => new VolumeCommitter(volumes, { commit, log, ...(rootDir !== undefined ? { rootDir } : {}) }).close();
 
 async function withDirs(fn: (d: { store: string; src: string; dest: string; work: string }) => Promise<void>): Promise<void> {
   const work = await mkdtemp(join(tmpdir(), 'cocoon-vol-'));

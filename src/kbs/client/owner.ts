@@ -4,6 +4,7 @@ import { parsePolicy } from '../../policy/parse.js';
 import { loadOwnerPrivateKey, signOwnerToken } from '../owner-key.js';
 import type { OwnerSigningKey } from '../owner-key.js';
 import type { PendingView } from '../policies.js';
+import type { RevokeResult } from '../revoke.js';
 import type { AuditRecord, EventRecord } from '../store/types.js';
 import { TransientError, errorFromResponse, httpRequest, parseJsonBody, trimBase } from './http.js';
 
@@ -48,14 +49,8 @@ export interface CaCertificates {
   workloadIdentityOid: string;
 }
 
-export interface RevokeResult {
-  serial?: string;
-  workload?: string;
-  reason: string;
-  /** True when at least one certificate was not revoked before. */
-  revoked: boolean;
-  certificates: { serial: string; alreadyRevoked: boolean; policy: string | null; workload: string | null }[];
-}
+/** The answer of POST /cocoon/v1/ca/revoke. */
+export type { RevokeResult } from '../revoke.js';
 
 export interface PolicyVersionInfo extends PolicyRef {
   predecessor: string | null;
@@ -187,9 +182,8 @@ export class OwnerClient {
   }
 
   /** Revokes one serial, or (`{workload: 'org/app#name'}`) every current certificate of a workload. */
-  async revoke(target: string | { serial?: string; workload?: string; reason?: string; force?: boolean }, reason?: string): Promise<RevokeResult> {
-    const body = typeof target === 'string' ? { serial: target, ...(reason ? { reason } : {}) } : target;
-    return (await this.call('POST', '/cocoon/v1/ca/revoke', body)) as RevokeResult;
+  async revoke(target: { serial?: string; workload?: string; reason?: string; force?: boolean }): Promise<RevokeResult> {
+    return (await this.call('POST', '/cocoon/v1/ca/revoke', target)) as RevokeResult;
   }
 
   /** Mints a single-use owner token bound to this request's method and path. */

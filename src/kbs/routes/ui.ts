@@ -14,11 +14,11 @@ import { EventHub, SseClient, sseFrame, toUiEvent } from '../ui/live.js';
 import { UI_LOGIN_PATH, loginClaims } from '../ui/login-token.js';
 import { DEFAULT_UI_SESSION_TTL_S, UiSessionStore, clearedCookie, csrfMatches, readUiCookie, sessionCookie } from '../ui/session.js';
 import type { UiSession } from '../ui/session.js';
-import type { Overview, PolicySummary, Session } from '../ui/wire.js';
+import type { Overview, PolicySummary, SelfAttestationStatus, Session } from '../ui/wire.js';
 import { readablePolicy } from '../policies.js';
 import { AuditVerifier, EVENT_SCAN_LIMIT, activationCounts, PolicyIndex, caInfo, eventClaims, eventVisible, filterEvents, policyDetail, secretsView, visibleEvents, visiblePolicies, workloadsView } from '../ui/views.js';
 import { NAME_SEGMENT, PolicyParams } from './common.js';
-import { SELF_ATTESTATION_NOT_CONFIGURED, type SelfAttestationStatus } from '../self-attest.js';
+import { SELF_ATTESTATION_NOT_CONFIGURED } from '../self-attest.js';
 
 export interface UiOptions {
   /** Built dashboard (dist/web); default: COCOON_WEB_DIR or the package's dist/web. */

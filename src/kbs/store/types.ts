@@ -96,8 +96,8 @@ export interface SecretRecord {
 export interface SessionRecord {
   id: string;
   tee: string;
+  /** The challenge's nonce. Every row is a spent challenge (its nonce_used column is always 1). */
   nonce: string;
-  nonceUsed: boolean;
   createdAt: number;
   expiresAt: number;
   /** Set once attested. */

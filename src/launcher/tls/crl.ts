@@ -11,6 +11,7 @@ import { crlSignedBy, isCaCert, isSignedBy, parseCrl, pemCerts, validAt } from '
 import type { Cert } from '../../attestation/pki.js';
 import { errorFromResponse, httpRequest, parseJsonBody, trimBase } from '../../kbs/client/http.js';
 import type { LauncherLog } from '../log.js';
+import { oneLine } from './proxy.js';
 
 /** Largest CRL accepted (PEM text); a revocation list of ~50 000 entries. */
 export const MAX_CRL_BYTES = 2 * 1024 * 1024;
@@ -125,7 +126,7 @@ export class CrlMonitor {
       return true;
     } catch (err) {
       const e = asCocoonError(err, 'CRL_INVALID');
-      this.lastError = `${e.code}: ${e.message.replace(/[\r\n]+/g, ' ').slice(0, 300)}`;
+      this.lastError = `${e.code}: ${oneLine(e.message)}`;
       const until = this.current && this.current.nextUpdate.getTime() > this.now().getTime() ? `keeping the last good CRL until ${this.current.nextUpdate.toISOString()}` : 'no valid CRL: refusing every peer until one is fetched';
       this.opts.log.warn(`deployment CA CRL refresh failed (${this.lastError}); ${until}`);
       return false;

@@ -11,6 +11,7 @@ import { backoffDelay } from '../../kbs/client/rcar.js';
 import type { TlsLifecycleSettings } from '../config.js';
 import type { LauncherLog } from '../log.js';
 import type { TlsMaterial } from './material.js';
+import { oneLine } from './proxy.js';
 import type { TlsProxies } from './proxy.js';
 
 /** Never schedule closer than this (a certificate that is almost expired on arrival). */
@@ -90,7 +91,7 @@ export class CertRenewer {
       this.attempt++;
       const delay = backoffDelay(this.attempt, { attempts: Number.MAX_SAFE_INTEGER, baseDelayMs: this.settings.renewRetryMs, maxDelayMs: this.settings.renewRetryMaxMs });
       const expired = this.current.notAfter.getTime() <= this.now().getTime();
-      const line = `workload certificate renewal failed (attempt ${this.attempt}, ${e.code}: ${e.message.replace(/[\r\n]+/g, ' ').slice(0, 300)}); retrying in ${delay} ms; the current certificate ${expired ? 'EXPIRED' : 'is valid until'} ${this.current.notAfter.toISOString()}`;
+      const line = `workload certificate renewal failed (attempt ${this.attempt}, ${e.code}: ${oneLine(e.message)}); retrying in ${delay} ms; the current certificate ${expired ? 'EXPIRED' : 'is valid until'} ${this.current.notAfter.toISOString()}`;
       if (expired) this.log.error(line);
       else this.log.warn(line);
       this.arm(delay);

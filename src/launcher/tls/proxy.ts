@@ -51,7 +51,8 @@ function pipeBoth(a: Socket, b: Socket): void {
   b.on('close', () => a.destroySoon());
 }
 
-function oneLine(message: string): string {
+/** A message fit for one log line: line breaks folded, at most 300 characters. */
+export function oneLine(message: string): string {
   return message.replace(/[\r\n]+/g, ' ').slice(0, 300);
 }
 

@@ -449,12 +449,12 @@ async function readStable(path: string, volume: string, rel: string, prev: Volum
       const before = await fh.stat({ bigint: true });
       if (!before.isFile()) return 'not-a-file';
       if (before.size > BigInt(MAX_FILE_BYTES)) throw new CocoonError('INPUT_TOO_LARGE', `protected volume ${volume}: ${rel} is larger than ${MAX_FILE_BYTES} bytes`);
-      const first = await readAll(fh, volume, rel);
+      const first = await readAll(fh, volume, rel, Number(before.size));
       await onRead?.(rel, attempt);
       const sha256 = createHash('sha256').update(first).digest('hex');
       // equal to the committed version: a state the file had; otherwise read it a second time
       if (!(prev && prev.sha256 === sha256 && prev.size === first.length)) {
-        const second = await readAll(fh, volume, rel);
+        const second = await readAll(fh, volume, rel, first.length);
         const same = second.equals(first);
         second.fill(0);
         if (!same) {
@@ -475,12 +475,16 @@ async function readStable(path: string, volume: string, rel: string, prev: Volum
   return 'unstable';
 }
 
-/** The whole file from offset 0 (positioned reads: the handle is read twice). */
-async function readAll(fh: FileHandle, volume: string, rel: string): Promise<Buffer> {
+/**
+ * The whole file from offset 0 (positioned reads: the handle is read twice). Read buffers are
+ * sized by `sizeHint` (the size just seen), so small files do not cost 1 MiB buffers per read.
+ */
+async function readAll(fh: FileHandle, volume: string, rel: string, sizeHint: number): Promise<Buffer> {
   const parts: Buffer[] = [];
   let pos = 0;
   for (;;) {
-    const buf = Buffer.allocUnsafe(CHUNK_SIZE * 16);
+    // the expected rest of the file (at most 1 MiB a read), then a small read to find the end
+    const buf = Buffer.allocUnsafe(Math.min(CHUNK_SIZE * 16, Math.max(sizeHint - pos, 4096)));
     const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
     if (bytesRead === 0) break;
     parts.push(buf.subarray(0, bytesRead));

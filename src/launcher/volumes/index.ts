@@ -138,15 +138,6 @@ export async function commitOpenVolume(v: OpenVolume, commit: CounterCommit, log
   return { version: to, unchanged: false, unstable: r.unstable };
 }
 
-/**
- * Seals every open volume back (clean shutdown): new blobs + manifest written and renamed
- * atomically, then the KBS counter advanced. A crash between the two leaves the store one
- * version ahead, which the next start completes (docs/volumes.md, "crash window").
- */
-export async function closeVolumes(volumes: OpenVolume[], commit: CounterCommit, log: LauncherLog, rootDir?: string): Promise<void> {
-  for (const v of volumes) await commitOpenVolume(v, commit, log, { reason: 'shutdown', ...(rootDir !== undefined ? { rootDir } : {}) });
-}
-
 async function assertRealDir(rootDir: string, mountPath: string): Promise<void> {
   let cur = rootDir;
   for (const seg of mountPath.split('/').filter((s) => s !== '')) {
