@@ -11,7 +11,7 @@
  * reported for the client (this process) and the server (its whole process tree, so workers count).
  *
  *   npx tsx bench/rcar.ts [--seconds N] [--concurrency C] [--json] [--no-postgres] [--client raw|http|fetch]
- *                         [--server-workers N|auto] [--server-cpus LIST] [--profile DIR]
+ *                         [--server-workers N|auto] [--server-cpus LIST] [--server-log-level LEVEL] [--profile DIR]
  *
  * --client raw|http|fetch: the load client.
  *   raw (default): bench/lib/rcar-load.ts — one keep-alive TCP connection per loop, each request
@@ -32,6 +32,8 @@
  * the server CPU column).
  * --server-cpus LIST pins the servers to these CPUs (taskset), e.g. `--server-cpus 1` with the
  * bench itself under `taskset -c 0`.
+ * --server-log-level error|warn|info|debug is the KBS's --log-level (default error; the product's
+ * default, info, writes two request lines per HTTP request).
  * --profile DIR writes a V8 CPU profile of each KBS server process into DIR (open it in
  * Chrome DevTools or summarise it with `node bench/prof-top.mjs FILE`).
  */
@@ -71,6 +73,9 @@ const serverWorkers = process.argv.includes('--server-workers') ? process.argv[p
 if (serverWorkers !== undefined && !/^([1-9]\d?|auto)$/.test(serverWorkers)) throw new Error('--server-workers must be a number of workers or auto');
 /** --server-cpus LIST: pin the KBS to these CPUs (taskset), e.g. `--server-cpus 1` with the bench itself under `taskset -c 0`. */
 const serverCpus = process.argv.includes('--server-cpus') ? process.argv[process.argv.indexOf('--server-cpus') + 1] : undefined;
+/** --server-log-level LEVEL: the KBS's `--log-level` (default error; `info`, the product's default, logs two lines per request). */
+const serverLogLevel = process.argv.includes('--server-log-level') ? (process.argv[process.argv.indexOf('--server-log-level') + 1] ?? '') : 'error';
+if (!['error', 'warn', 'info', 'debug'].includes(serverLogLevel)) throw new Error('--server-log-level must be error, warn, info or debug');
 const profileDir = process.argv.includes('--profile') ? path.resolve(process.argv[process.argv.indexOf('--profile') + 1] ?? '.') : undefined;
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const SERVE_TS = path.join(root, 'test', 'kbs', 'fixtures', 'serve-main.ts');
@@ -286,7 +291,7 @@ try {
       const nodeArgs = [...(profileDir ? ['--cpu-prof', '--cpu-prof-dir', profileDir] : []), SERVE, 'serve'];
       const kbs = spawn(
         serverCpus ? 'taskset' : process.execPath,
-        [...(serverCpus ? ['-c', serverCpus, process.execPath] : []), ...nodeArgs, '--data-dir', data, '--listen', `127.0.0.1:${port}`, '--owner', path.join(dir, 'owner.pub.jwk'), '--allow-sim', '--sim-root', path.join(dir, 'root.pem'), '--rate-limit', '0', '--log-level', 'error', ...(serverWorkers !== undefined ? ['--workers', serverWorkers] : []), ...extra],
+        [...(serverCpus ? ['-c', serverCpus, process.execPath] : []), ...nodeArgs, '--data-dir', data, '--listen', `127.0.0.1:${port}`, '--owner', path.join(dir, 'owner.pub.jwk'), '--allow-sim', '--sim-root', path.join(dir, 'root.pem'), '--rate-limit', '0', '--log-level', serverLogLevel, ...(serverWorkers !== undefined ? ['--workers', serverWorkers] : []), ...extra],
         { stdio: ['ignore', 'ignore', 'pipe'] },
       );
       children.push(kbs);
@@ -327,7 +332,7 @@ const context = { client: clientKind, serverWorkers: serverWorkers ?? 'default',
 if (asJson) {
   process.stdout.write(JSON.stringify({ context, results: rows }, null, 2) + '\n');
 } else {
-  process.stdout.write(`Node ${context.node}, ${context.cpus} × ${context.cpu}, load ${context.load}; ${seconds} s per run, ${concurrency} concurrent clients, client: ${clientKind}, server workers: ${context.serverWorkers}\n\n`);
+  process.stdout.write(`Node ${context.node}, ${context.cpus} × ${context.cpu}, load ${context.load}; ${seconds} s per run, ${concurrency} concurrent clients, client: ${clientKind}, server workers: ${context.serverWorkers}, server log level: ${serverLogLevel}\n\n`);
   process.stdout.write('| run | round trips/s | p50 ms | p99 ms | errors | CPU ms/round trip client / server | ratio to baseline |\n|---|---:|---:|---:|---:|---:|---:|\n');
   for (const r of rows) process.stdout.write(`| ${r.name} | ${r.perSecond.toFixed(0)} | ${r.p50ms.toFixed(1)} | ${r.p99ms.toFixed(1)} | ${r.errors} | ${(r.clientCpuMs ?? NaN).toFixed(2)} / ${(r.serverCpuMs ?? NaN).toFixed(2)} | ${r.ratio.toFixed(2)} |\n`);
   for (const r of rows) if (r.firstError !== undefined) process.stdout.write(`\nfirst error of "${r.name}": ${r.firstError}\n`);

@@ -21,11 +21,22 @@ function serialize(value: unknown, depth: number): string {
     case 'string':
       return JSON.stringify(value);
     case 'object': {
-      if (Array.isArray(value)) return `[${value.map((v) => serialize(v, depth + 1)).join(',')}]`;
-      const entries = Object.entries(value as Record<string, unknown>)
-        .filter(([, v]) => v !== undefined)
-        .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-      return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${serialize(v, depth + 1)}`).join(',')}}`;
+      // Plain loops: the audit chain hashes two of these per RCAR round trip.
+      if (Array.isArray(value)) {
+        let out = '[';
+        for (let i = 0; i < value.length; i++) out += (i === 0 ? '' : ',') + serialize(value[i], depth + 1);
+        return `${out}]`;
+      }
+      const obj = value as Record<string, unknown>;
+      // The default sort compares UTF-16 code units, as RFC 8785 §3.2.3 orders keys.
+      const keys = Object.keys(obj).sort();
+      let out = '{';
+      for (const k of keys) {
+        const v = obj[k];
+        if (v === undefined) continue;
+        out += `${out.length === 1 ? '' : ','}${JSON.stringify(k)}:${serialize(v, depth + 1)}`;
+      }
+      return `${out}}`;
     }
     default:
       throw new CocoonError('INPUT_MALFORMED', `canonical JSON: unsupported type ${typeof value}`);

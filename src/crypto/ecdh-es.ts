@@ -6,7 +6,8 @@
  * curve arithmetic, and both the KBS (every release) and a launcher (every boot) run this on
  * their hot path. Tests check interop with jose in both directions.
  */
-import { createCipheriv, createDecipheriv, createECDH, createHash, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createECDH, createHash } from 'node:crypto';
+import { pooledRandomBytes } from './random-pool.js';
 import type { ECDH } from 'node:crypto';
 import { CocoonError } from '../errors.js';
 
@@ -107,20 +108,32 @@ function concatKdf(z: Buffer, apu: Buffer = EMPTY, apv: Buffer = EMPTY): Buffer 
   return kek;
 }
 
+/**
+ * One ECDH object per curve for the sender's ephemeral keys: `generateKeys` replaces its key
+ * pair on every encryption (creating the object costs as much again). The last ephemeral
+ * private key stays in it until the next encryption, as a discarded object's would until it
+ * is collected.
+ */
+const ephemeral = new Map<EcCurve, ECDH>();
+
 /** Encrypts `plaintext` to `recipient` with a fresh ephemeral key, CEK and IV. */
 export function encryptEcdhEs(recipient: EcPublicJwk, plaintext: Uint8Array): FlattenedJweObject {
   const { crv, point } = pointOf(recipient, 'recipient key');
-  const eph = createECDH(OPENSSL_CURVE[crv]);
+  let eph = ephemeral.get(crv);
+  if (!eph) {
+    eph = createECDH(OPENSSL_CURVE[crv]);
+    ephemeral.set(crv, eph);
+  }
   eph.generateKeys();
   const kek = concatKdf(agree(eph, point, 'recipient key'));
   const epk = coordinates(eph.getPublicKey(), crv);
-  const cek = randomBytes(32);
+  const cek = pooledRandomBytes(32);
   const wrap = createCipheriv('id-aes256-wrap', kek, KW_IV);
   const encryptedKey = Buffer.concat([wrap.update(cek), wrap.final()]);
   kek.fill(0);
   const header = { alg: ECDH_ES_A256KW, enc: 'A256GCM', epk: { x: epk.x, crv, kty: 'EC', y: epk.y } };
   const protectedB64 = Buffer.from(JSON.stringify(header), 'utf8').toString('base64url');
-  const iv = randomBytes(12);
+  const iv = pooledRandomBytes(12);
   const gcm = createCipheriv('aes-256-gcm', cek, iv);
   gcm.setAAD(Buffer.from(protectedB64, 'ascii'));
   const ciphertext = Buffer.concat([gcm.update(plaintext), gcm.final()]);

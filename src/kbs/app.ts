@@ -13,6 +13,7 @@ import { EAR_TTL_S, INSECURE_NOTICE } from './ear.js';
 import { loadOrCreateIdentity } from './identity.js';
 import type { KbsIdentity } from './identity.js';
 import { Journal } from './journal.js';
+import { AttestedSessions } from './attested-sessions.js';
 import { createMetrics } from './metrics.js';
 import type { KbsMetrics } from './metrics.js';
 import { registerOwners } from './owner-auth.js';
@@ -153,7 +154,15 @@ export async function createKbsApp(store: Store, boot: KbsBootstrap, options: Kb
     onConstructorPoisoning: 'error',
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false } },
     routerOptions: { maxParamLength: 128 },
+    // One line per request (below) instead of fastify's two ("incoming request", "request completed").
+    disableRequestLogging: true,
   });
+  if ((app.log as FastifyBaseLogger & { isLevelEnabled?: (level: string) => boolean }).isLevelEnabled?.('info') !== false) {
+    app.addHook('onResponse', (request, reply, done) => {
+      request.log.info({ req: request, res: reply, responseTime: reply.elapsedTime }, 'request completed');
+      done();
+    });
+  }
   const ctx: KbsContext = {
     store,
     identity,
@@ -168,6 +177,7 @@ export async function createKbsApp(store: Store, boot: KbsBootstrap, options: Kb
     metrics: options.metrics ?? createMetrics(),
     auditKey,
     journal: new Journal(store, auditKey),
+    attested: new AttestedSessions(),
     ca: new DeploymentCa(store, dataKey, now),
   };
   let stopHousekeeping = (): void => {};

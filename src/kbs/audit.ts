@@ -30,7 +30,7 @@ export function auditEntryHash(e: Pick<AuditRecord, 'seq' | 'at' | 'actor' | 'ac
  */
 export async function appendAudit(store: Store, key: KeyObject, input: AuditInput, at: number): Promise<AuditRecord> {
   await store.lockAuditChain();
-  return appendAuditAfter(store, key, input, at, await store.lastAudit());
+  return appendAuditAfter(store, key, input, at, await store.auditHead());
 }
 
 /** Appends after `last`, the chain head read under the chain lock in this transaction. */

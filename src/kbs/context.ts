@@ -1,6 +1,8 @@
 import type { KeyObject } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
+import type { AttestedSessions } from './attested-sessions.js';
 import type { DeploymentCa } from './ca.js';
+import type { ResourceGrant } from './rcar.js';
 import type { Journal } from './journal.js';
 import type { TeeKind, VerificationResult } from '../attestation/types.js';
 import type { KbsIdentity } from './identity.js';
@@ -13,7 +15,7 @@ import type { Store } from './store/types.js';
  */
 export type EvidenceVerifier = (tee: TeeKind, evidence: unknown, options: { at: Date; reportData: Uint8Array }) => Promise<VerificationResult>;
 
-/** Everything the routes share. Built once per app; holds no per-request state. */
+/** Everything the routes share. Built once per app; holds no per-request state (only caches of durable state). */
 export interface KbsContext {
   store: Store;
   identity: KbsIdentity;
@@ -33,4 +35,6 @@ export interface KbsContext {
   /** Event rows + audit entries of attestations and releases, group-committed. */
   journal: Journal;
   ca: DeploymentCa;
+  /** Grants of the sessions this process attested, for the releases that follow (src/kbs/attested-sessions.ts). */
+  attested: AttestedSessions<ResourceGrant>;
 }

@@ -72,7 +72,7 @@ export class Journal {
       this.store.transaction(async (tx) => {
         const refusals = new Map<JournalItem, Error>();
         await tx.lockAuditChain();
-        let last: AuditRecord | undefined = await tx.lastAudit();
+        let last: Pick<AuditRecord, 'seq' | 'hash'> | undefined = await tx.auditHead();
         for (const item of batch) {
           let audit = item.audit;
           if (item.step) {

@@ -15,8 +15,8 @@ export interface CurrentPolicy {
   policy: Policy;
 }
 
-/** Parsed policies by version hash; a version never changes once stored. */
-const parsedCache = new Map<string, Policy>();
+/** Stored versions with their parsed policy, by version hash: a version never changes once stored. */
+const versionCache = new Map<string, CurrentPolicy>();
 const CACHE_MAX = 256;
 
 export function policyFileName(name: string): string {
@@ -29,19 +29,31 @@ export function policyVersionHash(name: string, version: number, predecessor: st
 }
 
 export function parseStoredPolicy(record: PolicyVersionRecord): Policy {
-  let policy = parsedCache.get(record.hash);
-  if (!policy) {
-    policy = parsePolicy(record.yaml, { file: policyFileName(record.name) });
-    if (parsedCache.size >= CACHE_MAX) parsedCache.clear();
-    parsedCache.set(record.hash, policy);
-  }
-  return policy;
+  return cachedVersion(record).policy;
 }
 
+function cachedVersion(record: PolicyVersionRecord): CurrentPolicy {
+  let version = versionCache.get(record.hash);
+  if (!version) {
+    version = { record, policy: parsePolicy(record.yaml, { file: policyFileName(record.name) }) };
+    if (versionCache.size >= CACHE_MAX) versionCache.clear();
+    versionCache.set(record.hash, version);
+  }
+  return version;
+}
+
+/**
+ * The current version of a policy. Every attestation and release asks (a change takes effect
+ * at once, on every replica), so only the head's hash is read; the version itself comes from
+ * the cache when this process has seen it.
+ */
 export async function currentPolicy(ctx: KbsContext, name: string): Promise<CurrentPolicy | undefined> {
+  const ref = await ctx.store.getPolicyHeadRef(name);
+  if (!ref) return undefined;
+  const cached = versionCache.get(ref.hash);
+  if (cached?.record.name === name) return cached;
   const record = await ctx.store.getPolicyHead(name);
-  if (!record) return undefined;
-  return { record, policy: parseStoredPolicy(record) };
+  return record && cachedVersion(record);
 }
 
 /**

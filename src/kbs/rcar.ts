@@ -1,8 +1,8 @@
-import { randomUUID } from 'node:crypto';
 import type { FlattenedJWE, JWTPayload } from 'jose';
 import { isTeeKind } from '../attestation/types.js';
 import type { TeeKind, VerificationResult } from '../attestation/types.js';
 import { constantTimeEqual } from '../crypto/hash.js';
+import { uuidV7 } from '../crypto/random-pool.js';
 import { CocoonError, ERROR_CODES, asCocoonError } from '../errors.js';
 import type { ErrorCode } from '../errors.js';
 import { evaluateAccept, grantedSecrets, workloadMeasurementOf } from '../policy/evaluate.js';
@@ -86,7 +86,7 @@ export async function attest(ctx: KbsContext, cookie: string | undefined, req: A
     tee = opened.tee;
     // Spent already (answered, or refused): say so before verifying anything. The journal step
     // that spends it (below) settles races between concurrent answers.
-    if (await ctx.store.getSession(opened.sessionId)) throw new CocoonError('NONCE_INVALID', 'nonce already used: request a new challenge');
+    if (await ctx.store.sessionExists(opened.sessionId)) throw new CocoonError('NONCE_INVALID', 'nonce already used: request a new challenge');
     challenge = opened;
     const nonce = req['runtime-data'].nonce;
     if (!constantTimeEqual(Buffer.from(nonce, 'utf8'), Buffer.from(challenge.nonce, 'utf8'))) {
@@ -172,6 +172,8 @@ export async function attest(ctx: KbsContext, cookie: string | undefined, req: A
       }
       throw new CocoonError('POLICY_DENIED', `${target.policy}#${target.workload}: maxActivations (${workload.maxActivations ?? 0}) reached`);
     }
+    const resourceGrant: ResourceGrant = { ...grant, teePubkey, via: 'session', sessionId, instance: { id: `session:${sessionId}`, expiresAt: session.expiresAt } };
+    ctx.attested.remember(sessionId, Object.freeze(resourceGrant), session.expiresAt);
     ctx.metrics.attestations.inc({ tee, status: 'affirming' });
     ctx.metrics.attestSeconds.observe({ tee }, Number(process.hrtime.bigint() - started) / 1e9);
     if (insecure) ctx.log.warn({ policy: target.policy, workload: target.workload, tee }, `attestation accepted — ${INSECURE_NOTICE}`);
@@ -275,6 +277,8 @@ export async function authorizeResource(ctx: KbsContext, auth: { sessionId?: str
   } catch {
     throw new CocoonError('AUTH_INVALID', 'session unknown or expired: attest again');
   }
+  const attested = ctx.attested.get(challenge.sessionId, now.getTime());
+  if (attested) return attested.value;
   const session = await ctx.store.getSession(challenge.sessionId);
   if (!session) {
     if (challenge.expiresAtMs <= now.getTime()) throw new CocoonError('AUTH_INVALID', 'session unknown or expired: attest again');
@@ -471,7 +475,7 @@ interface EventInput {
 async function record(ctx: KbsContext, e: EventInput, audit: AuditInput, step?: JournalStep): Promise<void> {
   const at = ctx.now().getTime();
   const event: EventRecord = {
-    id: randomUUID(),
+    id: uuidV7(at),
     at,
     kind: e.kind,
     status: e.status,

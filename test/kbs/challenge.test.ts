@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHmac, hkdfSync, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { SQLITE_FILE } from '../../src/kbs/store/sqlite.js';
@@ -97,3 +97,27 @@ test('auth writes nothing; concurrent answers to one challenge: exactly one sess
       db.close();
     }
   }));
+
+test('challenge cookie: version 2 ids start with the issue time; version 1 cookies keep their id', () => {
+  const a = issueChallenge(key, 'sim', T0, TTL).challenge;
+  const b = issueChallenge(key, 'sim', T0, TTL).challenge;
+  const issued = (c: { sessionId: string }): number => Buffer.from(c.sessionId, 'base64url').readUInt32BE(0);
+  assert.equal(issued(a), Math.floor(T0 / 1000));
+  assert.equal(Buffer.from(a.sessionId, 'base64url').length, 22);
+  assert.equal(a.sessionId.slice(0, 5), b.sessionId.slice(0, 5), 'same second, same id prefix');
+  // A cookie of the previous release (version 1), built as it did: the id was the random bytes alone.
+  const fields = Buffer.alloc(24);
+  fields[0] = 1;
+  fields[1] = 0;
+  fields.writeUInt32BE(Math.floor(T0 / 1000), 2);
+  randomBytes(18).copy(fields, 6);
+  const k = Buffer.from(hkdfSync('sha256', key, Buffer.alloc(0), 'cocoon kbs rcar challenge v1', 32));
+  const mac = createHmac('sha256', k).update('mac').update(fields).digest().subarray(0, 16);
+  const v1 = openChallenge(key, Buffer.concat([fields, mac]).toString('base64url'), TTL);
+  assert.equal(v1.sessionId, fields.subarray(6).toString('base64url'));
+  assert.equal(v1.nonce, createHmac('sha256', k).update('nonce').update(fields).digest('base64'));
+  const v3 = Buffer.from(fields);
+  v3[0] = 3;
+  const mac3 = createHmac('sha256', k).update('mac').update(v3).digest().subarray(0, 16);
+  assert.equal(code(() => openChallenge(key, Buffer.concat([v3, mac3]).toString('base64url'), TTL)), 'NONCE_INVALID', 'an unknown version, even with a valid tag');
+});

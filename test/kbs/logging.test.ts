@@ -34,6 +34,18 @@ test('logs are structured, carry the INSECURE notice, and never contain secrets,
     }
     assert.match(all, /INSECURE: simulated TEE/);
     assert.match(all, /attestation refused/);
+    // One line per request, carrying the request, the status and the time taken.
+    const parsed = lines.map((l) => JSON.parse(l) as { msg?: string; req?: { method?: string; url?: string }; res?: { statusCode?: number }; responseTime?: number });
+    assert.equal(parsed.filter((l) => l.msg === 'incoming request').length, 0);
+    const completed = parsed.filter((l) => l.msg === 'request completed');
+    assert.deepEqual(
+      completed.filter((l) => l.req?.url === '/kbs/v0/attest').map((l) => [l.req?.method, l.res?.statusCode]),
+      [
+        ['POST', 200],
+        ['POST', 401],
+      ],
+    );
+    assert.ok(completed.length >= 8 && completed.every((l) => typeof l.responseTime === 'number' && typeof l.req?.url === 'string' && typeof l.res?.statusCode === 'number'));
   } finally {
     await kbs.cleanup();
   }

@@ -25,7 +25,7 @@ test('migrations: a store created by the first release upgrades in place (owners
     const store = await openSqliteStore(dir);
     try {
       assert.equal((await store.getOwner('k1'))?.role, 'admin', 'owners of the first release keep full rights');
-      assert.equal(await store.lastAudit(), undefined);
+      assert.equal(await store.auditHead(), undefined);
       assert.equal(await store.countActivation('a/b', 'w', 1), 1);
       assert.equal(await store.countActivation('a/b', 'w', 1), false);
     } finally {

@@ -221,7 +221,7 @@ test('SQLite store: a transaction holds the write lock from BEGIN (BEGIN IMMEDIA
   const other = new Database(join(dir, SQLITE_FILE), { timeout: 0 });
   try {
     await store.transaction(async (tx) => {
-      await tx.lastAudit(); // only a read so far
+      await tx.auditHead(); // only a read so far
       assert.throws(() => other.exec('BEGIN IMMEDIATE'), /database is locked/);
     });
     other.exec('BEGIN IMMEDIATE');

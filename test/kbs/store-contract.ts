@@ -42,7 +42,10 @@ export async function storeContract(store: Store): Promise<void> {
     assert.equal(await store.insertSession({ ...session(null), id: 'old', expiresAt: 10 }), true);
     await store.purgeExpired(20);
     assert.equal(await store.getSession('old'), undefined);
+    assert.equal(await store.sessionExists('old'), false, 'purged');
     assert.ok(await store.getSession('sess'));
+    assert.equal(await store.sessionExists('sess'), true);
+    assert.equal(await store.sessionExists('never'), false);
 
     assert.equal(await store.rememberJti('j1', 100, 0), true);
     assert.equal(await store.rememberJti('j1', 100, 50), false);
@@ -80,7 +83,7 @@ export async function storeContract(store: Store): Promise<void> {
         throw new Error('rollback');
       }),
     );
-    assert.equal((await store.lastAudit())?.seq, 2, 'a failed transaction leaves no entry');
+    assert.equal((await store.auditHead())?.seq, 2, 'a failed transaction leaves no entry');
     assert.deepEqual((await store.listAudit({ afterSeq: 1, limit: 10 })).map((e) => e.seq), [2]);
 
     // CA rows and revocations

@@ -94,6 +94,8 @@ function withinValidity(v: { from: number; to: number }, at: Date): boolean {
 interface CheckedPlatform {
   platform: X509Certificate;
   key: KeyObject;
+  /** SHA-256 of the platform certificate's DER (a claim of every report). */
+  sha256: string;
   /** The trusted root that signed the platform certificate, if any. */
   issuer: X509Certificate | undefined;
   /** Validity windows of the platform certificate and of its issuer. */
@@ -115,7 +117,7 @@ function checkPlatform(certPem: string, rootPems: readonly string[]): CheckedPla
   const platform = loadCert(certPem, 'platform certificate');
   const roots = rootPems.map((pem) => loadCert(pem, 'sim root'));
   const issuer = roots.find((root) => platform.checkIssued(root) && platform.verify(root.publicKey));
-  const checked = { platform, key: createPublicKey(platform.publicKey.export({ format: 'pem', type: 'spki' })), issuer, validity: { platform: validityOf(platform), issuer: issuer && validityOf(issuer) } };
+  const checked = { platform, key: createPublicKey(platform.publicKey.export({ format: 'pem', type: 'spki' })), sha256: sha256Hex(platform.raw), issuer, validity: { platform: validityOf(platform), issuer: issuer && validityOf(issuer) } };
   if (platformCache.size >= PLATFORM_CACHE_MAX) platformCache.delete(platformCache.keys().next().value as string);
   platformCache.set(cacheKey, checked);
   return checked;
@@ -124,7 +126,7 @@ function checkPlatform(certPem: string, rootPems: readonly string[]): CheckedPla
 export async function verifySimEvidence(input: unknown, trust: SimTrust, options: VerifyOptions): Promise<VerificationResult> {
   const { evidence, report, reportBytes } = parseSimEvidence(input);
   const errors: VerificationProblem[] = [];
-  const { platform, key, issuer, validity } = checkPlatform(evidence.certs[0] as string, trust.roots);
+  const { key, sha256, issuer, validity } = checkPlatform(evidence.certs[0] as string, trust.roots);
 
   if (!issuer || !validity.issuer) {
     errors.push({ code: 'EVIDENCE_CHAIN_INVALID', stage: 'chain', message: 'platform certificate does not chain to a trusted sim root' });
@@ -145,7 +147,7 @@ export async function verifySimEvidence(input: unknown, trust: SimTrust, options
     report_data: report.report_data,
     debug: report.debug,
     platform: report.platform,
-    platform_cert_sha256: sha256Hex(platform.raw),
+    platform_cert_sha256: sha256,
     insecure: SIM_INSECURE_NOTICE,
   };
   return { verified: errors.length === 0, tee: 'sim', advisories: [], claims, errors, insecure: true };

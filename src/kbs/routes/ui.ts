@@ -207,7 +207,7 @@ export function uiRoutes(ctx: KbsContext, options: UiOptions = {}) {
         const recent = events.filter((e) => e.at >= dayAgo && e.kind === 'attest');
         let pending = 0;
         for (const p of policies) pending += (await ctx.store.listPending(p.record.name, 'pending')).length;
-        const lastAudit = await ctx.store.lastAudit();
+        const lastAudit = await ctx.store.auditHead();
         return {
           kbs: {
             id: ctx.identity.id,

@@ -1,10 +1,94 @@
 import { sql } from 'kysely';
-import type { Kysely, Selectable } from 'kysely';
+import type { Compilable, CompiledQuery, Kysely, QueryResult, Selectable } from 'kysely';
 import { CocoonError } from '../../errors.js';
 import type { Database } from './schema.js';
 import type { ApplyPolicyInput, ApprovalRecord, AuditRecord, CaRecord, EventRecord, InstanceSecretRecord, IssuedCertRecord, OwnerRecord, PendingRecord, PolicyVersionRecord, SecretRecord, SessionRecord, Store, VolumeRecord } from './types.js';
 
 const num = (v: number | string): number => (typeof v === 'number' ? v : Number(v));
+
+const ARG = '\u0000cocoon-arg:';
+/** Stands for the i-th argument of a prepared query when it is built (no caller's value starts with NUL). */
+const arg = (i: number): never => `${ARG}${i}` as never;
+
+/**
+ * A query of the RCAR hot path, built and compiled once per dialect and then run with fresh
+ * arguments. kysely builds and compiles every query anew — about a tenth of the KBS's CPU per
+ * RCAR round trip (bench/rcar.ts) — while these few have one fixed shape each; the SQL text
+ * and the constants in it are exactly what the builder produced.
+ */
+class Prepared<O> {
+  private readonly byDialect = new Map<string, { query: CompiledQuery<O>; slots: number[]; arity: number }>();
+
+  constructor(private readonly build: (db: Kysely<Database>) => Compilable<O>) {}
+
+  run(store: KyselyStore, ...args: unknown[]): Promise<QueryResult<O>> {
+    let c = this.byDialect.get(store.dialect);
+    if (!c) {
+      const query = this.build(store.db).compile();
+      const slots = query.parameters.map((p) => (typeof p === 'string' && p.startsWith(ARG) ? Number(p.slice(ARG.length)) : -1));
+      c = { query, slots, arity: new Set(slots.filter((i) => i >= 0)).size };
+      this.byDialect.set(store.dialect, c);
+    }
+    if (args.length !== c.arity) throw new CocoonError('INTERNAL', `prepared query takes ${c.arity} arguments, got ${args.length}`);
+    const { query, slots } = c;
+    return store.db.executeQuery({ ...query, parameters: slots.map((slot, i) => (slot < 0 ? query.parameters[i] : args[slot])) });
+  }
+}
+
+const Q = {
+  auditHead: new Prepared((db) => db.selectFrom('kbs_audit').select(['seq', 'hash']).orderBy('seq', 'desc').limit(1)),
+  insertAudit: new Prepared((db) =>
+    db.insertInto('kbs_audit').values({ seq: arg(0), at: arg(1), actor: arg(2), action: arg(3), policy: arg(4), detail: arg(5), prev: arg(6), hash: arg(7), sig: arg(8) }),
+  ),
+  addEvent: new Prepared((db) =>
+    db.insertInto('kbs_events').values({
+      id: arg(0),
+      at: arg(1),
+      kind: arg(2),
+      status: arg(3),
+      tee: arg(4),
+      policy: arg(5),
+      workload: arg(6),
+      resource: arg(7),
+      code: arg(8),
+      detail: arg(9),
+      insecure: arg(10),
+      session_id: arg(11),
+    }),
+  ),
+  insertSession: new Prepared((db) =>
+    db
+      .insertInto('kbs_sessions')
+      .values({ id: arg(0), tee: arg(1), nonce: arg(2), nonce_used: 1, created_at: arg(3), expires_at: arg(4), tee_pubkey: arg(5), attestation: arg(6) })
+      .onConflict((oc) => oc.column('id').doNothing()),
+  ),
+  sessionExists: new Prepared((db) => db.selectFrom('kbs_sessions').select(sql<number>`1`.as('one')).where('id', '=', arg(0))),
+  getSession: new Prepared((db) => db.selectFrom('kbs_sessions').select(['id', 'tee', 'nonce', 'created_at', 'expires_at', 'tee_pubkey', 'attestation']).where('id', '=', arg(0))),
+  countActivation: new Prepared((db) =>
+    db
+      .insertInto('kbs_activations')
+      .values({ policy: arg(0), workload: arg(1), count: 1 })
+      .onConflict((oc) => oc.columns(['policy', 'workload']).doUpdateSet({ count: sql<number>`kbs_activations.count + 1` }))
+      .returning('count'),
+  ),
+  countActivationBelow: new Prepared((db) =>
+    db
+      .insertInto('kbs_activations')
+      .values({ policy: arg(0), workload: arg(1), count: 1 })
+      .onConflict((oc) => oc.columns(['policy', 'workload']).doUpdateSet({ count: sql<number>`kbs_activations.count + 1` }).where('kbs_activations.count', '<', arg(2)))
+      .returning('count'),
+  ),
+  policyHeadRef: new Prepared((db) => db.selectFrom('kbs_policies').select(['version', 'hash']).where('name', '=', arg(0))),
+  policyHead: new Prepared((db) =>
+    db
+      .selectFrom('kbs_policies as p')
+      .innerJoin('kbs_policy_versions as v', (j) => j.onRef('v.name', '=', 'p.name').onRef('v.version', '=', 'p.version'))
+      .selectAll('v')
+      .where('p.name', '=', arg(0)),
+  ),
+  getSecret: new Prepared((db) => db.selectFrom('kbs_secrets').selectAll().where('policy', '=', arg(0)).where('name', '=', arg(1))),
+  getInstanceSecret: new Prepared((db) => db.selectFrom('kbs_instance_secrets').select('sealed').where('instance', '=', arg(0)).where('policy', '=', arg(1)).where('name', '=', arg(2))),
+};
 
 /** The one query layer for every dialect: only portable kysely constructs. */
 export class KyselyStore implements Store {
@@ -84,13 +168,13 @@ export class KyselyStore implements Store {
     await sql`select pg_advisory_xact_lock(${0x636f636f})`.execute(this.db);
   }
 
-  async lastAudit(): Promise<AuditRecord | undefined> {
-    const row = await this.db.selectFrom('kbs_audit').selectAll().orderBy('seq', 'desc').limit(1).executeTakeFirst();
-    return row && toAudit(row);
+  async auditHead(): Promise<Pick<AuditRecord, 'seq' | 'hash'> | undefined> {
+    const row = (await Q.auditHead.run(this)).rows[0];
+    return row && { seq: num(row.seq), hash: row.hash };
   }
 
   async insertAudit(r: AuditRecord): Promise<void> {
-    await this.db.insertInto('kbs_audit').values({ seq: r.seq, at: r.at, actor: r.actor, action: r.action, policy: r.policy, detail: r.detail, prev: r.prev, hash: r.hash, sig: r.sig }).execute();
+    await Q.insertAudit.run(this, r.seq, r.at, r.actor, r.action, r.policy, r.detail, r.prev, r.hash, r.sig);
   }
 
   async listAudit(options: { afterSeq?: number; limit: number; policy?: string; desc?: boolean }): Promise<AuditRecord[]> {
@@ -221,16 +305,8 @@ export class KyselyStore implements Store {
 
   async countActivation(policy: string, workload: string, max: number | undefined): Promise<number | false> {
     if (max !== undefined && max < 1) return false;
-    const row = await this.db
-      .insertInto('kbs_activations')
-      .values({ policy, workload, count: 1 })
-      .onConflict((oc) => {
-        const upd = oc.columns(['policy', 'workload']).doUpdateSet({ count: sql<number>`kbs_activations.count + 1` });
-        return max === undefined ? upd : upd.where('kbs_activations.count', '<', max);
-      })
-      .returning('count')
-      .executeTakeFirst();
-    return row ? num(row.count) : false;
+    const { rows } = max === undefined ? await Q.countActivation.run(this, policy, workload) : await Q.countActivationBelow.run(this, policy, workload, max);
+    return rows[0] ? num(rows[0].count) : false;
   }
 
   async getMeta(key: string): Promise<string | undefined> {
@@ -275,13 +351,13 @@ export class KyselyStore implements Store {
     return rows.map(toOwner);
   }
 
+  async getPolicyHeadRef(name: string): Promise<{ version: number; hash: string } | undefined> {
+    const row = (await Q.policyHeadRef.run(this, name)).rows[0];
+    return row && { version: num(row.version), hash: row.hash };
+  }
+
   async getPolicyHead(name: string): Promise<PolicyVersionRecord | undefined> {
-    const row = await this.db
-      .selectFrom('kbs_policies as p')
-      .innerJoin('kbs_policy_versions as v', (j) => j.onRef('v.name', '=', 'p.name').onRef('v.version', '=', 'p.version'))
-      .selectAll('v')
-      .where('p.name', '=', name)
-      .executeTakeFirst();
+    const row = (await Q.policyHead.run(this, name)).rows[0];
     return row && toPolicyVersion(row);
   }
 
@@ -346,7 +422,7 @@ export class KyselyStore implements Store {
   }
 
   async getSecret(policy: string, name: string): Promise<SecretRecord | undefined> {
-    const row = await this.db.selectFrom('kbs_secrets').selectAll().where('policy', '=', policy).where('name', '=', name).executeTakeFirst();
+    const row = (await Q.getSecret.run(this, policy, name)).rows[0];
     return row && { policy: row.policy, name: row.name, kind: row.kind, sealed: row.sealed, createdAt: num(row.created_at), updatedAt: num(row.updated_at) };
   }
 
@@ -364,25 +440,16 @@ export class KyselyStore implements Store {
   }
 
   async insertSession(s: SessionRecord): Promise<boolean> {
-    const res = await this.db
-      .insertInto('kbs_sessions')
-      .values({
-        id: s.id,
-        tee: s.tee,
-        nonce: s.nonce,
-        nonce_used: 1,
-        created_at: s.createdAt,
-        expires_at: s.expiresAt,
-        tee_pubkey: s.teePubkey,
-        attestation: s.attestation,
-      })
-      .onConflict((oc) => oc.column('id').doNothing())
-      .executeTakeFirst();
-    return Number(res.numInsertedOrUpdatedRows ?? 0n) === 1;
+    const res = await Q.insertSession.run(this, s.id, s.tee, s.nonce, s.createdAt, s.expiresAt, s.teePubkey, s.attestation);
+    return Number(res.numAffectedRows ?? 0n) === 1;
+  }
+
+  async sessionExists(id: string): Promise<boolean> {
+    return (await Q.sessionExists.run(this, id)).rows.length > 0;
   }
 
   async getSession(id: string): Promise<SessionRecord | undefined> {
-    const row = await this.db.selectFrom('kbs_sessions').selectAll().where('id', '=', id).executeTakeFirst();
+    const row = (await Q.getSession.run(this, id)).rows[0];
     if (!row) return undefined;
     return {
       id: row.id,
@@ -415,8 +482,7 @@ export class KyselyStore implements Store {
   }
 
   async getInstanceSecret(instance: string, policy: string, name: string): Promise<string | undefined> {
-    const row = await this.db.selectFrom('kbs_instance_secrets').select('sealed').where('instance', '=', instance).where('policy', '=', policy).where('name', '=', name).executeTakeFirst();
-    return row?.sealed;
+    return (await Q.getInstanceSecret.run(this, instance, policy, name)).rows[0]?.sealed;
   }
 
   async rememberJti(jti: string, expiresAt: number, now: number): Promise<boolean> {
@@ -431,23 +497,7 @@ export class KyselyStore implements Store {
   }
 
   async addEvent(e: EventRecord): Promise<void> {
-    await this.db
-      .insertInto('kbs_events')
-      .values({
-        id: e.id,
-        at: e.at,
-        kind: e.kind,
-        status: e.status,
-        tee: e.tee,
-        policy: e.policy,
-        workload: e.workload,
-        resource: e.resource,
-        code: e.code,
-        detail: e.detail,
-        insecure: e.insecure ? 1 : 0,
-        session_id: e.sessionId,
-      })
-      .execute();
+    await Q.addEvent.run(this, e.id, e.at, e.kind, e.status, e.tee, e.policy, e.workload, e.resource, e.code, e.detail, e.insecure ? 1 : 0, e.sessionId);
   }
 
   async listEvents(options: { limit: number; policy?: string; before?: number }): Promise<EventRecord[]> {

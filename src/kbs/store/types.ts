@@ -164,6 +164,8 @@ export interface Store {
   getOwner(kid: string): Promise<OwnerRecord | undefined>;
   listOwners(): Promise<OwnerRecord[]>;
 
+  /** The current version's number and hash only (a one-row read): callers that cache versions by hash use it. */
+  getPolicyHeadRef(name: string): Promise<{ version: number; hash: string } | undefined>;
   getPolicyHead(name: string): Promise<PolicyVersionRecord | undefined>;
   listPolicyVersions(name: string, limit: number): Promise<PolicyVersionRecord[]>;
   /** Throws PREDECESSOR_MISMATCH when the head moved. One transaction. */
@@ -175,6 +177,8 @@ export interface Store {
 
   /** Inserts the session of an answered RCAR challenge; false (and nothing written) if its id exists: the challenge was already spent. */
   insertSession(session: SessionRecord): Promise<boolean>;
+  /** Whether the session row exists (the challenge was spent), without reading it. */
+  sessionExists(id: string): Promise<boolean>;
   getSession(id: string): Promise<SessionRecord | undefined>;
   /** Sessions, jtis and per-instance secret values past their expiry. */
   purgeExpired(now: number): Promise<void>;
@@ -212,7 +216,8 @@ export interface Store {
    * concurrent appenders race for the same seq and all but one retry.
    */
   lockAuditChain(): Promise<void>;
-  lastAudit(): Promise<AuditRecord | undefined>;
+  /** The newest entry's seq and hash (the chain head), if any. */
+  auditHead(): Promise<Pick<AuditRecord, 'seq' | 'hash'> | undefined>;
   /** Fails (unique violation) when seq is taken: the caller retries with the new head. */
   insertAudit(rec: AuditRecord): Promise<void>;
   listAudit(options: { afterSeq?: number; limit: number; policy?: string; desc?: boolean }): Promise<AuditRecord[]>;

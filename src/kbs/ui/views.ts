@@ -236,7 +236,7 @@ export class AuditVerifier {
   ) {}
 
   async verdict(): Promise<UiAuditVerdict> {
-    const last = await this.ctx.store.lastAudit();
+    const last = await this.ctx.store.auditHead();
     const head = last?.hash ?? 'empty';
     const now = Date.now();
     if (!this.cached || this.cached.head !== head || now - this.cached.at > this.cacheMs) {
