@@ -11,9 +11,10 @@
  *
  * The session id (the session row's key) is base64url(issued-at ‖ random bytes) in version 2,
  * so the rows of challenges issued in the same second sit next to each other in the sessions
- * index: a group commit writes one or two index pages instead of one random page per row. Version 1 cookies, whose id was the
- * random bytes alone, are still accepted with their own id: replicas of the previous release
- * keep spending the same challenge under the same key during a rolling upgrade.
+ * index: a group commit writes one or two index pages instead of one random page per row.
+ * Version 1 cookies, whose id was the random bytes alone, are still accepted with their own
+ * id: replicas of the previous release keep spending the same challenge under the same key
+ * during a rolling upgrade.
  */
 import { createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
 import { pooledRandomBytes } from '../crypto/random-pool.js';

@@ -15,8 +15,10 @@ export interface CurrentPolicy {
   policy: Policy;
 }
 
-/** Stored versions with their parsed policy, by version hash: a version never changes once stored. */
-const versionCache = new Map<string, CurrentPolicy>();
+/** Parsed policies by version hash; a version never changes once stored. */
+const parsedCache = new Map<string, Policy>();
+/** Stored versions with their parsed policy, by store and version hash (the record's createdAt/By are the store's own). */
+const versionCaches = new WeakMap<Store, Map<string, CurrentPolicy>>();
 const CACHE_MAX = 256;
 
 export function policyFileName(name: string): string {
@@ -29,31 +31,36 @@ export function policyVersionHash(name: string, version: number, predecessor: st
 }
 
 export function parseStoredPolicy(record: PolicyVersionRecord): Policy {
-  return cachedVersion(record).policy;
-}
-
-function cachedVersion(record: PolicyVersionRecord): CurrentPolicy {
-  let version = versionCache.get(record.hash);
-  if (!version) {
-    version = { record, policy: parsePolicy(record.yaml, { file: policyFileName(record.name) }) };
-    if (versionCache.size >= CACHE_MAX) versionCache.clear();
-    versionCache.set(record.hash, version);
+  let policy = parsedCache.get(record.hash);
+  if (!policy) {
+    policy = parsePolicy(record.yaml, { file: policyFileName(record.name) });
+    if (parsedCache.size >= CACHE_MAX) parsedCache.clear();
+    parsedCache.set(record.hash, policy);
   }
-  return version;
+  return policy;
 }
 
 /**
  * The current version of a policy. Every attestation and release asks (a change takes effect
  * at once, on every replica), so only the head's hash is read; the version itself comes from
- * the cache when this process has seen it.
+ * the cache when this process has read it from this store before.
  */
 export async function currentPolicy(ctx: KbsContext, name: string): Promise<CurrentPolicy | undefined> {
   const ref = await ctx.store.getPolicyHeadRef(name);
   if (!ref) return undefined;
-  const cached = versionCache.get(ref.hash);
+  let versions = versionCaches.get(ctx.store);
+  if (!versions) {
+    versions = new Map();
+    versionCaches.set(ctx.store, versions);
+  }
+  const cached = versions.get(ref.hash);
   if (cached?.record.name === name) return cached;
   const record = await ctx.store.getPolicyHead(name);
-  return record && cachedVersion(record);
+  if (!record) return undefined;
+  const current = { record, policy: parseStoredPolicy(record) };
+  if (versions.size >= CACHE_MAX) versions.clear();
+  versions.set(record.hash, current);
+  return current;
 }
 
 /**

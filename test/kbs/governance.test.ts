@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { auditPublicKey, verifyStoreAudit } from '../../src/kbs/audit.js';
 import { openSqliteStore } from '../../src/kbs/store/sqlite.js';
-import { applyDemoPolicy, makeKbs, rcarAttest, withKbs } from './helpers.js';
+import { applyDemoPolicy, makeKbs, ownerRequest, rcarAttest, withKbs } from './helpers.js';
 import { auditScenario, deploymentCaScenario, governanceScenario, nonOwnerScenario, secretKindsScenario } from './scenarios.js';
 
 test('governance: 2-of-3 update waits for the second approval; stale predecessor; reject; superseded', () => withKbs(governanceScenario));
@@ -38,5 +38,29 @@ test('audit verify over the SQLite store finds a tampered row (first broken link
     assert.equal(v.count, 2);
   } finally {
     await kbs.cleanup().catch(() => undefined);
+  }
+});
+
+test('the current-version cache is per store: two KBSs with the same policy text report their own version records', async () => {
+  const a = await makeKbs();
+  const b = await makeKbs();
+  try {
+    const va = await applyDemoPolicy(a);
+    const vb = await applyDemoPolicy(b);
+    assert.equal(va.hash, vb.hash, 'same name, version and text: same version hash');
+    // attestations make both KBSs read (and cache) their current version
+    assert.equal((await rcarAttest(a)).attest.statusCode, 200);
+    assert.equal((await rcarAttest(b)).attest.statusCode, 200);
+    for (const [kbs, other] of [
+      [a, b],
+      [b, a],
+    ] as const) {
+      const head = (await ownerRequest(kbs, 'GET', '/cocoon/v1/policies/demo/redis')).json() as { createdBy: string };
+      assert.equal(head.createdBy, kbs.owner.kid);
+      assert.notEqual(head.createdBy, other.owner.kid);
+    }
+  } finally {
+    await a.cleanup();
+    await b.cleanup();
   }
 });

@@ -92,7 +92,6 @@ function withinValidity(v: { from: number; to: number }, at: Date): boolean {
 }
 
 interface CheckedPlatform {
-  platform: X509Certificate;
   key: KeyObject;
   /** SHA-256 of the platform certificate's DER (a claim of every report). */
   sha256: string;
@@ -117,7 +116,7 @@ function checkPlatform(certPem: string, rootPems: readonly string[]): CheckedPla
   const platform = loadCert(certPem, 'platform certificate');
   const roots = rootPems.map((pem) => loadCert(pem, 'sim root'));
   const issuer = roots.find((root) => platform.checkIssued(root) && platform.verify(root.publicKey));
-  const checked = { platform, key: createPublicKey(platform.publicKey.export({ format: 'pem', type: 'spki' })), sha256: sha256Hex(platform.raw), issuer, validity: { platform: validityOf(platform), issuer: issuer && validityOf(issuer) } };
+  const checked = { key: createPublicKey(platform.publicKey.export({ format: 'pem', type: 'spki' })), sha256: sha256Hex(platform.raw), issuer, validity: { platform: validityOf(platform), issuer: issuer && validityOf(issuer) } };
   if (platformCache.size >= PLATFORM_CACHE_MAX) platformCache.delete(platformCache.keys().next().value as string);
   platformCache.set(cacheKey, checked);
   return checked;
