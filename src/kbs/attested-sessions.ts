@@ -1,7 +1,8 @@
 /**
- * Sessions this process attested, by session id: a launcher asks for its resources right after
- * attesting, usually over the same connection, so the release finds its grant here instead of
- * reading and re-parsing the session row. Only what is durable is kept — an entry is added
+ * Sessions this process attested, by their cookie: a launcher asks for its resources right
+ * after attesting, usually over the same connection, so the release finds its grant here
+ * instead of checking the cookie's MAC again and reading and re-parsing the session row (only
+ * the exact cookie that was attested finds it). Only what is durable is kept — an entry is added
  * after the attestation's transaction committed, and session rows never change once written —
  * so a miss (evicted, or attested by another replica or worker) just reads the store.
  */

@@ -35,6 +35,6 @@ export interface KbsContext {
   /** Event rows + audit entries of attestations and releases, group-committed. */
   journal: Journal;
   ca: DeploymentCa;
-  /** Grants of the sessions this process attested, for the releases that follow (src/kbs/attested-sessions.ts). */
+  /** Grants of the sessions this process attested, by session cookie, for the releases that follow (src/kbs/attested-sessions.ts). */
   attested: AttestedSessions<ResourceGrant>;
 }

@@ -173,7 +173,8 @@ export async function attest(ctx: KbsContext, cookie: string | undefined, req: A
       throw new CocoonError('POLICY_DENIED', `${target.policy}#${target.workload}: maxActivations (${workload.maxActivations ?? 0}) reached`);
     }
     const resourceGrant: ResourceGrant = { ...grant, teePubkey, via: 'session', sessionId, instance: { id: `session:${sessionId}`, expiresAt: session.expiresAt } };
-    ctx.attested.remember(sessionId, Object.freeze(resourceGrant), session.expiresAt);
+    // Keyed by the whole cookie: a release presenting exactly this cookie needs no second MAC check.
+    ctx.attested.remember(cookie, Object.freeze(resourceGrant), session.expiresAt);
     ctx.metrics.attestations.inc({ tee, status: 'affirming' });
     ctx.metrics.attestSeconds.observe({ tee }, Number(process.hrtime.bigint() - started) / 1e9);
     if (insecure) ctx.log.warn({ policy: target.policy, workload: target.workload, tee }, `attestation accepted — ${INSECURE_NOTICE}`);
@@ -271,14 +272,14 @@ export async function authorizeResource(ctx: KbsContext, auth: { sessionId?: str
     };
   }
   if (!auth.sessionId) throw new CocoonError('AUTH_REQUIRED', `no ${SESSION_COOKIE} cookie or bearer attestation token`);
+  const attested = ctx.attested.get(auth.sessionId, now.getTime());
+  if (attested) return attested.value;
   let challenge: Challenge;
   try {
     challenge = openChallenge(ctx.dataKey, auth.sessionId, ctx.sessionTtlS);
   } catch {
     throw new CocoonError('AUTH_INVALID', 'session unknown or expired: attest again');
   }
-  const attested = ctx.attested.get(challenge.sessionId, now.getTime());
-  if (attested) return attested.value;
   const session = await ctx.store.getSession(challenge.sessionId);
   if (!session) {
     if (challenge.expiresAtMs <= now.getTime()) throw new CocoonError('AUTH_INVALID', 'session unknown or expired: attest again');

@@ -267,3 +267,20 @@ test('protocol checks: version, tee, strict bodies, unknown policy, oversized bo
     const bigOwner = await ownerRequest(kbs, 'PUT', '/cocoon/v1/policies/demo/redis', { yaml: 'y'.repeat(1024 * 1024 + 10) });
     assert.equal(bigOwner.statusCode, 413);
   }));
+
+test('release with an attested cookie: any altered byte is refused, the exact cookie is released', () =>
+  withKbs(async (kbs) => {
+    await applyDemoPolicy(kbs);
+    const { attest, cookie } = await rcarAttest(kbs);
+    assert.equal(attest.statusCode, 200);
+    const [name, value] = cookie.split('=') as [string, string];
+    const raw = Buffer.from(value, 'base64url');
+    for (const i of [0, 1, 5, 6, 12, 23, 24, 39]) {
+      const t = Buffer.from(raw);
+      t[i] = (t[i] as number) ^ 0x04;
+      const res = await kbs.app.inject({ method: 'GET', url: '/kbs/v0/resource/demo/redis/redis-password', headers: { cookie: `${name}=${t.toString('base64url')}` } });
+      assertProblem(res, 401, 'AUTH_INVALID');
+    }
+    const ok = await kbs.app.inject({ method: 'GET', url: '/kbs/v0/resource/demo/redis/redis-password', headers: { cookie } });
+    assert.equal(ok.statusCode, 200, ok.body);
+  }));
