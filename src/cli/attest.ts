@@ -1,10 +1,10 @@
 import type { Command } from 'commander';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { action, createOutput } from './output.js';
 import { configDir, configPaths, resolveKbsUrl } from './config.js';
 import { CocoonError } from '../errors.js';
 import { addCollateralOptions, collateralTrust, type CollateralCliOptions } from './verify.js';
-import { collect } from './flags.js';
+import { MAX_PEM_FILE, collect, readArgFile } from './flags.js';
 
 export function registerAttest(program: Command): void {
   const cmd = program
@@ -36,11 +36,7 @@ export function registerAttest(program: Command): void {
         let insecureSimRoots: string[] | undefined;
         if (opts.insecureSim) {
           const file = opts.simRoot ?? configPaths(dir).simRoot;
-          const pem = await readFile(file, 'utf8').catch((err: unknown) => {
-            throw new CocoonError('BAD_USAGE', `--insecure-sim: cannot read the sim root ${file} (cocoon init creates it)`, { cause: err });
-          });
-          if (pem.length > 64 * 1024) throw new CocoonError('INPUT_TOO_LARGE', `${file} larger than 64 KiB`);
-          insecureSimRoots = [pem];
+          insecureSimRoots = [(await readArgFile(file, MAX_PEM_FILE, '--insecure-sim: the sim root (cocoon init creates it)')).toString('utf8')];
         } else if (opts.simRoot) {
           throw new CocoonError('BAD_USAGE', '--sim-root needs --insecure-sim');
         }

@@ -3,13 +3,13 @@ import { writeFile } from 'node:fs/promises';
 import { CocoonError } from '../errors.js';
 import { action, createOutput } from './output.js';
 import { collect } from './flags.js';
-import { readBounded } from './owner.js';
+import { readArgFile } from './flags.js';
 
 /** The init-data bound (src/kbs/init-data.ts MAX_INITDATA_BYTES) for every file that goes into one. */
 const MAX_FILE = 64 * 1024;
 
 async function readSmall(file: string, what: string): Promise<string> {
-  return (await readBounded(file, MAX_FILE, what)).toString('utf8');
+  return (await readArgFile(file, MAX_FILE, what)).toString('utf8');
 }
 
 export function registerInitData(program: Command): void {

@@ -1,10 +1,12 @@
 import { Option, type Command } from 'commander';
-import { readFile, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import Table from 'cli-table3';
 import { action, createOutput } from './output.js';
 import { ownerClient, withOwnerOptions, type OwnerOptions } from './owner-options.js';
 import { CocoonError } from '../errors.js';
+import { MAX_JWK_FILE } from '../crypto/jwk-file.js';
+import { readArgFile } from './flags.js';
 import type { JWK } from 'jose';
 import type { AuditEntry } from '../kbs/client/owner.js';
 import { REVOCATION_REASONS, isRevocationReason } from '../kbs/revocation-reasons.js';
@@ -55,9 +57,7 @@ export function registerKbsAdmin(program: Command): void {
         if (!opts.dataDir) throw new CocoonError('BAD_USAGE', '--postgres needs --data-dir (where kbs-identity.jwk is)');
         const { IDENTITY_FILE } = await import('../kbs/identity.js');
         const file = join(opts.dataDir, IDENTITY_FILE);
-        const text = await readFile(file, 'utf8').catch(() => {
-          throw new CocoonError('BAD_USAGE', `cannot read ${file}`);
-        });
+        const text = (await readArgFile(file, MAX_JWK_FILE, 'the KBS identity')).toString('utf8');
         let key;
         try {
           key = auditPublicKey(JSON.parse(text) as JWK);
@@ -220,11 +220,7 @@ export function registerKbsAdmin(program: Command): void {
       const { parseShareFile, recoverDataKey } = await import('../kbs/recovery.js');
       const shares = [];
       for (const f of opts.share) {
-        const text = await readFile(f, 'utf8').catch(() => {
-          throw new CocoonError('BAD_USAGE', `cannot read share ${f}`);
-        });
-        if (text.length > 4096) throw new CocoonError('INPUT_TOO_LARGE', `${f} is too large for a share file`);
-        shares.push(parseShareFile(text, f));
+        shares.push(parseShareFile((await readArgFile(f, 4096, 'share')).toString('utf8'), f));
       }
       const sealer = opts.tpm ? new (await import('../kbs/tpm-sealer.js')).TpmSealer({ tcti: opts.tpm }) : await (await import('../kbs/sealer.js')).FileSealer.open(opts.dataDir);
       const store = await openStore(opts);

@@ -1,21 +1,13 @@
 import type { Command } from 'commander';
-import { readFile } from 'node:fs/promises';
 import Table from 'cli-table3';
 import { action, createOutput } from './output.js';
 import { ownerClient, withOwnerOptions, type OwnerOptions } from './owner-options.js';
 import { CocoonError } from '../errors.js';
+import { readArgFile } from './flags.js';
 
 const MAX_POLICY_FILE = 256 * 1024;
 const MAX_SECRET_FILE = 64 * 1024;
 
-/** A file given on the command line, at most `max` bytes: BAD_USAGE when unreadable, INPUT_TOO_LARGE beyond. */
-export async function readBounded(file: string, max: number, what: string): Promise<Buffer> {
-  const data = await readFile(file).catch((err: NodeJS.ErrnoException) => {
-    throw new CocoonError('BAD_USAGE', `cannot read ${what} ${file}: ${err.code ?? err.message}`);
-  });
-  if (data.length > max) throw new CocoonError('INPUT_TOO_LARGE', `${what} ${file} is larger than ${max} bytes`);
-  return data;
-}
 
 function splitSecretRef(ref: string): [string, string] {
   const m = ref.match(/^([a-z0-9][a-z0-9._-]{0,62}\/[a-z0-9][a-z0-9._-]{0,62})\/([A-Za-z0-9][A-Za-z0-9._-]{0,63})$/);
@@ -33,7 +25,7 @@ export function registerPolicy(program: Command): void {
     .option('--json', 'print JSON')
     .action(
       action(async (file: string, opts: { json?: boolean }) => {
-        const yaml = (await readBounded(file, MAX_POLICY_FILE, 'policy')).toString('utf8');
+        const yaml = (await readArgFile(file, MAX_POLICY_FILE, 'policy')).toString('utf8');
         const { parsePolicy } = await import('../policy/parse.js');
         const parsed = parsePolicy(yaml, { file });
         const governance = parsed.owners.length ? `, ${parsed.owners.length} owner(s), updates need ${parsed.approvals.threshold}` : '';
@@ -57,7 +49,7 @@ export function registerPolicy(program: Command): void {
       .option('--predecessor <hash>', 'hash of the version this update replaces (lost-update protection); default: the current head'),
   ).action(
     action(async (file: string, opts: OwnerOptions & { predecessor?: string }) => {
-      const yaml = (await readBounded(file, MAX_POLICY_FILE, 'policy')).toString('utf8');
+      const yaml = (await readArgFile(file, MAX_POLICY_FILE, 'policy')).toString('utf8');
       const { parsePolicy } = await import('../policy/parse.js');
       parsePolicy(yaml, { file }); // file:line errors before any network or key access
       const client = await ownerClient(opts);
@@ -79,12 +71,12 @@ export function registerPolicy(program: Command): void {
       .option('--against <file>', 'compare with this policy file instead of asking the KBS (offline)'),
   ).action(
     action(async (file: string, opts: OwnerOptions & { against?: string }) => {
-      const yaml = (await readBounded(file, MAX_POLICY_FILE, 'policy')).toString('utf8');
+      const yaml = (await readArgFile(file, MAX_POLICY_FILE, 'policy')).toString('utf8');
       const { parsePolicy } = await import('../policy/parse.js');
       const { diffPolicies, formatPolicyDiff } = await import('../policy/diff.js');
       let result: { name: string; current: { version: number; hash: string } | null; changes: { op: string; path: string; from?: unknown; to?: unknown }[] };
       if (opts.against) {
-        const base = parsePolicy((await readBounded(opts.against, MAX_POLICY_FILE, 'policy')).toString('utf8'), { file: opts.against });
+        const base = parsePolicy((await readArgFile(opts.against, MAX_POLICY_FILE, 'policy')).toString('utf8'), { file: opts.against });
         const next = parsePolicy(yaml, { file });
         result = { name: next.name, current: null, changes: diffPolicies(base, next) };
       } else {
@@ -169,7 +161,7 @@ export function registerSecret(program: Command): void {
   ).action(
     action(async (ref: string, opts: OwnerOptions & { file: string }) => {
       const [policyName, name] = splitSecretRef(ref);
-      let value = await readBounded(opts.file, MAX_SECRET_FILE, 'secret');
+      let value = await readArgFile(opts.file, MAX_SECRET_FILE, 'secret');
       if (name === 'layer-key') {
         const { loadOrCreateKek } = await import('./wrap.js');
         value = (await loadOrCreateKek(opts.file)).kek;

@@ -1,12 +1,11 @@
 import { Option, type Command } from 'commander';
-import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { action, createOutput } from './output.js';
 import { configDir, configPaths } from './config.js';
 import { CocoonError } from '../errors.js';
 import { KBS_TEE_CHOICES, type KbsTeeChoice } from '../kbs/self-attester.js';
-import { collect } from './flags.js';
+import { MAX_PEM_FILE, collect, readArgFile } from './flags.js';
 
 export function parseListen(listen: string): { host: string; port: number } {
   const m = listen.match(/^(?:\[([0-9a-fA-F:]+)\]|([^:[\]]+)):(\d{1,5})$/) ?? listen.match(/^()()(\d{1,5})$/);
@@ -101,9 +100,7 @@ export function registerServe(program: Command): void {
         const simRoots: string[] = [];
         if (opts.allowSim) {
           const file = opts.simRoot ?? configPaths(dir).simRoot;
-          simRoots.push(await readFile(file, 'utf8').catch((err) => {
-            throw new CocoonError('BAD_USAGE', `--allow-sim needs the sim root: cannot read ${file} (run \`cocoon init\` or pass --sim-root)`, { cause: err });
-          }));
+          simRoots.push((await readArgFile(file, MAX_PEM_FILE, '--allow-sim: the sim root (run `cocoon init` or pass --sim-root)')).toString('utf8'));
           out.warn('INSECURE: --allow-sim: simulated-TEE evidence is accepted where a policy names `sim`');
         }
         if (opts.simPlatform && !opts.allowSim) throw new CocoonError('BAD_USAGE', '--sim-platform needs --allow-sim');
@@ -120,10 +117,7 @@ export function registerServe(program: Command): void {
         if (Boolean(opts.tlsCert) !== Boolean(opts.tlsKey)) throw new CocoonError('BAD_USAGE', '--tls-cert and --tls-key go together');
         let tls: { cert: string; key: string } | undefined;
         if (opts.tlsCert && opts.tlsKey) {
-          const readPem = (flag: string, file: string) =>
-            readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
-              throw new CocoonError('BAD_USAGE', `${flag}: cannot read ${file}: ${err.code ?? err.message}`, { cause: err });
-            });
+          const readPem = async (flag: string, file: string) => (await readArgFile(file, MAX_PEM_FILE, flag)).toString('utf8');
           tls = { cert: await readPem('--tls-cert', opts.tlsCert), key: await readPem('--tls-key', opts.tlsKey) };
         } else if (opts.tls) {
           const { loadOrCreateSelfSignedTls } = await import('../kbs/tls.js');

@@ -2,11 +2,11 @@
  * `cocoon verify`: offline (or cached-online) verification of one piece of TEE evidence.
  * Exit codes: 0 verified, 1 rejected, 2 bad usage / unreadable input.
  */
-import { readFile } from 'node:fs/promises';
 import { Option, type Command } from 'commander';
 import Table from 'cli-table3';
 import pc from 'picocolors';
 import { CocoonError, asCocoonError } from '../errors.js';
+import { readArgFile } from './flags.js';
 import { TEE_KINDS, isTeeKind, type ClaimValue, type TeeKind, type VerificationResult } from '../attestation/types.js';
 import type { CollateralSource } from '../attestation/collateral/source.js';
 import type { QuoteCollateralV3 } from '../attestation/dcap/collateral.js';
@@ -49,12 +49,11 @@ function usage(message: string): never {
   throw new CocoonError('BAD_USAGE', message);
 }
 
-async function readInput(file: string, what: string): Promise<Buffer> {
-  try {
-    return await readFile(file);
-  } catch (e) {
-    throw new CocoonError('BAD_USAGE', `cannot read ${what} ${file}: ${(e as Error).message}`);
-  }
+/** Evidence, collateral and event logs are far below this (a TDX quote with its collateral is tens of KiB). */
+const MAX_INPUT_FILE = 16 * 1024 * 1024;
+
+function readInput(file: string, what: string): Promise<Buffer> {
+  return readArgFile(file, MAX_INPUT_FILE, what);
 }
 
 function parseExpect(list: string[] | undefined): Record<string, string> {

@@ -1,10 +1,11 @@
 import type { Command } from 'commander';
 import { randomBytes } from 'node:crypto';
-import { access, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { action, createOutput } from './output.js';
 import { CocoonError } from '../errors.js';
+import { readFileBounded } from '../util/read-bounded.js';
 import type { GramineOptions } from '../image/gramine.js';
 import { defaultLauncherDir } from '../util/package-root.js';
 import { addTransportOptions, createProgress, parseRef, transportOptions, type TransportFlags } from './image.js';
@@ -19,8 +20,7 @@ export async function loadOrCreateKek(file: string): Promise<{ kek: Buffer; crea
     await writeFile(file, kek.toString('base64') + '\n', { mode: 0o600, flag: 'wx' });
     return { kek, created: true };
   }
-  const text = await readFile(file, 'utf8');
-  if (text.length > MAX_KEY_FILE) throw new CocoonError('INPUT_TOO_LARGE', `${file}: key file too large`);
+  const text = (await readFileBounded(file, { max: MAX_KEY_FILE, what: 'image key' })).toString('utf8');
   const kek = Buffer.from(text.trim(), 'base64');
   if (kek.length !== 32 || kek.toString('base64') !== text.trim()) throw new CocoonError('INPUT_MALFORMED', `${file}: expected 32 bytes, base64`);
   return { kek, created: false };

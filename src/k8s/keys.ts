@@ -7,36 +7,28 @@
 import { chmod, open, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CocoonError } from '../errors.js';
+import { readFileBounded } from '../util/read-bounded.js';
 
 export const KEY_FILES = ['kbs-identity.jwk', 'seal.key'] as const;
 const MAX_KEY_FILE = 64 * 1024;
 
-async function readBounded(path: string): Promise<Buffer> {
-  let fh;
+async function readKeyFile(path: string): Promise<Buffer> {
+  let data: Buffer;
   try {
-    fh = await open(path, 'r');
+    data = await readFileBounded(path, { max: MAX_KEY_FILE, what: 'key file' });
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new CocoonError('IO_ERROR', code === 'ENOENT' ? `${path} is missing: the keys Secret needs the keys ${KEY_FILES.join(' and ')}` : `cannot read ${path}: ${(err as Error).message}`, { cause: err });
+    if ((err as { cause?: { code?: unknown } }).cause?.code === 'ENOENT') throw new CocoonError('IO_ERROR', `${path} is missing: the keys Secret needs the keys ${KEY_FILES.join(' and ')}`, { cause: err });
+    throw err;
   }
-  try {
-    const info = await fh.stat();
-    if (!info.isFile()) throw new CocoonError('IO_ERROR', `${path} is not a regular file`);
-    if (info.size > MAX_KEY_FILE) throw new CocoonError('INPUT_TOO_LARGE', `${path} is larger than ${MAX_KEY_FILE} bytes`);
-    const buf = Buffer.alloc(info.size);
-    const { bytesRead } = await fh.read(buf, 0, info.size, 0);
-    if (bytesRead === 0) throw new CocoonError('IO_ERROR', `${path} is empty`);
-    return buf.subarray(0, bytesRead);
-  } finally {
-    await fh.close();
-  }
+  if (data.length === 0) throw new CocoonError('IO_ERROR', `${path} is empty`);
+  return data;
 }
 
 /** Copies the key files; returns the paths written. */
 export async function installKeys(fromDir: string, toDir: string): Promise<string[]> {
   const written: string[] = [];
   for (const name of KEY_FILES) {
-    const data = await readBounded(join(fromDir, name));
+    const data = await readKeyFile(join(fromDir, name));
     const target = join(toDir, name);
     const tmp = `${target}.tmp-${process.pid}`;
     try {

@@ -1,8 +1,9 @@
-import { chmod, open, readFile, stat, writeFile } from 'node:fs/promises';
+import { chmod, open, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { SignJWT, calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK } from 'jose';
 import type { CryptoKey, JWK } from 'jose';
 import { CocoonError } from '../errors.js';
+import { readJwkFile } from '../crypto/jwk-file.js';
 
 /** Owner keys sign the owner API's bearer tokens. ES256 (P-256) by default; EdDSA (Ed25519) accepted. */
 export type OwnerAlg = 'ES256' | 'EdDSA';
@@ -50,12 +51,7 @@ export interface OwnerSigningKey {
 
 /** Loads an owner private JWK file (must not be readable by others). */
 export async function loadOwnerPrivateKey(file: string): Promise<OwnerSigningKey> {
-  const info = await stat(file).catch((err: unknown) => {
-    throw new CocoonError('IO_ERROR', `cannot read owner key ${file}: ${(err as Error).message}`);
-  });
-  if ((info.mode & 0o077) !== 0) throw new CocoonError('IO_ERROR', `owner key ${file} is accessible by other users; chmod 600 it`);
-  if (info.size > 16 * 1024) throw new CocoonError('INPUT_TOO_LARGE', `owner key ${file} is too large`);
-  return ownerSigningKey(parseJwkText(await readFile(file, 'utf8'), file));
+  return ownerSigningKey(await readJwkFile(file, 'owner key', { ownerOnly: true }));
 }
 
 export async function ownerSigningKey(jwk: JWK): Promise<OwnerSigningKey> {
@@ -69,11 +65,7 @@ export async function ownerSigningKey(jwk: JWK): Promise<OwnerSigningKey> {
 
 /** Reads a public (or private: the private part is dropped) owner JWK file, for `serve --owner`. */
 export async function loadOwnerPublicJwk(file: string): Promise<JWK> {
-  const text = await readFile(file, 'utf8').catch((err: unknown) => {
-    throw new CocoonError('IO_ERROR', `cannot read owner key ${file}: ${(err as Error).message}`);
-  });
-  if (text.length > 16 * 1024) throw new CocoonError('INPUT_TOO_LARGE', `owner key ${file} is too large`);
-  const jwk = parseJwkText(text, file);
+  const jwk = await readJwkFile(file, 'owner key');
   ownerAlgOf(jwk);
   return publicPart(jwk);
 }
@@ -89,16 +81,6 @@ export function publicPart(jwk: JWK): JWK {
   if (jwk.kty === 'EC') return { kty: 'EC', crv: jwk.crv, x: jwk.x, y: jwk.y };
   if (jwk.kty === 'OKP') return { kty: 'OKP', crv: jwk.crv, x: jwk.x };
   throw new CocoonError('BAD_USAGE', `unsupported owner key type ${String(jwk.kty)}`);
-}
-
-function parseJwkText(text: string, file: string): JWK {
-  try {
-    const v = JSON.parse(text) as unknown;
-    if (typeof v === 'object' && v !== null && !Array.isArray(v)) return v as JWK;
-  } catch {
-    // reported below
-  }
-  throw new CocoonError('INPUT_MALFORMED', `${file} is not a JWK`);
 }
 
 /**

@@ -1,11 +1,12 @@
 import { createHmac } from 'node:crypto';
-import { chmod, open, readFile, stat, unlink } from 'node:fs/promises';
+import { chmod, open, unlink } from 'node:fs/promises';
 import { CompactEncrypt, calculateJwkThumbprint, compactDecrypt, exportJWK, generateKeyPair, importJWK } from 'jose';
 import type { JWK } from 'jose';
 import { combineShares, splitSecret } from '../crypto/shamir.js';
 import { publicPart } from './owner-key.js';
 import type { Share } from '../crypto/shamir.js';
 import { CocoonError } from '../errors.js';
+import { readJwkFile } from '../crypto/jwk-file.js';
 import { DATA_KEY_META } from './sealer.js';
 import type { Sealer } from './sealer.js';
 import type { Store } from './store/types.js';
@@ -63,16 +64,7 @@ export async function readRecoveryRecipients(specs: readonly string[]): Promise<
     const [kid, file] = eq < 0 ? ['', ''] : [spec.slice(0, eq), spec.slice(eq + 1)];
     if (!KID_RE.test(kid) || file === '') throw new CocoonError('BAD_USAGE', `--recovery-recipient must be OWNER_KID=FILE (the owner's 43-character key id, as in its .pub.jwk), got "${spec.slice(0, 200)}"`);
     if (out[kid]) throw new CocoonError('BAD_USAGE', `--recovery-recipient names owner ${kid} twice`);
-    const text = await readFile(file, 'utf8').catch(() => {
-      throw new CocoonError('BAD_USAGE', `--recovery-recipient: cannot read ${file}`);
-    });
-    if (text.length > 16 * 1024) throw new CocoonError('INPUT_TOO_LARGE', `--recovery-recipient: ${file} is too large for a JWK`);
-    let jwk: JWK;
-    try {
-      jwk = JSON.parse(text) as JWK;
-    } catch {
-      throw new CocoonError('BAD_USAGE', `--recovery-recipient: ${file} is not a JWK`);
-    }
+    const jwk = await readJwkFile(file, '--recovery-recipient', { unreadable: 'BAD_USAGE' });
     out[kid] = recoveryRecipientJwk(jwk, `--recovery-recipient ${file}`);
   }
   return out;
@@ -150,18 +142,8 @@ export async function loadRecovery(store: Store): Promise<RecoveryRecord> {
  * key of its recovery recipient (P-256, P-384 or X25519).
  */
 export async function readRecoveryPrivateJwk(file: string): Promise<JWK> {
-  const info = await stat(file).catch(() => {
-    throw new CocoonError('BAD_USAGE', `cannot read key ${file}`);
-  });
-  if ((info.mode & 0o077) !== 0) throw new CocoonError('IO_ERROR', `key ${file} is accessible by other users; chmod 600 it`);
-  if (info.size > 16 * 1024) throw new CocoonError('INPUT_TOO_LARGE', `key ${file} is too large`);
-  let jwk: JWK;
-  try {
-    jwk = JSON.parse(await readFile(file, 'utf8')) as JWK;
-  } catch {
-    throw new CocoonError('BAD_USAGE', `${file} is not a JWK`);
-  }
-  if (typeof jwk !== 'object' || jwk === null || typeof jwk.d !== 'string' || !recipientKind(jwk)) {
+  const jwk = await readJwkFile(file, 'key', { ownerOnly: true, unreadable: 'BAD_USAGE' });
+  if (typeof jwk.d !== 'string' || !recipientKind(jwk)) {
     throw new CocoonError('BAD_USAGE', `recovery shares are decrypted with a private P-256 owner key or the private key of the owner's recovery recipient (P-256, P-384 or X25519 JWK)${jwk?.kty === 'OKP' && jwk.crv === 'Ed25519' ? '; an Ed25519 owner key holds no share: use its recovery recipient key' : ''}`);
   }
   return jwk;

@@ -1,5 +1,6 @@
 import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
 import { CocoonError } from '../errors.js';
+import { readFileBounded } from '../util/read-bounded.js';
 import type { TeeKind, VerificationResult } from '../attestation/types.js';
 import type { TrustInput } from '../attestation/index.js';
 import type { EvidenceVerifier } from './context.js';
@@ -104,15 +105,9 @@ export function createBrokerVerifier(options: BrokerVerifierOptions): EvidenceVe
 const MAX_TRUSTED_AK_FILE = 64 * 1024;
 
 export async function readTrustedAkFiles(files: readonly string[]): Promise<string[]> {
-  const { readFile, stat } = await import('node:fs/promises');
   const pems: string[] = [];
   for (const file of files) {
-    const cannot = (err: unknown) => {
-      throw new CocoonError('BAD_USAGE', `--trusted-ak: cannot read ${file}`, { cause: err });
-    };
-    const size = (await stat(file).catch(cannot)).size;
-    if (size > MAX_TRUSTED_AK_FILE) throw new CocoonError('INPUT_TOO_LARGE', `--trusted-ak: ${file} is larger than ${MAX_TRUSTED_AK_FILE} bytes (one PEM public key)`);
-    pems.push(await readFile(file, 'utf8').catch(cannot));
+    pems.push((await readFileBounded(file, { max: MAX_TRUSTED_AK_FILE, what: '--trusted-ak (one PEM public key)', unreadable: 'BAD_USAGE' })).toString('utf8'));
   }
   parseTrustedAks(pems);
   return pems;
