@@ -12,7 +12,7 @@
  */
 import net from 'node:net';
 import { decryptEcdhEs, generateEcdhKeyPair } from '../../src/crypto/ecdh-es.js';
-import { rcarAttestBody, rcarAuthBody, rcarTeePubkey } from '../../src/kbs/client/rcar.js';
+import { rcarAttestBody, rcarAuthBody, rcarTeePubkey, sessionCookieFrom } from '../../src/kbs/client/rcar.js';
 import { rcarReportData, SESSION_COOKIE } from '../../src/kbs/rcar-protocol.js';
 
 export interface RawResponse {
@@ -187,18 +187,9 @@ export class RawHttpConnection {
   }
 }
 
-/** The value of the named cookie from a response's Set-Cookie fields, as the server set it. */
-export function setCookieValue(res: RawResponse, name: string): string | undefined {
-  for (const [h, v] of res.headers) {
-    if (h !== 'set-cookie') continue;
-    const first = v.split(';', 1)[0] as string;
-    const eq = first.indexOf('=');
-    if (eq > 0 && first.slice(0, eq).trim() === name) {
-      const value = first.slice(eq + 1).trim();
-      return value.length > 0 && value.length <= 4096 ? value : undefined;
-    }
-  }
-  return undefined;
+/** The RCAR session cookie from a raw response, read as the launcher reads it. */
+function sessionCookieOf(res: RawResponse): string | undefined {
+  return sessionCookieFrom(res.headers.filter(([h]) => h === 'set-cookie').map(([, v]) => v));
 }
 
 function json(res: RawResponse, what: string, status = 200): Record<string, unknown> {
@@ -235,7 +226,7 @@ export async function rcarRoundTrip(conn: RawHttpConnection, o: RcarRoundTripOpt
   const auth = await conn.request('POST', '/kbs/v0/auth', [], JSON.stringify(rcarAuthBody(o.tee)));
   const { nonce } = json(auth, 'auth');
   if (typeof nonce !== 'string' || nonce.length > 256) throw new RawHttpError('auth: challenge has no nonce');
-  const session = setCookieValue(auth, SESSION_COOKIE);
+  const session = sessionCookieOf(auth);
   if (session === undefined) throw new RawHttpError(`auth: no ${SESSION_COOKIE} cookie`);
   const cookie = [`Cookie: ${SESSION_COOKIE}=${session}`];
   const evidence = await o.evidence(rcarReportData(nonce, teePubkey));
@@ -249,7 +240,7 @@ export async function rcarRoundTrip(conn: RawHttpConnection, o: RcarRoundTripOpt
 export async function baselineRoundTrip(conn: RawHttpConnection): Promise<void> {
   const auth = await conn.request('POST', '/kbs/v0/auth', [], JSON.stringify(rcarAuthBody('sim')));
   json(auth, 'auth');
-  const session = setCookieValue(auth, SESSION_COOKIE);
+  const session = sessionCookieOf(auth);
   if (session === undefined) throw new RawHttpError(`auth: no ${SESSION_COOKIE} cookie`);
   const cookie = [`Cookie: ${SESSION_COOKIE}=${session}`];
   json(await conn.request('POST', '/kbs/v0/attest', cookie, '{}'), 'attest');

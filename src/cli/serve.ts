@@ -149,56 +149,43 @@ export function registerServe(program: Command): void {
           process.once('SIGINT', stop);
           process.once('SIGTERM', stop);
         });
+        // Built once for both paths, so a new flag cannot reach one and miss the other.
+        const bootstrap = {
+          dataDir: opts.dataDir,
+          owners,
+          ...(sealer ? { sealer } : {}),
+          ...(opts.recoveryThreshold ? { recoveryThreshold: Number(opts.recoveryThreshold) } : {}),
+          ...(opts.recoveryRecipient.length > 0 ? { recoveryRecipients } : {}),
+        };
+        const serving = {
+          host,
+          port,
+          allowSim: Boolean(opts.allowSim),
+          bodyLimit: Number(opts.bodyLimit),
+          rateLimit: { perSecond: rate, burst: rate * 2 },
+          workloadCertValidMs,
+          ...(tls ? { tls } : {}),
+          ...(selfAtt.reason ? { selfAttestationUnavailable: selfAtt.reason } : {}),
+        };
         if (workers > 1) {
           // the primary: every startup side effect once, then the workers (src/kbs/cluster.ts)
           return kbsCluster.serveKbsCluster({
             workers,
-            bootstrap: {
-              dataDir: opts.dataDir,
-              owners,
-              ...(sealer ? { sealer } : {}),
-              ...(opts.recoveryThreshold ? { recoveryThreshold: Number(opts.recoveryThreshold) } : {}),
-              ...(opts.recoveryRecipient.length > 0 ? { recoveryRecipients } : {}),
-            },
+            bootstrap,
             ...(store ? { store } : {}),
             ...(selfAtt.self ? { selfAttestation: selfAtt.self } : {}),
-            settings: {
-              dataDir: opts.dataDir,
-              ...(opts.postgres ? { postgres: opts.postgres } : {}),
-              host,
-              port,
-              allowSim: Boolean(opts.allowSim),
-              simRoots,
-              trustedAks,
-              logLevel: opts.logLevel,
-              bodyLimit: Number(opts.bodyLimit),
-              rateLimit: { perSecond: rate, burst: rate * 2 },
-              workloadCertValidMs,
-              ...(tls ? { tls } : {}),
-              ...(selfAtt.reason ? { selfAttestationUnavailable: selfAtt.reason } : {}),
-            },
+            settings: { ...serving, dataDir: opts.dataDir, ...(opts.postgres ? { postgres: opts.postgres } : {}), simRoots, trustedAks, logLevel: opts.logLevel },
             stop: stopSignal,
             listening: (url) => process.stderr.write(describe(url)),
           });
         }
         const kbs = await startKbs({
-          dataDir: opts.dataDir,
-          host,
-          port,
-          allowSim: Boolean(opts.allowSim),
-          owners,
+          ...bootstrap,
+          ...serving,
           verifier: createBrokerVerifier({ simRoots, trustedAks }),
           logger: { level: opts.logLevel },
-          bodyLimit: Number(opts.bodyLimit),
-          rateLimit: { perSecond: rate, burst: rate * 2 },
           ...(store ? { store } : {}),
-          ...(sealer ? { sealer } : {}),
-          ...(tls ? { tls } : {}),
           ...(selfAtt.self ? { selfAttestation: selfAtt.self } : {}),
-          ...(selfAtt.reason ? { selfAttestationUnavailable: selfAtt.reason } : {}),
-          ...(opts.recoveryThreshold ? { recoveryThreshold: Number(opts.recoveryThreshold) } : {}),
-          ...(opts.recoveryRecipient.length > 0 ? { recoveryRecipients } : {}),
-          workloadCertValidMs,
         }).catch(async (err: unknown) => {
           await store?.close();
           throw err;

@@ -6,9 +6,8 @@
  * curve arithmetic, and both the KBS (every release) and a launcher (every boot) run this on
  * their hot path. Tests check interop with jose in both directions.
  */
-import { createCipheriv, createDecipheriv, createECDH, createHash } from 'node:crypto';
+import { ECDH, createCipheriv, createDecipheriv, createECDH, createHash } from 'node:crypto';
 import { pooledRandomBytes } from './random-pool.js';
-import type { ECDH } from 'node:crypto';
 import { CocoonError } from '../errors.js';
 
 export type EcCurve = 'P-256' | 'P-384' | 'P-521';
@@ -32,9 +31,10 @@ export interface FlattenedJweObject {
 }
 
 const OPENSSL_CURVE: Record<EcCurve, string> = { 'P-256': 'prime256v1', 'P-384': 'secp384r1', 'P-521': 'secp521r1' };
-const COORD_BYTES: Record<EcCurve, number> = { 'P-256': 32, 'P-384': 48, 'P-521': 66 };
+export const EC_COORD_BYTES: Record<EcCurve, number> = { 'P-256': 32, 'P-384': 48, 'P-521': 66 };
 const KW_IV = Buffer.from('A6A6A6A6A6A6A6A6', 'hex');
 const B64URL = /^[A-Za-z0-9_-]*$/;
+const JWE_MEMBERS = new Set(['protected', 'encrypted_key', 'iv', 'ciphertext', 'tag']);
 /** Largest protected header accepted when decrypting (ours is ~200 bytes). */
 const MAX_PROTECTED = 1024;
 
@@ -56,18 +56,28 @@ export function generateEcdhKeyPair(crv: EcCurve = 'P-256'): EcdhKeyPair {
 }
 
 function coordinates(point: Buffer, crv: EcCurve): { x: string; y: string } {
-  const n = COORD_BYTES[crv];
+  const n = EC_COORD_BYTES[crv];
   return { x: point.subarray(1, 1 + n).toString('base64url'), y: point.subarray(1 + n).toString('base64url') };
 }
 
 /** The uncompressed point (0x04 ‖ X ‖ Y) of a JWK; lengths checked, the curve check is ECDH's own. */
 function pointOf(jwk: { crv?: unknown; x?: unknown; y?: unknown }, what: string): { crv: EcCurve; point: Buffer } {
   if (!isEcCurve(jwk.crv)) throw malformed(`${what}: curve must be P-256, P-384 or P-521`);
-  const n = COORD_BYTES[jwk.crv];
+  const n = EC_COORD_BYTES[jwk.crv];
   const x = typeof jwk.x === 'string' && B64URL.test(jwk.x) ? Buffer.from(jwk.x, 'base64url') : undefined;
   const y = typeof jwk.y === 'string' && B64URL.test(jwk.y) ? Buffer.from(jwk.y, 'base64url') : undefined;
   if (x?.length !== n || y?.length !== n) throw malformed(`${what}: x and y must be ${n}-byte ${jwk.crv} coordinates`);
   return { crv: jwk.crv, point: Buffer.concat([Buffer.from([4]), x, y]) };
+}
+
+/** Refuses (INPUT_MALFORMED) an EC public JWK whose point is not on its curve: checked once, where the key arrives. */
+export function assertEcPublicKey(jwk: { crv?: unknown; x?: unknown; y?: unknown }, what: string): void {
+  const { crv, point } = pointOf(jwk, what);
+  try {
+    ECDH.convertKey(point, OPENSSL_CURVE[crv]);
+  } catch (err) {
+    throw malformed(`${what}: not a valid point on the curve`, err);
+  }
 }
 
 /** Z = ECDH(own, peer); a point not on the curve is refused by OpenSSL (invalid-curve attacks). */
@@ -151,7 +161,7 @@ export function encryptEcdhEs(recipient: EcPublicJwk, plaintext: Uint8Array): Fl
 export function decryptEcdhEs(jwe: unknown, key: EcdhKeyPair): Buffer {
   if (typeof jwe !== 'object' || jwe === null || Array.isArray(jwe)) throw malformed('JWE must be a JSON object');
   const j = jwe as Record<string, unknown>;
-  for (const k of Object.keys(j)) if (!['protected', 'encrypted_key', 'iv', 'ciphertext', 'tag'].includes(k)) throw malformed(`JWE member ${JSON.stringify(k.slice(0, 40))} is not supported`);
+  for (const k of Object.keys(j)) if (!JWE_MEMBERS.has(k)) throw malformed(`JWE member ${JSON.stringify(k.slice(0, 40))} is not supported`);
   const field = (name: string, max: number): Buffer => {
     const v = j[name];
     if (typeof v !== 'string' || v.length > max || !B64URL.test(v)) throw malformed(`JWE ${name} must be base64url`);

@@ -13,16 +13,20 @@ const pool = Buffer.alloc(POOL_BYTES);
 let offset = POOL_BYTES;
 
 export function pooledRandomBytes(n: number): Buffer {
-  const out = Buffer.alloc(n);
-  if (n > MAX_POOLED) return randomFillSync(out);
+  return pooledRandomFill(Buffer.alloc(n), 0, n);
+}
+
+/** Fills `target[at, at + n)` with random bytes from the pool; returns `target`. */
+export function pooledRandomFill(target: Buffer, at: number, n: number): Buffer {
+  if (n > MAX_POOLED) return randomFillSync(target, at, n);
   if (offset + n > POOL_BYTES) {
     randomFillSync(pool);
     offset = 0;
   }
-  pool.copy(out, 0, offset, offset + n);
+  pool.copy(target, at, offset, offset + n);
   pool.fill(0, offset, offset + n);
   offset += n;
-  return out;
+  return target;
 }
 
 /**

@@ -17,7 +17,7 @@
  * during a rolling upgrade.
  */
 import { createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
-import { pooledRandomBytes } from '../crypto/random-pool.js';
+import { pooledRandomFill } from '../crypto/random-pool.js';
 import { CocoonError } from '../errors.js';
 import { RCAR_TEES } from './rcar-protocol.js';
 
@@ -67,7 +67,7 @@ export function issueChallenge(dataKey: Buffer, tee: Challenge['tee'], nowMs: nu
   fields[0] = VERSION;
   fields[1] = RCAR_TEES.indexOf(tee);
   fields.writeUInt32BE(Math.floor(nowMs / 1000), 2);
-  pooledRandomBytes(18).copy(fields, 6);
+  pooledRandomFill(fields, 6, 18);
   const key = challengeKey(dataKey);
   const cookie = Buffer.concat([fields, hmac(key, 'mac', fields).subarray(0, MAC_BYTES)]).toString('base64url');
   return { cookie, challenge: derive(key, fields, ttlS) };

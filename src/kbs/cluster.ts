@@ -17,7 +17,7 @@ import { pino } from 'pino';
 import type { Logger } from 'pino';
 import { AggregatorRegistry, Counter, Gauge, Registry } from 'prom-client';
 import type { MetricObjectWithValues, MetricValue } from 'prom-client';
-import { CocoonError, ERROR_CODES, type ErrorCode } from '../errors.js';
+import { CocoonError, ERROR_CODES, asCocoonError, type ErrorCode } from '../errors.js';
 import type { TeeKind } from '../attestation/types.js';
 import type { Attester } from '../attester/types.js';
 import { bootstrapKbs, createKbsApp, listenKbs, startHousekeeping, warnWithoutShare } from './app.js';
@@ -46,10 +46,11 @@ export function isKbsWorker(): boolean {
 }
 
 /** `--workers`: 1–64 or `auto` (os.availableParallelism(), capped at 64); anything else BAD_USAGE. */
-export function parseWorkers(text: string, cpus: () => number = availableParallelism): number {
-  if (text === 'auto') return Math.max(1, Math.min(MAX_WORKERS, cpus()));
-  const n = /^[1-9]\d?$/.test(text) ? Number(text) : NaN;
+export function parseWorkers(text: string, cpus: () => number = availableParallelism, inClusterWorker = cluster.isWorker): number {
+  const n = text === 'auto' ? Math.max(1, Math.min(MAX_WORKERS, cpus())) : /^[1-9]\d?$/.test(text) ? Number(text) : NaN;
   if (!(n >= 1 && n <= MAX_WORKERS)) throw new CocoonError('BAD_USAGE', `--workers must be a number from 1 to ${MAX_WORKERS} or auto, got "${text}"`);
+  // node:cluster cannot fork from a worker: checked before any startup step runs
+  if (n > 1 && inClusterWorker) throw new CocoonError('BAD_USAGE', "--workers above 1 cannot run inside another node:cluster worker (a process manager's cluster mode): use one or the other");
   return n;
 }
 
@@ -108,18 +109,43 @@ type Message =
   | { cocoon: 'reply'; id: number; ok: true; value: unknown }
   | { cocoon: 'reply'; id: number; ok: false; error: WireError };
 
-function isMessage(m: unknown): m is Message {
-  return typeof m === 'object' && m !== null && typeof (m as { cocoon?: unknown }).cocoon === 'string';
+function isWireError(e: unknown): e is WireError {
+  return typeof e === 'object' && e !== null && typeof (e as WireError).code === 'string' && typeof (e as WireError).message === 'string';
 }
 
-function isUiSession(v: unknown): v is UiSession {
+/** The envelope of every IPC message, checked by kind before it is used (a worker is not trusted to send well-formed ones). */
+function isMessage(m: unknown): m is Message {
+  if (typeof m !== 'object' || m === null) return false;
+  const x = m as Record<string, unknown>;
+  switch (x.cocoon) {
+    case 'hello':
+    case 'shutdown':
+    case 'config':
+      return true;
+    case 'ready':
+      return typeof x.url === 'string' && x.url.length <= 512;
+    case 'failed':
+      return isWireError(x.error);
+    case 'request':
+      return Number.isSafeInteger(x.id) && typeof x.op === 'string';
+    case 'reply':
+      return Number.isSafeInteger(x.id) && (x.ok === true || (x.ok === false && isWireError(x.error)));
+    default:
+      return false;
+  }
+}
+
+/** A dashboard session from a worker, rebuilt from its known members (bounded) so nothing else is stored or forwarded. */
+function uiSessionOf(v: unknown): UiSession | undefined {
   const x = v as Partial<UiSession> | undefined;
-  return typeof x === 'object' && x !== null && typeof x.kid === 'string' && (x.role === 'owner' || x.role === 'auditor') && typeof x.csrf === 'string' && typeof x.createdAt === 'number' && typeof x.expiresAt === 'number';
+  if (typeof x !== 'object' || x === null || typeof x.kid !== 'string' || x.kid.length > 128 || (x.role !== 'owner' && x.role !== 'auditor') || typeof x.csrf !== 'string' || x.csrf.length > 128) return undefined;
+  if (!Number.isSafeInteger(x.createdAt) || !Number.isSafeInteger(x.expiresAt)) return undefined;
+  return { kid: x.kid, role: x.role, csrf: x.csrf, createdAt: x.createdAt as number, expiresAt: x.expiresAt as number };
 }
 
 function toWire(err: unknown): WireError {
-  if (err instanceof CocoonError) return { code: err.code, message: err.message };
-  return { code: 'INTERNAL', message: err instanceof Error ? err.message : String(err) };
+  const e = asCocoonError(err);
+  return { code: e.code, message: e.message };
 }
 
 function fromWire(e: WireError): CocoonError {
@@ -246,7 +272,8 @@ export async function runKbsPrimary(o: PrimaryOptions): Promise<RunningPrimary> 
 
   const collectMetrics = async (): Promise<string> => {
     const ready = [...states.values()].filter((s) => s.ready);
-    const parts = await Promise.all(ready.map((s) => s.channel.call('metrics-json', METRICS_TIMEOUT_MS) as Promise<MetricObjectWithValues<MetricValue<string>>[]>));
+    // A worker that exits or does not answer in time is left out of this scrape (cocoon_kbs_workers shows how many are up).
+    const parts = (await Promise.allSettled(ready.map((s) => s.channel.call('metrics-json', METRICS_TIMEOUT_MS)))).flatMap((r) => (r.status === 'fulfilled' && Array.isArray(r.value) ? [r.value as MetricObjectWithValues<MetricValue<string>>[]] : []));
     return AggregatorRegistry.aggregate([...parts, await registry.getMetricsAsJSON()]).metrics();
   };
 
@@ -265,14 +292,18 @@ export async function runKbsPrimary(o: PrimaryOptions): Promise<RunningPrimary> 
       });
     } else if (m.op === 'ui-created' || m.op === 'ui-ended') {
       void answer(send, m.id, async () => {
-        const args = m.args as { key?: unknown; session?: UiSession } | undefined;
+        const args = m.args as { key?: unknown; session?: unknown } | undefined;
         if (typeof args?.key !== 'string' || !/^[0-9a-f]{64}$/.test(args.key)) throw new CocoonError('INPUT_MALFORMED', 'dashboard session key');
+        const key = args.key;
+        let forward: { key: string; session?: UiSession } = { key };
         if (m.op === 'ui-created') {
-          if (!isUiSession(args.session)) throw new CocoonError('INPUT_MALFORMED', 'dashboard session');
-          uiSessions.adopt(args.key, args.session, Date.now());
-        } else uiSessions.end(args.key);
+          const session = uiSessionOf(args.session);
+          if (!session) throw new CocoonError('INPUT_MALFORMED', 'dashboard session');
+          uiSessions.adopt(key, session, Date.now());
+          forward = { key, session };
+        } else uiSessions.end(key);
         const others = [...states.values()].filter((x) => x !== s && x.configured);
-        await Promise.allSettled(others.map((x) => x.channel.call(m.op === 'ui-created' ? 'ui-adopt' : 'ui-drop', UI_SESSION_TIMEOUT_MS, args)));
+        await Promise.allSettled(others.map((x) => x.channel.call(m.op === 'ui-created' ? 'ui-adopt' : 'ui-drop', UI_SESSION_TIMEOUT_MS, forward)));
       });
     } else {
       void answer(send, m.id, () => Promise.reject(new CocoonError('NOT_FOUND', `unknown request ${String(m.op)}`)));
@@ -292,6 +323,7 @@ export async function runKbsPrimary(o: PrimaryOptions): Promise<RunningPrimary> 
         worker.send({ cocoon: 'config', settings: o.settings, dataKey: o.dataKey, uiSessions: uiSessions.entries(Date.now()) } satisfies Message);
         s.configured = true;
       } else if (m.cocoon === 'ready') {
+        if (s.ready) return;
         s.ready = true;
         url ??= m.url;
         updateGauge();
@@ -452,7 +484,10 @@ export async function runKbsWorker(): Promise<void> {
       () => undefined,
       () => undefined, // the session still works on this worker
     ),
-    ended: (key) => void primary.call('ui-ended', UI_SESSION_TIMEOUT_MS * 2, { key }).catch(() => undefined),
+    ended: (key) => primary.call('ui-ended', UI_SESSION_TIMEOUT_MS * 2, { key }).then(
+      () => undefined,
+      () => undefined, // ended on this worker; the others drop it at expiry at the latest
+    ),
   });
   const adoptOrDrop = (op: Op, args: { key: string; session: UiSession }): void => {
     if (op === 'ui-adopt') uiSessions.adopt(args.key, args.session, Date.now());
@@ -494,14 +529,9 @@ export async function runKbsWorker(): Promise<void> {
     });
     dataKey = Buffer.from(keyBytes);
     keyBytes.fill(0);
+    // the identity first: from the moment the store is open, createKbsApp (closeStore) owns it
+    const identity = await readIdentity(settings.dataDir);
     const store = settings.postgres ? await (await import('./store/postgres.js')).openPostgresStore(settings.postgres) : await openSqliteStore(settings.dataDir, { walCheckpoints: 'external' });
-    let identity;
-    try {
-      identity = await readIdentity(settings.dataDir);
-    } catch (err) {
-      await store.close();
-      throw err;
-    }
     const metrics = createMetrics();
     metricsJson = () => metrics.registry.getMetricsAsJSON();
     const sa = settings.selfAttestation;

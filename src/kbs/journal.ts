@@ -71,18 +71,21 @@ export class Journal {
     return withRetry(() =>
       this.store.transaction(async (tx) => {
         const refusals = new Map<JournalItem, Error>();
+        const details = new Map<JournalItem, Record<string, unknown>>();
+        // The steps first: they never touch the chain, so the chain lock (on PostgreSQL the one
+        // every replica waits for) is held only while the batch's entries are appended.
+        for (const item of batch) {
+          if (!item.step) continue;
+          const outcome = await item.step(tx);
+          if ('refused' in outcome) refusals.set(item, outcome.refused);
+          else if (outcome.detail) details.set(item, outcome.detail);
+        }
         await tx.lockAuditChain();
         let last: Pick<AuditRecord, 'seq' | 'hash'> | undefined = await tx.auditHead();
         for (const item of batch) {
-          let audit = item.audit;
-          if (item.step) {
-            const outcome = await item.step(tx);
-            if ('refused' in outcome) {
-              refusals.set(item, outcome.refused);
-              continue;
-            }
-            if (outcome.detail) audit = { ...audit, detail: { ...audit.detail, ...outcome.detail } };
-          }
+          if (refusals.has(item)) continue;
+          const detail = details.get(item);
+          const audit = detail ? { ...item.audit, detail: { ...item.audit.detail, ...detail } } : item.audit;
           if (item.event) await tx.addEvent(item.event);
           last = await appendAuditAfter(tx, this.key, audit, item.at, last);
         }

@@ -15,8 +15,6 @@ export interface CurrentPolicy {
   policy: Policy;
 }
 
-/** Parsed policies by version hash; a version never changes once stored. */
-const parsedCache = new Map<string, Policy>();
 /** Stored versions with their parsed policy, by store and version hash (the record's createdAt/By are the store's own). */
 const versionCaches = new WeakMap<Store, Map<string, CurrentPolicy>>();
 const CACHE_MAX = 256;
@@ -28,16 +26,6 @@ export function policyFileName(name: string): string {
 /** Hash of one version, chained over its predecessor (tamper evidence for the history). */
 export function policyVersionHash(name: string, version: number, predecessor: string | null, yaml: string): string {
   return `sha256:${sha256Hex(canonicalJson({ name, version, predecessor, yaml: sha256Hex(yaml) }))}`;
-}
-
-export function parseStoredPolicy(record: PolicyVersionRecord): Policy {
-  let policy = parsedCache.get(record.hash);
-  if (!policy) {
-    policy = parsePolicy(record.yaml, { file: policyFileName(record.name) });
-    if (parsedCache.size >= CACHE_MAX) parsedCache.clear();
-    parsedCache.set(record.hash, policy);
-  }
-  return policy;
 }
 
 /**
@@ -57,7 +45,7 @@ export async function currentPolicy(ctx: KbsContext, name: string): Promise<Curr
   if (cached?.record.name === name) return cached;
   const record = await ctx.store.getPolicyHead(name);
   if (!record) return undefined;
-  const current = { record, policy: parseStoredPolicy(record) };
+  const current = { record, policy: parsePolicy(record.yaml, { file: policyFileName(record.name) }) };
   if (versions.size >= CACHE_MAX) versions.clear();
   versions.set(record.hash, current);
   return current;

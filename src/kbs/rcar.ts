@@ -3,6 +3,7 @@ import { isTeeKind } from '../attestation/types.js';
 import type { TeeKind, VerificationResult } from '../attestation/types.js';
 import { constantTimeEqual } from '../crypto/hash.js';
 import { uuidV7 } from '../crypto/random-pool.js';
+import { assertEcPublicKey } from '../crypto/ecdh-es.js';
 import { CocoonError, ERROR_CODES, asCocoonError } from '../errors.js';
 import type { ErrorCode } from '../errors.js';
 import { evaluateAccept, grantedSecrets, workloadMeasurementOf } from '../policy/evaluate.js';
@@ -96,6 +97,8 @@ export async function attest(ctx: KbsContext, cookie: string | undefined, req: A
     const teeKind = challenge.tee;
     if (teeKind === 'sim' && !ctx.allowSim) throw new CocoonError('SIM_NOT_ALLOWED', 'this KBS does not accept simulated TEEs');
     const teePubkey = parseTeePubkey(req['runtime-data']['tee-pubkey']);
+    // a key no resource could be encrypted to is refused here, not at every release
+    if (teePubkey.alg === 'ECDH-ES+A256KW') assertEcPublicKey(teePubkey.jwk, 'tee-pubkey');
     const initData = parseInitData(req['init-data']);
     target = initData.target;
     const csr = req['runtime-data'].csr;
@@ -146,10 +149,16 @@ export async function attest(ctx: KbsContext, cookie: string | undefined, req: A
     // entry: its session row (keyed by the challenge's session id, so a second answer finds it
     // and is a replay) and the activation count, both or neither.
     const { policy: policyName, workload: workloadName } = target;
+    // A refusal for maxActivations is returned, not thrown, so the rest of the batch commits
+    // (the challenge it burns is kept). An answer that lost a race for the same challenge
+    // throws: that undoes its count (the batch is then written record by record).
     const spend: JournalStep = async (tx) => {
-      if (!(await tx.insertSession(session))) return { refused: new SpendRefused('replayed') };
       const activation = await tx.countActivation(policyName, workloadName, workload.maxActivations);
-      if (activation === false) throw new SpendRefused('max-activations');
+      if (activation === false) {
+        const burnt = await tx.insertSession({ ...session, teePubkey: null, attestation: null });
+        return { refused: new SpendRefused(burnt ? 'max-activations' : 'replayed') };
+      }
+      if (!(await tx.insertSession(session))) throw new SpendRefused('replayed');
       return { detail: { activation } };
     };
     try {
@@ -166,10 +175,8 @@ export async function attest(ctx: KbsContext, cookie: string | undefined, req: A
       );
     } catch (err) {
       if (!(err instanceof SpendRefused)) throw err;
-      if (err.why === 'replayed') {
-        spent = true;
-        throw new CocoonError('NONCE_INVALID', 'nonce already used: request a new challenge');
-      }
+      spent = true;
+      if (err.why === 'replayed') throw new CocoonError('NONCE_INVALID', 'nonce already used: request a new challenge');
       throw new CocoonError('POLICY_DENIED', `${target.policy}#${target.workload}: maxActivations (${workload.maxActivations ?? 0}) reached`);
     }
     const resourceGrant: ResourceGrant = { ...grant, teePubkey, via: 'session', sessionId, instance: { id: `session:${sessionId}`, expiresAt: session.expiresAt } };
@@ -247,7 +254,7 @@ export interface ResourceGrant extends SessionGrant {
   instance: { id: string; expiresAt: number };
 }
 
-export async function authorizeResource(ctx: KbsContext, auth: { sessionId?: string; bearer?: string }): Promise<ResourceGrant> {
+export async function authorizeResource(ctx: KbsContext, auth: { cookie?: string; bearer?: string }): Promise<ResourceGrant> {
   const now = ctx.now();
   if (auth.bearer !== undefined) {
     const ear = await verifyEar(ctx.identity, auth.bearer, now);
@@ -271,12 +278,12 @@ export async function authorizeResource(ctx: KbsContext, auth: { sessionId?: str
       instance: { id: `token:${fromToken.jti}`, expiresAt: ear.exp * 1000 },
     };
   }
-  if (!auth.sessionId) throw new CocoonError('AUTH_REQUIRED', `no ${SESSION_COOKIE} cookie or bearer attestation token`);
-  const attested = ctx.attested.get(auth.sessionId, now.getTime());
+  if (!auth.cookie) throw new CocoonError('AUTH_REQUIRED', `no ${SESSION_COOKIE} cookie or bearer attestation token`);
+  const attested = ctx.attested.get(auth.cookie, now.getTime());
   if (attested) return attested.value;
   let challenge: Challenge;
   try {
-    challenge = openChallenge(ctx.dataKey, auth.sessionId, ctx.sessionTtlS);
+    challenge = openChallenge(ctx.dataKey, auth.cookie, ctx.sessionTtlS);
   } catch {
     throw new CocoonError('AUTH_INVALID', 'session unknown or expired: attest again');
   }
@@ -429,8 +436,12 @@ export async function releaseResource(ctx: KbsContext, grant: ResourceGrant, org
       if (!granted.has(name)) throw new CocoonError('POLICY_DENIED', `resource ${resource} is not granted to workload ${grant.workload}`);
       plaintext = (await secretValues(ctx, policyName, current.policy, [name], grant)).get(name) as Buffer;
     }
-    const jwe = await encryptToTee(grant.teePubkey, plaintext);
-    plaintext.fill(0);
+    let jwe: FlattenedJWE;
+    try {
+      jwe = await encryptToTee(grant.teePubkey, plaintext);
+    } finally {
+      plaintext.fill(0);
+    }
     ctx.metrics.releases.inc({ status: 'released' });
     await record(
       ctx,

@@ -1,7 +1,7 @@
 import { FlattenedEncrypt, importJWK } from 'jose';
 import type { FlattenedJWE, JWK } from 'jose';
 import { CocoonError } from '../errors.js';
-import { encryptEcdhEs } from '../crypto/ecdh-es.js';
+import { EC_COORD_BYTES, encryptEcdhEs, isEcCurve } from '../crypto/ecdh-es.js';
 import type { EcPublicJwk } from '../crypto/ecdh-es.js';
 
 export type TeeKeyAlg = 'ECDH-ES+A256KW' | 'RSA-OAEP-256';
@@ -12,7 +12,6 @@ export interface TeePubkey {
 }
 
 const B64URL = /^[A-Za-z0-9_-]+$/;
-const EC_COORD_LEN: Record<string, number> = { 'P-256': 43, 'P-384': 64, 'P-521': 88 };
 
 /**
  * Strictly parses the `tee-pubkey` of RCAR runtime-data: public EC (P-256/384/521) or RSA
@@ -28,8 +27,8 @@ export function parseTeePubkey(value: unknown): TeePubkey {
     if (typeof v !== 'string' || v.length > 2048) throw bad(`tee-pubkey member "${k}" must be a string`);
   }
   if (jwk.kty === 'EC') {
-    const len = EC_COORD_LEN[String(jwk.crv)];
-    if (!len) throw bad('tee-pubkey curve must be P-256, P-384 or P-521');
+    if (!isEcCurve(jwk.crv)) throw bad('tee-pubkey curve must be P-256, P-384 or P-521');
+    const len = Math.ceil((EC_COORD_BYTES[jwk.crv] * 4) / 3);
     for (const c of ['x', 'y'] as const) {
       const v = jwk[c];
       if (typeof v !== 'string' || !B64URL.test(v) || v.length !== len) throw bad(`tee-pubkey ${c} is not a ${String(jwk.crv)} coordinate`);

@@ -154,13 +154,14 @@ export function sessionCookieOf(res: { headers: Record<string, unknown> }): stri
 /** auth → attest by hand through inject(); returns what later steps need. */
 export async function rcarAttest(
   kbs: TestKbs,
-  opts: { measurement?: string; workload?: string; policy?: string; tamperReportData?: boolean; evidenceExtra?: Record<string, unknown>; csr?: string } = {},
+  opts: { measurement?: string; workload?: string; policy?: string; tamperReportData?: boolean; evidenceExtra?: Record<string, unknown>; csr?: string; teePubkey?: JWK } = {},
 ) {
   const auth = await kbs.app.inject({ method: 'POST', url: '/kbs/v0/auth', payload: { version: '0.4.0', tee: 'sim', 'extra-params': {} } });
   if (auth.statusCode !== 200) return { auth, attest: auth, cookie: '', nonce: '', key: await teeKey() };
   const cookie = sessionCookieOf(auth);
   const nonce = (auth.json() as { nonce: string }).nonce;
   const key = await teeKey();
+  if (opts.teePubkey) key.jwk = opts.teePubkey;
   const rd = rcarReportData(nonce, key.jwk, opts.csr);
   if (opts.tamperReportData) rd[0] = (rd[0] as number) ^ 0xff;
   const body = {

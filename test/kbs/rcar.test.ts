@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { decodeJwt, flattenedDecrypt } from 'jose';
 import { parseLaunchPlan } from '../../src/kbs/launch-plan.js';
 import { COCO_ERROR_BASE } from '../../src/kbs/problem.js';
-import { MEASUREMENT, OTHER_MEASUREMENT, POLICY_YAML, applyDemoPolicy, makeKbs, ownerRequest, rcarAttest, withKbs } from './helpers.js';
+import { MEASUREMENT, OTHER_MEASUREMENT, POLICY_YAML, applyDemoPolicy, makeKbs, ownerRequest, rcarAttest, teeKey, withKbs } from './helpers.js';
 import type { TestKbs } from './helpers.js';
 
 interface EarClaims {
@@ -283,4 +283,15 @@ test('release with an attested cookie: any altered byte is refused, the exact co
     }
     const ok = await kbs.app.inject({ method: 'GET', url: '/kbs/v0/resource/demo/redis/redis-password', headers: { cookie } });
     assert.equal(ok.statusCode, 200, ok.body);
+  }));
+
+test('a tee-pubkey that is not a point on its curve is refused at attestation, not at every release', () =>
+  withKbs(async (kbs) => {
+    await applyDemoPolicy(kbs);
+    const { jwk } = await teeKey();
+    const y = Buffer.from(jwk.y as string, 'base64url');
+    y[31] = (y[31] as number) ^ 1;
+    const { attest } = await rcarAttest(kbs, { teePubkey: { ...jwk, y: y.toString('base64url') } });
+    assert.equal(attest.statusCode, 400, attest.body);
+    assert.match((attest.json() as { detail: string }).detail, /tee-pubkey: not a valid point on the curve/);
   }));

@@ -152,6 +152,9 @@ async function attestSim(url: string, attester: SimAttester, retry = { attempts:
   assert.ok(res.resources['demo/redis/launch-plan']);
 }
 
+/** The tests that run the built CLI skip, saying why, without it. */
+const noDist = existsSync(distCli) ? false : 'dist/cli.mjs not built (npm run build)';
+
 /** The workers that answered 200 to a request matching `pred` (from their request logs). */
 function servedBy(s: Served, pred: (req: { method: string; url: string }) => boolean): number[] {
   const reqs = new Map<string, { method: string; url: string }>();
@@ -170,6 +173,8 @@ test('parseWorkers: 1–64 or auto', () => {
   assert.equal(parseWorkers('64'), 64);
   assert.equal(parseWorkers('auto', () => 6), 6);
   assert.equal(parseWorkers('auto', () => 200), MAX_WORKERS);
+  assert.equal(parseWorkers('1', () => 2, true), 1, 'one worker is fine inside a foreign cluster worker');
+  assert.throws(() => parseWorkers('2', () => 2, true), (e: unknown) => e instanceof CocoonError && e.code === 'BAD_USAGE' && /inside another node:cluster worker/.test(e.message));
   for (const bad of ['0', '65', '100', 'abc', '2.5', '-1', '', ' 2', '02', '1e1', 'AUTO']) {
     assert.throws(() => parseWorkers(bad), (e: unknown) => e instanceof CocoonError && e.code === 'BAD_USAGE', bad);
   }
@@ -193,11 +198,7 @@ test('readIdentity (workers): the identity loadOrCreateIdentity made; never crea
   }
 });
 
-test('cocoon serve as a worker of another node:cluster primary (a process manager\'s cluster mode) serves on its own', async (t) => {
-  if (!existsSync(distCli)) {
-    t.skip('dist/cli.mjs not built (npm run build)');
-    return;
-  }
+test('cocoon serve as a worker of another node:cluster primary (a process manager\'s cluster mode) serves on its own', { skip: noDist }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'cocoon-foreign-cluster-'));
   const port = await freePort();
   const args = ['serve', '--data-dir', join(dir, 'data'), '--config-dir', join(dir, 'cfg'), '--listen', `127.0.0.1:${port}`];
@@ -233,11 +234,7 @@ test('SQLite store: a transaction holds the write lock from BEGIN (BEGIN IMMEDIA
   }
 });
 
-test('cocoon serve --workers 2 on SQLite: load on both workers, metrics, self-attestation, SIGKILLed worker, SIGTERM, primary death, crash loop', async (t) => {
-  if (!existsSync(distCli)) {
-    t.skip('dist/cli.mjs not built (npm run build)');
-    return;
-  }
+test('cocoon serve --workers 2 on SQLite: load on both workers, metrics, self-attestation, SIGKILLed worker, SIGTERM, primary death, crash loop', { skip: noDist }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'cocoon-workers-'));
   const running: Served[] = [];
   try {
@@ -335,7 +332,7 @@ test('cocoon serve --workers 2 on SQLite: load on both workers, metrics, self-at
       const v = await verifySimEvidence(body.evidence, { roots: [rootPem] }, { at: new Date(), reportData: kbsAttestationReportData(body.binding) });
       assert.equal(v.verified, true, JSON.stringify(v.errors));
     }
-    assert.equal(kbs.logs().filter((l) => typeof l.worker === 'number' && (l.req as { url?: string } | undefined)?.url?.startsWith('/cocoon/v1/attestation')).map((l) => l.worker).filter((w, i, a) => a.indexOf(w) === i).length, 2, 'both workers served it');
+    assert.equal(servedBy(kbs, (r) => r.url.startsWith('/cocoon/v1/attestation')).length, 2, 'both workers served it');
 
     // dashboard sessions are shared: signed in on one worker, valid on every worker; a sign-out everywhere
     const signer = await ownerSigningKey(JSON.parse(readFileSync(owner.privateFile, 'utf8')) as JWK);
@@ -434,11 +431,7 @@ test('cocoon serve --workers 2 on SQLite: load on both workers, metrics, self-at
   }
 });
 
-test('cocoon serve --workers 2 --postgres: RCAR and owner writes on both workers, whole-service metrics, one audit chain', async (t) => {
-  if (!existsSync(distCli)) {
-    t.skip('dist/cli.mjs not built (npm run build)');
-    return;
-  }
+test('cocoon serve --workers 2 --postgres: RCAR and owner writes on both workers, whole-service metrics, one audit chain', { skip: noDist }, async (t) => {
   await withTempPostgres(t, async (pgi) => {
     const dir = mkdtempSync(join(tmpdir(), 'cocoon-workers-pg-'));
     let kbs: Served | undefined;

@@ -29,6 +29,8 @@ export async function storeContract(store: Store): Promise<void> {
     await store.applyPolicy({ record: rec(3, 'h3', head!.hash), expectedHead: head!.hash, newSecrets: [{ policy: 'demo/app', name: 's', kind: 'random', sealed: 'B', createdAt: 2, updatedAt: 2 }] });
     assert.equal((await store.getSecret('demo/app', 's'))?.sealed, 'A');
     assert.deepEqual((await store.listPolicyVersions('demo/app', 10)).map((v) => v.version), [3, 2, 1]);
+    assert.deepEqual(await store.getPolicyHeadRef('demo/app'), { version: 3, hash: 'h3' });
+    assert.equal(await store.getPolicyHeadRef('no/such'), undefined);
 
     // A challenge is spent by inserting its session: of concurrent inserts of one id exactly one wins, and the first row stays.
     const session = (attestation: string | null) => ({ id: 'sess', tee: 'sim', nonce: 'n', createdAt: 0, expiresAt: 10_000, teePubkey: attestation && '{}', attestation });
@@ -37,7 +39,7 @@ export async function storeContract(store: Store): Promise<void> {
     const winner = ['a', 'b', null][inserted.indexOf(true)];
     assert.equal((await store.getSession('sess'))?.attestation, winner);
     assert.equal(await store.insertSession(session('c')), false);
-    assert.equal(await store.transaction(async (tx) => tx.insertSession(session('d'))), false, 'inside a transaction too, without aborting it');
+    assert.deepEqual(await store.transaction(async (tx) => [await tx.insertSession(session('d')), await tx.sessionExists('sess')]), [false, true], 'inside a transaction too, without aborting it');
     assert.equal((await store.getSession('sess'))?.attestation, winner);
     assert.equal(await store.insertSession({ ...session(null), id: 'old', expiresAt: 10 }), true);
     await store.purgeExpired(20);

@@ -1,14 +1,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { sql } from 'kysely';
 import { SQLITE_FILE, openSqliteStore } from '../../src/kbs/store/sqlite.js';
 import type { KyselyStore } from '../../src/kbs/store/kysely-store.js';
-import { BACKSTOP_PAGES, DEFAULT_AUTOCHECKPOINT_PAGES } from '../../src/kbs/store/wal-checkpointer.js';
+import { BACKSTOP_PAGES, DEFAULT_AUTOCHECKPOINT_PAGES, startWalCheckpointer } from '../../src/kbs/store/wal-checkpointer.js';
 
 async function autocheckpoint(store: KyselyStore): Promise<number> {
   const { rows } = await sql<{ wal_autocheckpoint: number }>`pragma wal_autocheckpoint`.execute(store.db);
@@ -40,3 +40,20 @@ for (const mode of ['thread', 'external', 'inline'] as const) {
     }
   });
 }
+
+test('WAL checkpoint thread: after five failures in a row it reports each once and ends (the store then checkpoints inside commits)', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'cocoon-wal-fail-'));
+  try {
+    const file = join(dir, 'not-a-database');
+    writeFileSync(file, 'x'.repeat(8192));
+    const errors: string[] = [];
+    // the thread is unref'd: this timer keeps the test alive until it ends (or fails the test after 10 s)
+    const keepAlive = setTimeout(() => assert.fail(`the thread did not end; errors: ${errors.join('; ')}`), 10_000);
+    await new Promise<void>((resolve) => startWalCheckpointer(file, { intervalMs: 5, onError: (m) => errors.push(m), onExit: resolve }));
+    clearTimeout(keepAlive);
+    assert.equal(errors.length, 5, errors.join('; '));
+    assert.match(errors[0] ?? '', /not a database/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -95,9 +95,7 @@ interface CheckedPlatform {
   key: KeyObject;
   /** SHA-256 of the platform certificate's DER (a claim of every report). */
   sha256: string;
-  /** The trusted root that signed the platform certificate, if any. */
-  issuer: X509Certificate | undefined;
-  /** Validity windows of the platform certificate and of its issuer. */
+  /** Validity windows of the platform certificate and of the trusted root that signed it (none: no trusted root did). */
   validity: { platform: { from: number; to: number }; issuer: { from: number; to: number } | undefined };
 }
 
@@ -116,7 +114,7 @@ function checkPlatform(certPem: string, rootPems: readonly string[]): CheckedPla
   const platform = loadCert(certPem, 'platform certificate');
   const roots = rootPems.map((pem) => loadCert(pem, 'sim root'));
   const issuer = roots.find((root) => platform.checkIssued(root) && platform.verify(root.publicKey));
-  const checked = { key: createPublicKey(platform.publicKey.export({ format: 'pem', type: 'spki' })), sha256: sha256Hex(platform.raw), issuer, validity: { platform: validityOf(platform), issuer: issuer && validityOf(issuer) } };
+  const checked = { key: createPublicKey(platform.publicKey.export({ format: 'pem', type: 'spki' })), sha256: sha256Hex(platform.raw), validity: { platform: validityOf(platform), issuer: issuer && validityOf(issuer) } };
   if (platformCache.size >= PLATFORM_CACHE_MAX) platformCache.delete(platformCache.keys().next().value as string);
   platformCache.set(cacheKey, checked);
   return checked;
@@ -125,9 +123,9 @@ function checkPlatform(certPem: string, rootPems: readonly string[]): CheckedPla
 export async function verifySimEvidence(input: unknown, trust: SimTrust, options: VerifyOptions): Promise<VerificationResult> {
   const { evidence, report, reportBytes } = parseSimEvidence(input);
   const errors: VerificationProblem[] = [];
-  const { key, sha256, issuer, validity } = checkPlatform(evidence.certs[0] as string, trust.roots);
+  const { key, sha256, validity } = checkPlatform(evidence.certs[0] as string, trust.roots);
 
-  if (!issuer || !validity.issuer) {
+  if (!validity.issuer) {
     errors.push({ code: 'EVIDENCE_CHAIN_INVALID', stage: 'chain', message: 'platform certificate does not chain to a trusted sim root' });
   } else if (!withinValidity(validity.platform, options.at) || !withinValidity(validity.issuer, options.at)) {
     errors.push({ code: 'EVIDENCE_CHAIN_INVALID', stage: 'cert_validity', message: 'sim certificate outside its validity window' });

@@ -143,7 +143,7 @@ async function exchange(base: string, options: AttestAndFetchOptions, teeKey: Ec
     try {
       resources[name] = decryptEcdhEs(jwe, teeKey);
     } catch (err) {
-      throw new CocoonError('INPUT_MALFORMED', `KBS resource ${name}: JWE does not decrypt with the TEE key`, { cause: err });
+      throw new CocoonError('INPUT_MALFORMED', `KBS resource ${name}: ${(err as Error).message}`, { cause: err });
     }
   };
   for (const name of options.resources) await fetchResource(name);
@@ -157,7 +157,12 @@ async function exchange(base: string, options: AttestAndFetchOptions, teeKey: Ec
 }
 
 function sessionCookie(headers: Headers): string | undefined {
-  for (const line of headers.getSetCookie()) {
+  return sessionCookieFrom(headers.getSetCookie());
+}
+
+/** The RCAR session cookie's value from Set-Cookie header lines (the KBS's own cookie format only). */
+export function sessionCookieFrom(setCookieLines: Iterable<string>): string | undefined {
+  for (const line of setCookieLines) {
     const first = line.split(';')[0] ?? '';
     const eq = first.indexOf('=');
     if (eq > 0 && first.slice(0, eq).trim() === SESSION_COOKIE) {

@@ -39,15 +39,15 @@ const AttestBody = Type.Object(
 );
 
 /** The credentials of a resource request: the session cookie and/or a bearer attestation token. */
-function resourceAuth(headers: { authorization?: string; cookie?: string }): { sessionId?: string; bearer?: string } {
+function resourceAuth(headers: { authorization?: string; cookie?: string }): { cookie?: string; bearer?: string } {
   let bearer: string | undefined;
   if (headers.authorization !== undefined) {
     const m = /^Bearer ([A-Za-z0-9_.-]{1,16384})$/.exec(headers.authorization);
     if (!m) throw new CocoonError('AUTH_INVALID', 'Authorization must be "Bearer <attestation token>"');
     bearer = m[1];
   }
-  const sessionId = readCookie(headers.cookie, SESSION_COOKIE);
-  return { ...(sessionId ? { sessionId } : {}), ...(bearer ? { bearer } : {}) };
+  const cookie = readCookie(headers.cookie, SESSION_COOKIE);
+  return { ...(cookie ? { cookie } : {}), ...(bearer ? { bearer } : {}) };
 }
 
 /** CoCo KBS protocol 0.4.0 under /kbs/v0 (docs/internals.md §5). Errors are CoCo RFC 7807. */

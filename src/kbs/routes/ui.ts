@@ -193,7 +193,7 @@ export function uiRoutes(ctx: KbsContext, options: UiOptions = {}) {
 
       a.delete('/ui/api/session', { schema: { hide: true } }, async (request, reply) => {
         const s = viewer(request);
-        sessions.signOut(s.key);
+        await sessions.signOut(s.key);
         await audit(s.kid, 'ui.logout', {});
         void reply.header('set-cookie', clearedCookie(secure(request)));
         return { signedOut: true };

@@ -16,12 +16,12 @@ const arg = (i: number): never => `${ARG}${i}` as never;
  * RCAR round trip (bench/rcar.ts) — while these few have one fixed shape each; the SQL text
  * and the constants in it are exactly what the builder produced.
  */
-class Prepared<O> {
+class Prepared<O, A extends unknown[]> {
   private readonly byDialect = new Map<string, { query: CompiledQuery<O>; slots: number[]; arity: number }>();
 
   constructor(private readonly build: (db: Kysely<Database>) => Compilable<O>) {}
 
-  run(store: KyselyStore, ...args: unknown[]): Promise<QueryResult<O>> {
+  run(store: KyselyStore, ...args: A): Promise<QueryResult<O>> {
     let c = this.byDialect.get(store.dialect);
     if (!c) {
       const query = this.build(store.db).compile();
@@ -35,12 +35,20 @@ class Prepared<O> {
   }
 }
 
+/** A prepared query whose arguments are the tuple A (so a swapped or missing argument does not compile). */
+const prepared =
+  <A extends unknown[]>() =>
+  <O>(build: (db: Kysely<Database>) => Compilable<O>): Prepared<O, A> =>
+    new Prepared<O, A>(build);
+
+type Nullable = string | null;
+
 const Q = {
-  auditHead: new Prepared((db) => db.selectFrom('kbs_audit').select(['seq', 'hash']).orderBy('seq', 'desc').limit(1)),
-  insertAudit: new Prepared((db) =>
+  auditHead: prepared<[]>()((db) => db.selectFrom('kbs_audit').select(['seq', 'hash']).orderBy('seq', 'desc').limit(1)),
+  insertAudit: prepared<[seq: number, at: number, actor: string, action: string, policy: Nullable, detail: string, prev: string, hash: string, sig: string]>()((db) =>
     db.insertInto('kbs_audit').values({ seq: arg(0), at: arg(1), actor: arg(2), action: arg(3), policy: arg(4), detail: arg(5), prev: arg(6), hash: arg(7), sig: arg(8) }),
   ),
-  addEvent: new Prepared((db) =>
+  addEvent: prepared<[id: string, at: number, kind: string, status: string, tee: string, policy: Nullable, workload: Nullable, resource: Nullable, code: Nullable, detail: string, insecure: 0 | 1, sessionId: Nullable]>()((db) =>
     db.insertInto('kbs_events').values({
       id: arg(0),
       at: arg(1),
@@ -56,38 +64,38 @@ const Q = {
       session_id: arg(11),
     }),
   ),
-  insertSession: new Prepared((db) =>
+  insertSession: prepared<[id: string, tee: string, nonce: string, createdAt: number, expiresAt: number, teePubkey: Nullable, attestation: Nullable]>()((db) =>
     db
       .insertInto('kbs_sessions')
       .values({ id: arg(0), tee: arg(1), nonce: arg(2), nonce_used: 1, created_at: arg(3), expires_at: arg(4), tee_pubkey: arg(5), attestation: arg(6) })
       .onConflict((oc) => oc.column('id').doNothing()),
   ),
-  sessionExists: new Prepared((db) => db.selectFrom('kbs_sessions').select(sql<number>`1`.as('one')).where('id', '=', arg(0))),
-  getSession: new Prepared((db) => db.selectFrom('kbs_sessions').select(['id', 'tee', 'nonce', 'created_at', 'expires_at', 'tee_pubkey', 'attestation']).where('id', '=', arg(0))),
-  countActivation: new Prepared((db) =>
+  sessionExists: prepared<[id: string]>()((db) => db.selectFrom('kbs_sessions').select(sql<number>`1`.as('one')).where('id', '=', arg(0))),
+  getSession: prepared<[id: string]>()((db) => db.selectFrom('kbs_sessions').select(['id', 'tee', 'nonce', 'created_at', 'expires_at', 'tee_pubkey', 'attestation']).where('id', '=', arg(0))),
+  countActivation: prepared<[policy: string, workload: string]>()((db) =>
     db
       .insertInto('kbs_activations')
       .values({ policy: arg(0), workload: arg(1), count: 1 })
       .onConflict((oc) => oc.columns(['policy', 'workload']).doUpdateSet({ count: sql<number>`kbs_activations.count + 1` }))
       .returning('count'),
   ),
-  countActivationBelow: new Prepared((db) =>
+  countActivationBelow: prepared<[policy: string, workload: string, max: number]>()((db) =>
     db
       .insertInto('kbs_activations')
       .values({ policy: arg(0), workload: arg(1), count: 1 })
       .onConflict((oc) => oc.columns(['policy', 'workload']).doUpdateSet({ count: sql<number>`kbs_activations.count + 1` }).where('kbs_activations.count', '<', arg(2)))
       .returning('count'),
   ),
-  policyHeadRef: new Prepared((db) => db.selectFrom('kbs_policies').select(['version', 'hash']).where('name', '=', arg(0))),
-  policyHead: new Prepared((db) =>
+  policyHeadRef: prepared<[name: string]>()((db) => db.selectFrom('kbs_policies').select(['version', 'hash']).where('name', '=', arg(0))),
+  policyHead: prepared<[name: string]>()((db) =>
     db
       .selectFrom('kbs_policies as p')
       .innerJoin('kbs_policy_versions as v', (j) => j.onRef('v.name', '=', 'p.name').onRef('v.version', '=', 'p.version'))
       .selectAll('v')
       .where('p.name', '=', arg(0)),
   ),
-  getSecret: new Prepared((db) => db.selectFrom('kbs_secrets').selectAll().where('policy', '=', arg(0)).where('name', '=', arg(1))),
-  getInstanceSecret: new Prepared((db) => db.selectFrom('kbs_instance_secrets').select('sealed').where('instance', '=', arg(0)).where('policy', '=', arg(1)).where('name', '=', arg(2))),
+  getSecret: prepared<[policy: string, name: string]>()((db) => db.selectFrom('kbs_secrets').selectAll().where('policy', '=', arg(0)).where('name', '=', arg(1))),
+  getInstanceSecret: prepared<[instance: string, policy: string, name: string]>()((db) => db.selectFrom('kbs_instance_secrets').select('sealed').where('instance', '=', arg(0)).where('policy', '=', arg(1)).where('name', '=', arg(2))),
 };
 
 /** The one query layer for every dialect: only portable kysely constructs. */

@@ -54,6 +54,7 @@ const BUSY_TIMEOUT_MS = 5000;
  * process's whole event loop in steps of up to 100 ms; instead BEGIN IMMEDIATE is tried
  * without waiting and, on SQLITE_BUSY, tried again after a short timer (the event loop keeps
  * serving meanwhile), until BUSY_TIMEOUT_MS — then the SQLITE_BUSY error, which withRetry reruns.
+ * This covers transactions only: a single-statement write outside one still waits in SQLite.
  */
 class ImmediateSqliteDriver extends SqliteDriver {
   private readonly noWait: Database.Statement;
@@ -69,18 +70,18 @@ class ImmediateSqliteDriver extends SqliteDriver {
 
   override async beginTransaction(): Promise<void> {
     const deadline = performance.now() + BUSY_TIMEOUT_MS;
-    for (;;) {
+    for (let attempt = 0; ; attempt++) {
       this.noWait.get();
       try {
         this.begin.run();
         return;
       } catch (err) {
-        if ((err as { code?: unknown }).code !== 'SQLITE_BUSY' || performance.now() > deadline) throw err;
+        if (!String((err as { code?: unknown }).code).startsWith('SQLITE_BUSY') || performance.now() > deadline) throw err;
       } finally {
         this.wait.get();
       }
-      // transactions hold the lock for well under a millisecond: look again at the next timer tick
-      await new Promise((resolve) => setTimeout(resolve, 1));
+      // transactions hold the lock for well under a millisecond: look again soon, backing off to 16 ms for a long holder (a migration, a purge)
+      await new Promise((resolve) => setTimeout(resolve, Math.min(2 ** attempt, 16)));
     }
   }
 }

@@ -13,14 +13,21 @@ import { Worker } from 'node:worker_threads';
  */
 export const BACKSTOP_PAGES = 16_384;
 export const DEFAULT_AUTOCHECKPOINT_PAGES = 1000;
+/** Checkpoints failing in a row before the thread gives up (and reports its exit). */
+const MAX_CONSECUTIVE_FAILURES = 5;
 
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const Database = require(workerData.module);
 const db = new Database(workerData.file);
 db.pragma('busy_timeout = 1000');
+let failures = 0;
 const timer = setInterval(() => {
-  try { db.pragma('wal_checkpoint(PASSIVE)'); } catch (err) { parentPort.postMessage({ error: String(err && err.message || err) }); }
+  try { db.pragma('wal_checkpoint(PASSIVE)'); failures = 0; } catch (err) {
+    parentPort.postMessage({ error: String(err && err.message || err) });
+    // one report per failure, not four a second forever: after a few in a row the thread ends and checkpoints go back inside commits
+    if (++failures >= workerData.maxFailures) { clearInterval(timer); try { db.close(); } catch {} parentPort.close(); }
+  }
 }, workerData.intervalMs);
 parentPort.on('message', (m) => {
   if (m === 'stop') { clearInterval(timer); try { db.pragma('wal_checkpoint(PASSIVE)'); } catch {} db.close(); parentPort.close(); }
@@ -33,7 +40,7 @@ export interface WalCheckpointer {
 
 export function startWalCheckpointer(file: string, options: { intervalMs?: number; onError?: (message: string) => void; onExit?: () => void } = {}): WalCheckpointer {
   const module = createRequire(import.meta.url).resolve('better-sqlite3');
-  const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { file, module, intervalMs: options.intervalMs ?? 250 } });
+  const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { file, module, intervalMs: options.intervalMs ?? 250, maxFailures: MAX_CONSECUTIVE_FAILURES } });
   worker.unref();
   let stopping = false;
   worker.on('message', (m: { error?: string }) => {

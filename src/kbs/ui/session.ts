@@ -29,7 +29,8 @@ type Listener = (id: string) => void;
 export interface UiSessionReplica {
   /** Resolves once the other workers have the session (or gave up waiting for them). */
   created(key: string, session: UiSession): Promise<void>;
-  ended(key: string): void;
+  /** Resolves once the other workers dropped the session (or gave up waiting for them). */
+  ended(key: string): Promise<void>;
 }
 
 /**
@@ -47,24 +48,25 @@ export class UiSessionStore {
     private readonly replica?: UiSessionReplica,
   ) {}
 
-  create(kid: string, role: UiRole, now: number, ttlS: number): { id: string; session: UiSession } {
+  create(kid: string, role: UiRole, now: number, ttlS: number): { id: string; key: string; session: UiSession } {
     const id = randomBytes(32).toString('base64url');
+    const key = sha256Hex(id);
     const session: UiSession = { kid, role, csrf: randomBytes(24).toString('base64url'), createdAt: now, expiresAt: now + ttlS * 1000 };
-    this.adopt(sha256Hex(id), session, now);
-    return { id, session };
+    this.adopt(key, session, now);
+    return { id, key, session };
   }
 
   /** A sign-in: create(), and with a replica, once the other workers know the session too. */
-  async signIn(kid: string, role: UiRole, now: number, ttlS: number): Promise<{ id: string; session: UiSession }> {
+  async signIn(kid: string, role: UiRole, now: number, ttlS: number): Promise<{ id: string; key: string; session: UiSession }> {
     const created = this.create(kid, role, now, ttlS);
-    await this.replica?.created(sha256Hex(created.id), created.session);
+    await this.replica?.created(created.key, created.session);
     return created;
   }
 
-  /** A sign-out: ends the session here and, with a replica, on the other workers. */
-  signOut(key: string): void {
+  /** A sign-out: ends the session here and, with a replica, once the other workers dropped it too. */
+  async signOut(key: string): Promise<void> {
     this.end(key);
-    this.replica?.ended(key);
+    await this.replica?.ended(key);
   }
 
   /** Keeps a session under its map key (create, or one another worker created). */
